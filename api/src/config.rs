@@ -1,0 +1,247 @@
+//! Configuration, read once from the environment (the table in the README and API.md).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the service keeps its data when nothing else is configured: a file next to it, so that
+/// `cargo run -p api` works on a fresh machine.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data.db?mode=rwc";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The raw environment, as `envy` reads it: every variable optional, defaults applied below.
+#[derive(Debug, Deserialize)]
+struct Env {
+    database_url: Option<String>,
+    db_host: Option<String>,
+    db_port: Option<u16>,
+    db_name: Option<String>,
+    db_user: Option<String>,
+    db_password: Option<String>,
+    db_max_connections: Option<u32>,
+    db_min_connections: Option<u32>,
+    db_connect_timeout_ms: Option<u64>,
+    db_acquire_timeout_ms: Option<u64>,
+    db_idle_timeout_ms: Option<u64>,
+    db_statement_timeout_ms: Option<u64>,
+    cache_ttl_secs: Option<u64>,
+    cache_max_entries: Option<u64>,
+    host: Option<IpAddr>,
+    port: Option<u16>,
+    auto_migrate: Option<bool>,
+    max_body_bytes: Option<usize>,
+    request_timeout_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub connect_timeout: Duration,
+    pub acquire_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Zero turns caching off.
+    pub ttl: Duration,
+    pub max_entries: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub cache: CacheConfig,
+    pub host: IpAddr,
+    pub port: u16,
+    pub auto_migrate: bool,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+impl Config {
+    /// Reads the process environment. An unparsable value is an error naming its variable.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_iter(std::env::vars())
+    }
+
+    pub fn from_iter(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        // An empty variable counts as unset, as most shells and container runtimes mean it.
+        let vars = vars.into_iter().filter(|(_, value)| !value.is_empty());
+        let env: Env = envy::from_iter(vars).map_err(|err| ConfigError::Invalid(describe(err)))?;
+        let millis = Duration::from_millis;
+
+        let max_connections = env.db_max_connections.unwrap_or(20);
+        let min_connections = env.db_min_connections.unwrap_or(1);
+        if max_connections == 0 {
+            return Err(invalid("DB_MAX_CONNECTIONS", "must be at least 1"));
+        }
+        if min_connections > max_connections {
+            return Err(invalid(
+                "DB_MIN_CONNECTIONS",
+                "must not exceed DB_MAX_CONNECTIONS",
+            ));
+        }
+        let database = DatabaseConfig {
+            url: database_url(&env)?,
+            max_connections,
+            min_connections,
+            connect_timeout: millis(positive("DB_CONNECT_TIMEOUT_MS", env.db_connect_timeout_ms, 2_000)?),
+            acquire_timeout: millis(positive("DB_ACQUIRE_TIMEOUT_MS", env.db_acquire_timeout_ms, 2_000)?),
+            idle_timeout: millis(positive("DB_IDLE_TIMEOUT_MS", env.db_idle_timeout_ms, 30_000)?),
+            statement_timeout: millis(positive(
+                "DB_STATEMENT_TIMEOUT_MS",
+                env.db_statement_timeout_ms,
+                30_000,
+            )?),
+        };
+        Ok(Self {
+            database,
+            cache: CacheConfig {
+                ttl: Duration::from_secs(env.cache_ttl_secs.unwrap_or(3_600)),
+                max_entries: env.cache_max_entries.unwrap_or(100_000),
+            },
+            host: env.host.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            port: env.port.unwrap_or(8080),
+            auto_migrate: env.auto_migrate.unwrap_or(true),
+            max_body_bytes: positive_usize("MAX_BODY_BYTES", env.max_body_bytes, 1024 * 1024)?,
+            request_timeout: millis(positive("REQUEST_TIMEOUT_MS", env.request_timeout_ms, 30_000)?),
+        })
+    }
+}
+
+/// `DATABASE_URL` wins; else a PostgreSQL URL from `DB_HOST` and friends; else the SQLite file.
+fn database_url(env: &Env) -> Result<String, ConfigError> {
+    if let Some(url) = &env.database_url {
+        let supported = ["postgres://", "postgresql://", "mysql://", "mariadb://", "sqlite:"];
+        if !supported.iter().any(|scheme| url.starts_with(scheme)) {
+            return Err(invalid(
+                "DATABASE_URL",
+                "must start with postgres://, mysql:// or sqlite:",
+            ));
+        }
+        // sqlx speaks MySQL's protocol to MariaDB under the mysql scheme.
+        return Ok(url.replacen("mariadb://", "mysql://", 1));
+    }
+    let Some(host) = &env.db_host else {
+        return Ok(DEFAULT_DATABASE_URL.to_owned());
+    };
+    let mut url = url::Url::parse("postgres://localhost")
+        .map_err(|err| invalid("DB_HOST", &err.to_string()))?;
+    url.set_host(Some(host))
+        .map_err(|err| invalid("DB_HOST", &err.to_string()))?;
+    let _ = url.set_port(Some(env.db_port.unwrap_or(5432)));
+    let _ = url.set_username(env.db_user.as_deref().unwrap_or("postgres"));
+    let _ = url.set_password(env.db_password.as_deref());
+    url.set_path(env.db_name.as_deref().unwrap_or("postgres"));
+    Ok(url.into())
+}
+
+fn positive(name: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+    match value {
+        Some(0) => Err(invalid(name, "must be greater than 0")),
+        Some(value) => Ok(value),
+        None => Ok(default),
+    }
+}
+
+fn positive_usize(name: &str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    positive(name, value.map(|v| v as u64), default as u64).map(|v| v as usize)
+}
+
+fn invalid(name: &str, why: &str) -> ConfigError {
+    ConfigError::Invalid(format!("{name} {why}"))
+}
+
+/// envy names the field in lower case; the operator set the upper-case variable.
+fn describe(err: envy::Error) -> String {
+    match err {
+        envy::Error::MissingValue(field) => format!("{} is required", field.to_uppercase()),
+        envy::Error::Custom(message) => match message.rsplit_once(" provided by ") {
+            Some((what, field)) => format!("{} is not valid: {what}", field.to_uppercase()),
+            None => message,
+        },
+    }
+}
+
+/// The URL with its password replaced, for log lines and error messages.
+pub fn mask_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.into()
+        }
+        Ok(_) => url.to_owned(),
+        // Not a URL we can parse: show only the scheme, since a password could be anywhere in it.
+        Err(_) => match url.split_once(':') {
+            Some((scheme, _)) => format!("{scheme}:…"),
+            None => "<unparsable database URL>".to_owned(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_run_on_a_sqlite_file() {
+        let config = Config::from_iter(vars(&[])).unwrap();
+        assert_eq!(config.database.url, DEFAULT_DATABASE_URL);
+        assert_eq!(config.database.max_connections, 20);
+        assert_eq!(config.database.acquire_timeout, Duration::from_millis(2_000));
+        assert_eq!(config.port, 8080);
+        assert!(config.auto_migrate);
+    }
+
+    #[test]
+    fn a_postgres_url_is_built_from_db_host_and_friends() {
+        let config = Config::from_iter(vars(&[
+            ("DB_HOST", "db.internal"),
+            ("DB_PORT", "6432"),
+            ("DB_NAME", "shop"),
+            ("DB_USER", "app"),
+            ("DB_PASSWORD", "p@ss word"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.database.url,
+            "postgres://app:p%40ss%20word@db.internal:6432/shop"
+        );
+    }
+
+    #[test]
+    fn an_invalid_value_names_its_variable() {
+        let err = Config::from_iter(vars(&[("DB_MAX_CONNECTIONS", "many")])).unwrap_err();
+        assert!(err.to_string().contains("DB_MAX_CONNECTIONS"), "{err}");
+        let err = Config::from_iter(vars(&[("DB_ACQUIRE_TIMEOUT_MS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("DB_ACQUIRE_TIMEOUT_MS"), "{err}");
+        let err = Config::from_iter(vars(&[("DATABASE_URL", "oracle://x")])).unwrap_err();
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            mask_password("postgres://app:secret@db:5432/shop"),
+            "postgres://app:***@db:5432/shop"
+        );
+        assert_eq!(mask_password("sqlite://data.db?mode=rwc"), "sqlite://data.db?mode=rwc");
+    }
+}

@@ -1,0 +1,154 @@
+//! The connection pool: built once from the configuration, tested at start-up, shared by every
+//! repository, closed on shutdown. Also where database errors are classified (`failure`) and where
+//! contended transactions are retried (`retry`).
+
+pub mod failure;
+pub mod retry;
+
+use std::time::Duration;
+
+use sea_orm::sqlx::{self, Connection as _};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+
+use crate::config::{DatabaseConfig, mask_password};
+
+pub use failure::{DbFailure, classify};
+pub use retry::{RetryPolicy, with_retry};
+
+/// Why start-up could not use the database. Rendered as the one line an operator reads.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot reach the database at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("cannot reach the database at {url}: no answer within {timeout_ms} ms")]
+    TimedOut { url: String, timeout_ms: u128 },
+}
+
+/// Opens one connection directly (outside the pool) to learn, within the connect timeout, whether
+/// the database answers and, if it does not, the driver's own reason: the pool would only report
+/// that it timed out.
+pub async fn probe(config: &DatabaseConfig) -> Result<(), ConnectError> {
+    let url = &config.url;
+    let attempt = async {
+        if url.starts_with("postgres") {
+            sqlx::PgConnection::connect(url).await?.close().await
+        } else if url.starts_with("mysql") {
+            sqlx::MySqlConnection::connect(url).await?.close().await
+        } else {
+            sqlx::SqliteConnection::connect(url).await?.close().await
+        }
+    };
+    match tokio::time::timeout(config.connect_timeout, attempt).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(ConnectError::Unreachable {
+            url: mask_password(url),
+            reason: err.to_string(),
+        }),
+        Err(_) => Err(ConnectError::TimedOut {
+            url: mask_password(url),
+            timeout_ms: config.connect_timeout.as_millis(),
+        }),
+    }
+}
+
+/// Builds the pool and makes one round trip through it.
+pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, ConnectError> {
+    probe(config).await?;
+    let mut options = ConnectOptions::new(config.url.clone());
+    options
+        .max_connections(config.max_connections)
+        .min_connections(config.min_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .idle_timeout(config.idle_timeout)
+        // Statements are logged by our own request spans; the driver's log would repeat them.
+        .sqlx_logging(false)
+        .statement_timeout(config.statement_timeout);
+    configure_mysql(&mut options, config.statement_timeout);
+    options.map_sqlx_sqlite_opts(|opts| {
+        opts.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            // Writers queue behind each other for this long before SQLITE_BUSY reaches us.
+            .busy_timeout(Duration::from_secs(5))
+    });
+    let unreachable = |err: DbErr| ConnectError::Unreachable {
+        url: mask_password(&config.url),
+        reason: err.to_string(),
+    };
+    let db = tokio::time::timeout(config.connect_timeout, Database::connect(options))
+        .await
+        .map_err(|_| ConnectError::TimedOut {
+            url: mask_password(&config.url),
+            timeout_ms: config.connect_timeout.as_millis(),
+        })?
+        .map_err(unreachable)?;
+    db.ping().await.map_err(unreachable)?;
+    Ok(db)
+}
+
+/// MySQL and MariaDB get the statement limit per session, and READ COMMITTED so that a locking
+/// read inside a transaction sees rows committed by the transaction it waited for (the default
+/// REPEATABLE READ would keep showing the old snapshot) and gap locks do not cause deadlocks.
+fn configure_mysql(options: &mut ConnectOptions, statement_timeout: Duration) {
+    options.map_sqlx_mysql_pool_opts(move |pool| {
+        pool.after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                use sqlx::Executor as _;
+                conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    .await?;
+                // MariaDB names it max_statement_time (seconds); MySQL max_execution_time (ms,
+                // SELECT only). Try MariaDB's first: a MySQL server rejects the unknown variable.
+                let seconds = statement_timeout.as_secs_f64();
+                let mariadb = format!("SET SESSION max_statement_time = {seconds}");
+                if conn.execute(sqlx::AssertSqlSafe(mariadb)).await.is_err() {
+                    let millis = statement_timeout.as_millis();
+                    let mysql = format!("SET SESSION max_execution_time = {millis}");
+                    conn.execute(sqlx::AssertSqlSafe(mysql)).await?;
+                }
+                Ok(())
+            })
+        })
+    });
+}
+
+/// Connections in use and idle, for `/metrics`.
+pub struct PoolStats {
+    pub in_use: u32,
+    pub idle: u32,
+}
+
+pub fn pool_stats(db: &DatabaseConnection) -> PoolStats {
+    let (size, idle) = match db.get_database_backend() {
+        DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        DbBackend::MySql => {
+            let pool = db.get_mysql_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        _ => {
+            let pool = db.get_sqlite_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+    };
+    let idle = u32::try_from(idle).unwrap_or(u32::MAX);
+    PoolStats {
+        in_use: size.saturating_sub(idle),
+        idle,
+    }
+}
+
+/// The backend's name, for log lines.
+pub fn backend_name(db: &DatabaseConnection) -> &'static str {
+    match db.get_database_backend() {
+        DbBackend::Postgres => "PostgreSQL",
+        DbBackend::MySql => "MySQL/MariaDB",
+        _ => "SQLite",
+    }
+}
+
+/// One round trip, for `/ready`.
+pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
+    db.execute_unprepared("SELECT 1").await.map(|_| ())
+}
