@@ -1,7 +1,6 @@
 use sea_orm_migration::{prelude::*, schema::*};
 
 use crate::columns;
-use crate::m20261124_000003_create_orders::Orders;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -17,16 +16,10 @@ impl MigrationTrait for Migration {
                     .col(string_len(IdempotencyKeys::Key, 255).primary_key())
                     // Hex SHA-256 of the request, to tell a retry from a different request.
                     .col(char_len(IdempotencyKeys::RequestHash, 64))
+                    // No foreign key: the key is claimed first, before its order row exists, so
+                    // that a concurrent duplicate waits on the claim (see OrderRepo::place).
                     .col(uuid(IdempotencyKeys::OrderId))
                     .col(columns::timestamp(backend, IdempotencyKeys::CreatedAt))
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("fk_idempotency_keys_order_id")
-                            .from(IdempotencyKeys::Table, IdempotencyKeys::OrderId)
-                            .to(Orders::Table, Orders::Id)
-                            .on_delete(ForeignKeyAction::Cascade)
-                            .on_update(ForeignKeyAction::Restrict),
-                    )
                     .to_owned(),
             )
             .await?;

@@ -1,7 +1,7 @@
 //! Database errors, classified once: by SQLSTATE, MySQL error number, SQLite result code and the
 //! driver's error kind — never by message text, except where SQLite offers nothing better.
 
-use sea_orm::sqlx::{self, error::ErrorKind};
+use sea_orm::sqlx::{self, error::DatabaseError as _, error::ErrorKind};
 use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr};
 
 /// What went wrong, in the terms the service acts on.
@@ -146,9 +146,9 @@ fn classify_sqlite(code: i32, message: &str) -> DbFailure {
 
 /// The name of the missing table or column, for the log line that tells the operator to migrate.
 pub fn missing_object(err: &DbErr) -> Option<String> {
-    let DbErr::Conn(RuntimeErr::SqlxError(e))
+    let (DbErr::Conn(RuntimeErr::SqlxError(e))
     | DbErr::Exec(RuntimeErr::SqlxError(e))
-    | DbErr::Query(RuntimeErr::SqlxError(e)) = err
+    | DbErr::Query(RuntimeErr::SqlxError(e))) = err
     else {
         return None;
     };

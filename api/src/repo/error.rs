@@ -36,7 +36,7 @@ pub enum Conflict {
     IdempotencyKeyReused,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum RepoError {
     #[error("{} {id} not found", resource.as_str())]
     NotFound { resource: Resource, id: Uuid },

@@ -141,6 +141,7 @@ fn trim_to_page<T>(items: &mut Vec<T>, per_page: u64) -> bool {
 async fn count<E, C>(db: &C, query: Select<E>) -> Result<Total, DbErr>
 where
     E: EntityTrait,
+    E::Model: FromQueryResult + Send + Sync,
     C: ConnectionTrait,
 {
     let capped = query

@@ -1,0 +1,128 @@
+//! Cache-aside for entities read by id, in process (moka).
+//!
+//! Coherence is the requirement: a read that starts after a write's response was sent must not
+//! see the old value. Invalidating the key after commit is not enough on its own — a load that
+//! began before the commit can finish after the invalidation and put the old row back, and a read
+//! could join such a load while it runs. So every key carries a generation: a write bumps the
+//! generation of its id (after its transaction committed) and later reads look the entry up under
+//! the new generation, which no earlier load can have filled. Generations are kept in a fixed
+//! array of stripes indexed by the id's hash, so memory stays bounded; a write merely makes the
+//! few other ids that share its stripe miss once.
+
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use uuid::Uuid;
+
+use crate::config::CacheConfig;
+use crate::metrics::Metrics;
+
+const STRIPES: usize = 4096;
+
+pub struct EntityCache<V> {
+    name: &'static str,
+    /// `None` when caching is off (`CACHE_TTL_SECS=0`).
+    entries: Option<moka::future::Cache<(Uuid, u64), Arc<V>>>,
+    generations: Box<[AtomicU64]>,
+    hasher: RandomState,
+    metrics: Arc<Metrics>,
+}
+
+impl<V: Send + Sync + 'static> EntityCache<V> {
+    pub fn new(name: &'static str, config: &CacheConfig, metrics: Arc<Metrics>) -> Self {
+        let entries = (!config.ttl.is_zero()).then(|| {
+            moka::future::Cache::builder()
+                .name(name)
+                .max_capacity(config.max_entries)
+                .time_to_live(config.ttl)
+                .build()
+        });
+        Self {
+            name,
+            entries,
+            generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
+            metrics,
+        }
+    }
+
+    fn stripe(&self, id: Uuid) -> &AtomicU64 {
+        let index = self.hasher.hash_one(id) as usize % STRIPES;
+        &self.generations[index]
+    }
+
+    /// The cached value, or `load`'s. Concurrent misses for one id share a single load; a failed
+    /// load caches nothing and every waiter gets its error.
+    pub async fn get_or_load<E, Fut>(&self, id: Uuid, load: impl FnOnce() -> Fut) -> Result<Arc<V>, E>
+    where
+        E: Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let Some(entries) = &self.entries else {
+            return load().await.map(Arc::new);
+        };
+        let generation = self.stripe(id).load(Ordering::Acquire);
+        let loads = &self.metrics.cache_loads;
+        let entry = entries
+            .entry((id, generation))
+            .or_try_insert_with(async {
+                loads.with_label_values(&[self.name]).inc();
+                load().await.map(Arc::new)
+            })
+            .await;
+        match entry {
+            Ok(entry) => {
+                let result = if entry.is_fresh() { "miss" } else { "hit" };
+                self.metrics
+                    .cache_requests
+                    .with_label_values(&[self.name, result])
+                    .inc();
+                Ok(entry.into_value())
+            }
+            Err(err) => {
+                self.metrics
+                    .cache_requests
+                    .with_label_values(&[self.name, "miss"])
+                    .inc();
+                self.metrics
+                    .cache_load_failures
+                    .with_label_values(&[self.name])
+                    .inc();
+                Err(Arc::unwrap_or_clone(err))
+            }
+        }
+    }
+
+    /// Makes every later read of `id` go to the database. Call after the write committed.
+    pub async fn invalidate(&self, id: Uuid) {
+        let Some(entries) = &self.entries else {
+            return;
+        };
+        let old = self.stripe(id).fetch_add(1, Ordering::AcqRel);
+        entries.invalidate(&(id, old)).await;
+        self.metrics
+            .cache_invalidations
+            .with_label_values(&[self.name])
+            .inc();
+    }
+
+    /// Drops everything (e.g. when this instance may have missed invalidations).
+    pub fn clear(&self) {
+        if let Some(entries) = &self.entries {
+            for stripe in self.generations.iter() {
+                stripe.fetch_add(1, Ordering::AcqRel);
+            }
+            entries.invalidate_all();
+        }
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.entries.as_ref().map_or(0, |entries| entries.entry_count())
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}

@@ -1,0 +1,154 @@
+//! The JSON request body: read within the size limit, parsed strictly, with errors that say which
+//! rule was broken — 415 for another media type, 413 over the limit, 400 for bytes that are not
+//! JSON, 422 (naming the field) for JSON of the wrong shape.
+
+use poem::http::header;
+use poem::{Request, RequestBody};
+use poem_openapi::registry::{MetaMediaType, MetaRequest, MetaSchemaRef, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::domain::FieldError;
+
+/// The body limit, set by the application as request data.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub usize);
+
+/// A JSON body of type `T`. `T` derives `serde::Deserialize` (with `deny_unknown_fields`) for
+/// parsing and `poem_openapi::Object` for its schema.
+pub struct JsonBody<T>(pub T);
+
+impl<'a, T> ApiExtractor<'a> for JsonBody<T>
+where
+    T: Type + DeserializeOwned,
+{
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        Some(MetaRequest {
+            description: None,
+            content: vec![MetaMediaType {
+                content_type: "application/json",
+                schema: schema_ref::<T>(),
+            }],
+            required: true,
+        })
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _options: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        parse(request, body).await.map(JsonBody).map_err(Into::into)
+    }
+}
+
+fn schema_ref<T: Type>() -> MetaSchemaRef {
+    T::schema_ref()
+}
+
+async fn parse<T: DeserializeOwned>(request: &Request, body: &mut RequestBody) -> Result<T, ApiError> {
+    if !is_json(request.header(header::CONTENT_TYPE)) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let limit = request
+        .data::<BodyLimit>()
+        .map_or(1024 * 1024, |limit| limit.0);
+    let bytes = body
+        .take()
+        .map_err(|_| ApiError::BadRequest("the request body is required".to_owned()))?
+        .into_bytes_limit(limit)
+        .await
+        .map_err(|err| match err {
+            poem::error::ReadBodyError::PayloadTooLarge => ApiError::PayloadTooLarge { limit },
+            _ => ApiError::BadRequest("the request body could not be read".to_owned()),
+        })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest("the request body is empty".to_owned()));
+    }
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::BadRequest("the request body is not valid UTF-8".to_owned()))?;
+    // Syntax first: bytes that are not JSON at all are a malformed request (400)...
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|err| ApiError::BadRequest(format!("the request body is not valid JSON: {err}")))?;
+    // ...while JSON of the wrong shape is a validation failure naming the field (422).
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        ApiError::Validation(vec![shape_error(&path, &inner.to_string())])
+    })
+}
+
+/// `application/json`, with or without parameters such as `charset=utf-8`.
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|value| value.parse::<mime::Mime>().ok())
+        .is_some_and(|mime| mime.type_() == mime::APPLICATION && mime.subtype() == mime::JSON)
+}
+
+fn shape_error(path: &str, message: &str) -> FieldError {
+    // serde reports an unknown field at the path of the object that holds it, in its fixed
+    // wording "unknown field `name`, expected ..."; the client is better told the field's own path.
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((name, _)) = rest.split_once('`') {
+            let field = match path {
+                "." | "" => name.to_owned(),
+                // serde_path_to_error already ends the path with the unknown key.
+                path if path == name || path.ends_with(&format!(".{name}")) => path.to_owned(),
+                parent => format!("{parent}.{name}"),
+            };
+            return FieldError::new(field, "unknown field");
+        }
+    }
+    let field = match path {
+        "." | "" => "body".to_owned(),
+        path => path.to_owned(),
+    };
+    let message = if message.starts_with("invalid type: null") {
+        "must not be null".to_owned()
+    } else {
+        message.to_owned()
+    };
+    FieldError::new(field, message)
+}
+
+/// For optional fields that must not be `null` when present (`PATCH` bodies): absent is `None`
+/// (via `#[serde(default)]`), present is parsed as `T` — which rejects `null`.
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        assert!(is_json(Some("application/json")));
+        assert!(is_json(Some("application/json; charset=utf-8")));
+        assert!(!is_json(Some("text/plain")));
+        assert!(!is_json(Some("application/x-www-form-urlencoded")));
+        assert!(!is_json(None));
+    }
+
+    #[test]
+    fn unknown_fields_are_named_by_their_own_path() {
+        let e = shape_error(".", "unknown field `nickname`, expected one of `name`, `email`");
+        assert_eq!(e.field, "nickname");
+        let e = shape_error("items[0]", "unknown field `price`, expected `product_id`");
+        assert_eq!(e.field, "items[0].price");
+    }
+}

@@ -1,0 +1,431 @@
+//! Every error the service answers, and the one place where each becomes a status and an RFC 9457
+//! problem+json body.
+
+use std::marker::PhantomData;
+
+use poem::error::ResponseError;
+use poem::http::{StatusCode, header};
+use poem::{IntoResponse, Response};
+use poem_openapi::registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::{ApiResponse, Object};
+use uuid::Uuid;
+
+use crate::db::DbFailure;
+use crate::domain::FieldError;
+use crate::repo::{Conflict, RepoError};
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECS: u32 = 1;
+
+/// RFC 9457 problem details, with this service's `code` and extension members.
+#[derive(Clone, Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct Problem {
+    /// Always `about:blank`: `code` identifies the problem.
+    #[oai(rename = "type")]
+    pub problem_type: String,
+    /// The HTTP status phrase.
+    pub title: String,
+    pub status: u16,
+    /// Stable and machine-readable: `not_found`, `validation_failed`, `email_taken`, …
+    pub code: String,
+    /// Human-readable explanation of this occurrence.
+    pub detail: Option<String>,
+    /// The fields at fault (422 only).
+    pub errors: Option<Vec<FieldProblem>>,
+    /// 404 for a referenced resource: which kind (`user`, `product`).
+    pub resource: Option<String>,
+    /// 404 for a referenced resource: its id.
+    pub id: Option<String>,
+    /// 409 `insufficient_stock`: the product short of stock.
+    pub product_id: Option<Uuid>,
+    /// 409 `insufficient_stock`: the quantity ordered.
+    pub requested: Option<i64>,
+    /// 409 `insufficient_stock`: the quantity on hand.
+    pub available: Option<i64>,
+}
+
+#[derive(Clone, Debug, Object)]
+pub struct FieldProblem {
+    /// A path into the request: `email`, `items[0].quantity`, or a query parameter's name.
+    pub field: String,
+    pub message: String,
+}
+
+/// What the service answers when it cannot do what was asked.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("not found")]
+    NotFound { detail: String, reference: Option<(&'static str, Uuid)> },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("conflict")]
+    Conflict(Conflict),
+    #[error("payload too large")]
+    PayloadTooLarge { limit: usize },
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("database unavailable")]
+    Unavailable { code: &'static str, failure: DbFailure, detail: String },
+    #[error("query timeout")]
+    QueryTimeout,
+    #[error("request timeout")]
+    RequestTimeout,
+    #[error("internal error")]
+    Internal { failure: Option<DbFailure>, detail: String },
+}
+
+/// The database failure behind an error response, left on the response for the middleware that
+/// logs it and counts it in `db_errors_total`.
+#[derive(Clone, Debug)]
+pub struct FailureNote {
+    pub failure: DbFailure,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Validation(vec![FieldError::new(field, message)])
+    }
+
+    pub fn not_found() -> Self {
+        Self::NotFound {
+            detail: "no such resource".to_owned(),
+            reference: None,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::QueryTimeout | Self::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let status = self.status();
+        let mut problem = Problem {
+            problem_type: "about:blank".to_owned(),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            code: String::new(),
+            detail: None,
+            errors: None,
+            resource: None,
+            id: None,
+            product_id: None,
+            requested: None,
+            available: None,
+        };
+        let (code, detail): (&str, String) = match self {
+            Self::BadRequest(detail) => ("bad_request", detail.clone()),
+            Self::NotFound { detail, reference } => {
+                if let Some((resource, id)) = reference {
+                    problem.resource = Some((*resource).to_owned());
+                    problem.id = Some(id.to_string());
+                }
+                ("not_found", detail.clone())
+            }
+            Self::MethodNotAllowed => (
+                "method_not_allowed",
+                "this path does not support that method".to_owned(),
+            ),
+            Self::Conflict(conflict) => conflict_problem(conflict, &mut problem),
+            Self::PayloadTooLarge { limit } => (
+                "payload_too_large",
+                format!("the request body exceeds the limit of {limit} bytes"),
+            ),
+            Self::UnsupportedMediaType => (
+                "unsupported_media_type",
+                "the request body must be sent as Content-Type: application/json".to_owned(),
+            ),
+            Self::Validation(errors) => {
+                problem.errors = Some(
+                    errors
+                        .iter()
+                        .map(|e| FieldProblem {
+                            field: e.field.clone(),
+                            message: e.message.clone(),
+                        })
+                        .collect(),
+                );
+                let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+                ("validation_failed", format!("invalid: {}", fields.join(", ")))
+            }
+            Self::Unavailable { code, failure, .. } => (
+                code,
+                match failure {
+                    DbFailure::PoolExhausted => {
+                        "all database connections are busy; retry shortly".to_owned()
+                    }
+                    DbFailure::Contention => {
+                        "the database is too contended to complete this now; retry shortly"
+                            .to_owned()
+                    }
+                    _ => "the database is unavailable; retry shortly".to_owned(),
+                },
+            ),
+            Self::QueryTimeout => (
+                "query_timeout",
+                "the database did not answer within the statement timeout".to_owned(),
+            ),
+            Self::RequestTimeout => (
+                "request_timeout",
+                "the request did not complete within the request deadline".to_owned(),
+            ),
+            Self::Internal { .. } => ("internal", "an internal error occurred".to_owned()),
+        };
+        problem.code = code.to_owned();
+        problem.detail = Some(detail);
+        problem
+    }
+
+    fn failure_note(&self) -> Option<FailureNote> {
+        match self {
+            Self::Unavailable { failure, detail, .. } => Some(FailureNote {
+                failure: failure.clone(),
+                detail: detail.clone(),
+            }),
+            Self::QueryTimeout => Some(FailureNote {
+                failure: DbFailure::StatementTimeout,
+                detail: "statement timeout".to_owned(),
+            }),
+            Self::Internal { failure, detail } => Some(FailureNote {
+                failure: failure.clone().unwrap_or(DbFailure::Other),
+                detail: detail.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn conflict_problem(conflict: &Conflict, problem: &mut Problem) -> (&'static str, String) {
+    match conflict {
+        Conflict::EmailTaken => {
+            problem.errors = Some(vec![FieldProblem {
+                field: "email".to_owned(),
+                message: "already taken".to_owned(),
+            }]);
+            ("email_taken", "a user with this email already exists".to_owned())
+        }
+        Conflict::SkuTaken => {
+            problem.errors = Some(vec![FieldProblem {
+                field: "sku".to_owned(),
+                message: "already taken".to_owned(),
+            }]);
+            ("sku_taken", "a product with this sku already exists".to_owned())
+        }
+        Conflict::UserHasOrders => (
+            "user_has_orders",
+            "the user has orders, which are kept as records".to_owned(),
+        ),
+        Conflict::ProductHasOrders => (
+            "product_has_orders",
+            "the product has been ordered and is kept for those orders' records".to_owned(),
+        ),
+        Conflict::InvalidTransition { from, to } => (
+            "invalid_transition",
+            format!("an order cannot move from {from} to {to}"),
+        ),
+        Conflict::InsufficientStock {
+            product_id,
+            requested,
+            available,
+        } => {
+            problem.product_id = Some(*product_id);
+            problem.requested = Some(*requested);
+            problem.available = Some(*available);
+            (
+                "insufficient_stock",
+                format!("product {product_id} has {available} in stock, {requested} requested"),
+            )
+        }
+        Conflict::IdempotencyKeyReused => (
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request".to_owned(),
+        ),
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status(&self) -> StatusCode {
+        ApiError::status(self)
+    }
+
+    fn as_response(&self) -> Response {
+        let body = self.problem().to_json().unwrap_or_default().to_string();
+        let mut response = Response::builder()
+            .status(self.status())
+            .content_type(PROBLEM_JSON)
+            .body(body);
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        }
+        if let Some(note) = self.failure_note() {
+            response.extensions_mut().insert(note);
+        }
+        response
+    }
+}
+
+impl From<RepoError> for ApiError {
+    fn from(err: RepoError) -> Self {
+        match err {
+            RepoError::NotFound { resource, id } => Self::NotFound {
+                detail: format!("{} {id} does not exist", resource.as_str()),
+                reference: Some((resource.as_str(), id)),
+            },
+            RepoError::Conflict(conflict) => Self::Conflict(conflict),
+            RepoError::Unavailable { failure, source } => Self::Unavailable {
+                code: "database_unavailable",
+                detail: source.to_string(),
+                failure,
+            },
+            RepoError::PoolExhausted => Self::Unavailable {
+                code: "pool_exhausted",
+                failure: DbFailure::PoolExhausted,
+                detail: "no connection became free within the acquire timeout".to_owned(),
+            },
+            RepoError::Timeout => Self::QueryTimeout,
+            RepoError::Contended { attempts, source } => Self::Unavailable {
+                code: "database_unavailable",
+                failure: DbFailure::Contention,
+                detail: format!(
+                    "gave up after {attempts} attempts{}",
+                    source.map(|err| format!(": {err}")).unwrap_or_default()
+                ),
+            },
+            RepoError::Internal(err) => Self::Internal {
+                failure: Some(crate::db::classify(&err)),
+                detail: err.to_string(),
+            },
+        }
+    }
+}
+
+/// Which statuses an operation can fail with, for its OpenAPI description.
+pub trait Failures: Send + Sync + 'static {
+    const STATUSES: &'static [u16];
+}
+
+/// The statuses every operation that touches the database can answer.
+const SERVER: [u16; 3] = [500, 503, 504];
+
+macro_rules! failures {
+    ($($(#[$doc:meta])* $name:ident => [$($status:literal),*];)*) => {$(
+        $(#[$doc])*
+        pub struct $name;
+        impl Failures for $name {
+            const STATUSES: &'static [u16] = &[$($status,)* SERVER[0], SERVER[1], SERVER[2]];
+        }
+    )*};
+}
+
+failures! {
+    /// Reading one resource by id.
+    ReadFailures => [404];
+    /// Listing with page or cursor parameters.
+    ListFailures => [422];
+    /// Listing a user's orders.
+    NestedListFailures => [404, 422];
+    /// Creating from a JSON body.
+    CreateFailures => [400, 409, 413, 415, 422];
+    /// Creating an order (referenced user or product may not exist).
+    PlaceFailures => [400, 404, 409, 413, 415, 422];
+    /// Changing a resource from a JSON body.
+    UpdateFailures => [400, 404, 409, 413, 415, 422];
+    /// Deleting.
+    DeleteFailures => [404, 409];
+}
+
+/// An `ApiError` as an operation's failure response, documented with the statuses `F` lists.
+pub struct Failure<F>(pub ApiError, PhantomData<F>);
+
+impl<F> From<ApiError> for Failure<F> {
+    fn from(err: ApiError) -> Self {
+        Self(err, PhantomData)
+    }
+}
+
+impl<F> From<RepoError> for Failure<F> {
+    fn from(err: RepoError) -> Self {
+        Self(err.into(), PhantomData)
+    }
+}
+
+impl<F> From<Failure<F>> for poem::Error {
+    fn from(failure: Failure<F>) -> Self {
+        poem::Error::from(failure.0)
+    }
+}
+
+impl<F: Send> IntoResponse for Failure<F> {
+    fn into_response(self) -> Response {
+        self.0.as_response()
+    }
+}
+
+impl<F: Failures> ApiResponse for Failure<F> {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: F::STATUSES.iter().map(|status| problem_response(*status)).collect(),
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        Problem::register(registry);
+    }
+}
+
+fn problem_response(status: u16) -> MetaResponse {
+    let description = match status {
+        400 => "Malformed JSON, invalid UTF-8, or an empty body (`bad_request`)",
+        404 => "The resource, or a resource it references, does not exist (`not_found`)",
+        409 => "The request conflicts with the current state",
+        413 => "The body exceeds the size limit (`payload_too_large`)",
+        415 => "The body is not `application/json` (`unsupported_media_type`)",
+        422 => "A field or parameter is invalid; `errors` names each (`validation_failed`)",
+        500 => "An unexpected error; details are only in the server log (`internal`)",
+        503 => "The database is unavailable or has no free connection (`database_unavailable`, `pool_exhausted`); see `Retry-After`",
+        504 => "The statement timeout fired (`query_timeout`)",
+        _ => "Error",
+    };
+    let headers = if status == 503 {
+        vec![MetaHeader {
+            name: "Retry-After".to_owned(),
+            description: Some("Seconds to wait before retrying".to_owned()),
+            required: true,
+            deprecated: false,
+            schema: u32::schema_ref(),
+        }]
+    } else {
+        Vec::new()
+    };
+    MetaResponse {
+        description,
+        status: Some(status),
+        status_range: None,
+        content: vec![MetaMediaType {
+            content_type: PROBLEM_JSON,
+            schema: Problem::schema_ref(),
+        }],
+        headers,
+    }
+}

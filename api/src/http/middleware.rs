@@ -1,0 +1,187 @@
+//! What every request passes through: a request id, a tracing span, the deadline, the metrics,
+//! one log line, and the conversion of every framework error into problem+json.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use poem::error::{MethodNotAllowedError, NotFoundError, ResponseError};
+use poem::http::{HeaderValue, StatusCode};
+use poem::PathPattern;
+use poem::{Endpoint, IntoResponse, Request, Response};
+use poem_openapi::error::{ContentTypeError, ParsePathError, ParseParamError, ParseRequestPayloadError};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, FailureNote};
+use crate::db::DbFailure;
+use crate::domain::FieldError;
+
+const REQUEST_ID: &str = "x-request-id";
+
+pub async fn observe<E: Endpoint>(
+    state: Arc<AppState>,
+    next: Arc<E>,
+    request: Request,
+) -> poem::Result<Response> {
+    let request_id = request
+        .header(REQUEST_ID)
+        .filter(|id| is_acceptable_request_id(id))
+        .map(str::to_owned)
+        .unwrap_or_else(|| Uuid::now_v7().to_string());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!("request", request_id = %request_id, %method, %path);
+
+    async move {
+        let started = Instant::now();
+        let deadline = state.config.request_timeout;
+        let outcome = tokio::time::timeout(deadline, next.call(request)).await;
+        let mut response = match outcome {
+            Ok(Ok(response)) => response.into_response(),
+            Ok(Err(err)) => problem_from(err),
+            Err(_) => {
+                tracing::warn!(deadline_ms = deadline.as_millis() as u64, "request deadline passed");
+                ApiError::RequestTimeout.as_response()
+            }
+        };
+        let status = response.status();
+        let route = route_of(&response);
+        if let Some(note) = response.extensions().get::<FailureNote>().cloned() {
+            report_failure(&state, &route, &note);
+        }
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        let elapsed = started.elapsed();
+        let metrics = &state.metrics;
+        metrics
+            .http_requests
+            .with_label_values(&[method.as_str(), &route, status.as_str()])
+            .inc();
+        metrics
+            .http_duration
+            .with_label_values(&[method.as_str(), &route])
+            .observe(elapsed.as_secs_f64());
+        tracing::info!(
+            status = status.as_u16(),
+            route = %route,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+        Ok(response)
+    }
+    .instrument(span)
+    .await
+}
+
+/// A client's id is echoed only when it is short, visible ASCII: it ends up in every log line.
+fn is_acceptable_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The matched route template (`/v1/users/{id}`), never the raw path: raw ids would give every
+/// request its own time series.
+fn route_of(response: &Response) -> String {
+    match response.data::<PathPattern>() {
+        Some(pattern) => pattern
+            .0
+            .split('/')
+            .map(|segment| match segment.strip_prefix(':') {
+                Some(name) => format!("{{{name}}}"),
+                None => segment.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("/"),
+        None => "unmatched".to_owned(),
+    }
+}
+
+/// Framework errors (routing, parameter parsing) become the same problem+json as ours.
+fn problem_from(err: poem::Error) -> Response {
+    let pattern = err.data::<PathPattern>().cloned();
+    let mut response = if let Some(api) = err.downcast_ref::<ApiError>() {
+        api.as_response()
+    } else {
+        classify_framework_error(&err).as_response()
+    };
+    if let Some(pattern) = pattern {
+        response.set_data(pattern);
+    }
+    response
+}
+
+fn classify_framework_error(err: &poem::Error) -> ApiError {
+    if err.is::<NotFoundError>() {
+        return ApiError::NotFound {
+            detail: "no such route".to_owned(),
+            reference: None,
+        };
+    }
+    if err.is::<MethodNotAllowedError>() {
+        return ApiError::MethodNotAllowed;
+    }
+    // A path id that is not a UUID names nothing.
+    if err.is::<ParsePathError>() {
+        return ApiError::not_found();
+    }
+    if let Some(param) = err.downcast_ref::<ParseParamError>() {
+        let message = if param.reason.contains("expected input") {
+            "is required".to_owned()
+        } else {
+            format!("is invalid: {}", param.reason)
+        };
+        return ApiError::Validation(vec![FieldError::new(param.name, message)]);
+    }
+    if err.is::<ContentTypeError>() {
+        return ApiError::UnsupportedMediaType;
+    }
+    if let Some(payload) = err.downcast_ref::<ParseRequestPayloadError>() {
+        return ApiError::BadRequest(payload.reason.clone());
+    }
+    match err.status() {
+        StatusCode::NOT_FOUND => ApiError::not_found(),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit: 0 },
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+        StatusCode::BAD_REQUEST => ApiError::BadRequest("the request is malformed".to_owned()),
+        _ => {
+            tracing::error!(error = %err, "unhandled error");
+            ApiError::Internal {
+                failure: None,
+                detail: err.to_string(),
+            }
+        }
+    }
+}
+
+/// One log line per database failure, with what an operator needs to act on it; and the count.
+fn report_failure(state: &AppState, route: &str, note: &FailureNote) {
+    state
+        .metrics
+        .db_errors
+        .with_label_values(&[note.failure.label()])
+        .inc();
+    let db = &state.config.database;
+    match note.failure {
+        DbFailure::MissingSchema => tracing::error!(
+            route,
+            error = %note.detail,
+            "the database schema is missing a table or column; run migrations: cargo run -p migration -- up"
+        ),
+        DbFailure::PoolExhausted => tracing::warn!(
+            route,
+            pool_size = db.max_connections,
+            waited_ms = db.acquire_timeout.as_millis() as u64,
+            "no pooled database connection became free within the acquire timeout"
+        ),
+        DbFailure::StatementTimeout => tracing::warn!(
+            route,
+            limit_ms = db.statement_timeout.as_millis() as u64,
+            "a statement hit the statement timeout"
+        ),
+        DbFailure::Contention => tracing::warn!(route, detail = %note.detail, "transaction kept deadlocking"),
+        DbFailure::Unavailable => tracing::error!(route, kind = note.failure.label(), "database unavailable"),
+        _ => tracing::error!(route, error = %note.detail, "unexpected database error"),
+    }
+}

@@ -1,0 +1,122 @@
+//! The HTTP surface: one module per resource, the error mapping, the body extractor, paging, and
+//! the middleware every request passes through.
+
+pub mod body;
+pub mod error;
+mod middleware;
+pub mod ops;
+pub mod orders;
+pub mod pagination;
+pub mod products;
+mod spec;
+pub mod timestamp;
+pub mod users;
+
+use std::sync::Arc;
+
+use poem::{Endpoint, EndpointExt, Route, get};
+use poem_openapi::{OpenApiService, Tags};
+use sea_orm::DatabaseConnection;
+
+use crate::cache::EntityCache;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::repo::products::Product;
+use crate::repo::users::User;
+use crate::repo::{OrderRepo, ProductRepo, UserRepo};
+
+/// Everything a request handler may use.
+pub struct AppState {
+    pub config: Config,
+    pub db: DatabaseConnection,
+    pub metrics: Arc<Metrics>,
+    pub users: UserRepo,
+    pub products: ProductRepo,
+    pub orders: OrderRepo,
+    pub user_cache: Arc<EntityCache<User>>,
+    pub product_cache: Arc<EntityCache<Product>>,
+}
+
+impl AppState {
+    pub fn new(config: Config, db: DatabaseConnection) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let user_cache = Arc::new(EntityCache::new("users", &config.cache, metrics.clone()));
+        let product_cache = Arc::new(EntityCache::new("products", &config.cache, metrics.clone()));
+        let users = UserRepo::new(db.clone(), user_cache.clone());
+        let products = ProductRepo::new(db.clone(), product_cache.clone());
+        let orders = OrderRepo::new(db.clone(), products.clone(), metrics.clone());
+        Self {
+            config,
+            db,
+            metrics,
+            users,
+            products,
+            orders,
+            user_cache,
+            product_cache,
+        }
+    }
+}
+
+#[derive(Tags)]
+pub enum Tag {
+    /// Customers.
+    Users,
+    /// The catalogue and its stock.
+    Products,
+    /// Orders and their items.
+    Orders,
+    /// Health, readiness and metrics.
+    Operations,
+}
+
+type Apis = (
+    users::UsersApi,
+    products::ProductsApi,
+    orders::OrdersApi,
+    ops::OpsApi,
+);
+
+fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
+    let apis = (
+        users::UsersApi(state.clone()),
+        products::ProductsApi(state.clone()),
+        orders::OrdersApi(state.clone()),
+        ops::OpsApi(state),
+    );
+    OpenApiService::new(apis, "Storefront", env!("CARGO_PKG_VERSION"))
+        .summary("Users, products and orders")
+        .description(spec::DESCRIPTION)
+}
+
+/// The OpenAPI document the server serves, as JSON.
+pub fn openapi_json(state: Arc<AppState>) -> serde_json::Value {
+    spec::finish(&service(state).spec())
+}
+
+/// The OpenAPI document as YAML, exactly as `openapi.yaml` is checked in.
+pub fn openapi_yaml(state: Arc<AppState>) -> String {
+    spec::to_yaml(&openapi_json(state))
+}
+
+/// The whole application: API routes, documents, Swagger UI and the middleware.
+pub fn app(state: Arc<AppState>) -> impl Endpoint + 'static {
+    let service = service(state.clone());
+    let document = spec::finish(&service.spec());
+    let json = Arc::new(document.to_string());
+    let yaml = Arc::new(spec::to_yaml(&document));
+    let docs = Arc::new(spec::swagger_ui_html(&service));
+    Route::new()
+        .nest("/", service)
+        .at(
+            "/openapi.json",
+            get(spec::serve(json, "application/json; charset=utf-8")),
+        )
+        .at(
+            "/openapi.yaml",
+            get(spec::serve(yaml, "application/yaml; charset=utf-8")),
+        )
+        .at("/docs", get(spec::serve(docs, "text/html; charset=utf-8")))
+        .data(body::BodyLimit(state.config.max_body_bytes))
+        .around(move |next, request| middleware::observe(state.clone(), next, request))
+}

@@ -1,0 +1,222 @@
+//! `/v1/orders` and `/v1/users/{id}/orders`
+
+use std::sync::Arc;
+
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::body::JsonBody;
+use super::error::{ApiError, Failure, NestedListFailures, PlaceFailures, ReadFailures, UpdateFailures};
+use super::pagination::{page_meta, page_of, page_request};
+use super::timestamp::Timestamp;
+use super::users::default_per_page;
+use super::{AppState, Tag};
+use crate::domain::{IdempotencyKey, OrderLines, OrderStatus, Quantity, Validator};
+use crate::repo::orders::{Idempotency, Order, OrderFilter, PlaceOrder, Placed};
+
+#[derive(Object)]
+#[oai(rename = "OrderItem")]
+pub struct OrderItemDto {
+    pub product_id: Uuid,
+    pub quantity: i64,
+    /// The product's price when the order was placed.
+    pub unit_price_cents: i64,
+    /// `quantity × unit_price_cents`.
+    pub line_total_cents: i64,
+}
+
+#[derive(Object)]
+#[oai(rename = "Order")]
+pub struct OrderDto {
+    #[oai(read_only)]
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub status: OrderStatus,
+    pub total_cents: i64,
+    /// One item per product, in product-id order.
+    pub items: Vec<OrderItemDto>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl From<Order> for OrderDto {
+    fn from(Order { order, items }: Order) -> Self {
+        Self {
+            id: order.id,
+            user_id: order.user_id,
+            // Written only by this service from the same enum; an unknown value cannot occur.
+            status: OrderStatus::from_db(&order.status).unwrap_or(OrderStatus::Pending),
+            total_cents: order.total_cents,
+            items: items
+                .into_iter()
+                .map(|item| OrderItemDto {
+                    product_id: item.product_id,
+                    quantity: i64::from(item.quantity),
+                    unit_price_cents: item.unit_price_cents,
+                    line_total_cents: item.unit_price_cents * i64::from(item.quantity),
+                })
+                .collect(),
+            created_at: order.created_at.into(),
+            updated_at: order.updated_at.into(),
+        }
+    }
+}
+
+page_of!(OrderPage, OrderDto, "A page of orders, newest first, each with its items.");
+
+#[derive(Object, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "OrderLine")]
+pub struct OrderLineRequest {
+    pub product_id: Uuid,
+    /// 1–10,000.
+    #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
+    pub quantity: i64,
+}
+
+/// Prices come from the products, never from the client. Lines for the same product are merged.
+#[derive(Object, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "PlaceOrder")]
+pub struct PlaceOrderRequest {
+    pub user_id: Uuid,
+    /// 1–100 lines.
+    #[oai(validator(min_items = 1, max_items = 100))]
+    pub items: Vec<OrderLineRequest>,
+}
+
+#[derive(Object, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "UpdateOrder")]
+pub struct UpdateOrderRequest {
+    /// pending → paid → shipped; pending or paid → cancelled (which gives the stock back).
+    pub status: OrderStatus,
+}
+
+#[derive(ApiResponse)]
+pub enum OrderPlaced {
+    /// The order was placed — or, for a repeated `Idempotency-Key` with the same body, the
+    /// order the first request placed.
+    #[oai(status = 201)]
+    Created(
+        Json<OrderDto>,
+        /// The order's URL.
+        #[oai(header = "Location")]
+        String,
+    ),
+}
+
+pub struct OrdersApi(pub Arc<AppState>);
+
+#[OpenApi(tag = "Tag::Orders")]
+impl OrdersApi {
+    /// Place an order
+    ///
+    /// One transaction: the order, its items and every stock decrement commit together or not
+    /// at all. Stock never goes below zero.
+    #[oai(path = "/v1/orders", method = "post", operation_id = "placeOrder")]
+    async fn place(
+        &self,
+        /// Makes retries safe: the same key with the same body answers the first order again
+        /// (kept at least 24 hours); with a different body, 409. 1–255 visible ASCII characters.
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        idempotency_key: Header<Option<String>>,
+        body: JsonBody<PlaceOrderRequest>,
+    ) -> Result<OrderPlaced, Failure<PlaceFailures>> {
+        let request = body.0;
+        let mut v = Validator::default();
+        let key = v.check_opt("Idempotency-Key", idempotency_key.0.as_deref(), IdempotencyKey::parse);
+        if request.items.is_empty() {
+            v.push("items", "must contain at least one item");
+        }
+        if request.items.len() > OrderLines::MAX_LINES {
+            v.push("items", format!("must contain at most {} items", OrderLines::MAX_LINES));
+        }
+        let mut lines = Vec::with_capacity(request.items.len());
+        for (index, line) in request.items.iter().enumerate() {
+            let field = format!("items[{index}].quantity");
+            if let Some(quantity) = v.check(&field, line.quantity, Quantity::parse) {
+                lines.push((line.product_id, quantity));
+            }
+        }
+        let key = v.finish(|| key).map_err(ApiError::Validation)?;
+        let idempotency = key.map(|key| Idempotency {
+            key,
+            request_hash: fingerprint(&request),
+        });
+        let placed = self
+            .0
+            .orders
+            .place(PlaceOrder {
+                user_id: request.user_id,
+                lines: OrderLines::merge(lines),
+                idempotency,
+            })
+            .await?;
+        let order = match placed {
+            Placed::New(order) | Placed::Replayed(order) => order,
+        };
+        let location = format!("/v1/orders/{}", order.order.id);
+        Ok(OrderPlaced::Created(Json(order.into()), location))
+    }
+
+    /// Get an order with its items
+    #[oai(path = "/v1/orders/:id", method = "get", operation_id = "getOrder")]
+    async fn get(&self, id: Path<Uuid>) -> Result<Json<OrderDto>, Failure<ReadFailures>> {
+        Ok(Json(self.0.orders.get(id.0).await?.into()))
+    }
+
+    /// Change an order's status
+    ///
+    /// Allowed: pending → paid → shipped; pending → cancelled; paid → cancelled. Anything else
+    /// is 409 `invalid_transition`.
+    #[oai(path = "/v1/orders/:id", method = "patch", operation_id = "updateOrder")]
+    async fn update(
+        &self,
+        id: Path<Uuid>,
+        body: JsonBody<UpdateOrderRequest>,
+    ) -> Result<Json<OrderDto>, Failure<UpdateFailures>> {
+        Ok(Json(self.0.orders.transition(id.0, body.0.status).await?.into()))
+    }
+
+    /// List a user's orders, newest first
+    #[oai(path = "/v1/users/:id/orders", method = "get", operation_id = "listUserOrders")]
+    async fn list_for_user(
+        &self,
+        id: Path<Uuid>,
+        /// 1-based page number (page mode; not with `cursor`).
+        #[oai(validator(minimum(value = "1")))]
+        page: Query<Option<u64>>,
+        /// Items per page.
+        #[oai(default = "default_per_page", validator(minimum(value = "1"), maximum(value = "100")))]
+        per_page: Query<u64>,
+        /// Opaque cursor from `next_cursor` (keyset mode; not with `page`).
+        cursor: Query<Option<String>>,
+        /// Only orders with this status.
+        status: Query<Option<OrderStatus>>,
+    ) -> Result<Json<OrderPage>, Failure<NestedListFailures>> {
+        let request = page_request("orders", page.0, Some(per_page.0), cursor.0.as_deref())?;
+        let filter = OrderFilter { status: status.0 };
+        let orders = self.0.orders.list_for_user(id.0, filter, request).await?;
+        let meta = page_meta("orders", request, &orders);
+        Ok(Json(OrderPage::new(
+            orders.items.into_iter().map(OrderDto::from).collect(),
+            meta,
+        )))
+    }
+}
+
+/// What makes two requests "the same" for idempotency: the user and the lines as sent, in order.
+fn fingerprint(request: &PlaceOrderRequest) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(request.user_id.as_bytes());
+    for line in &request.items {
+        hasher.update(line.product_id.as_bytes());
+        hasher.update(line.quantity.to_be_bytes());
+    }
+    hex::encode(hasher.finalize())
+}

@@ -1,0 +1,172 @@
+//! Page and cursor parameters, the opaque cursor, and the `Page<T>` envelope.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, SecondsFormat};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use crate::domain::FieldError;
+use crate::repo::{CursorKey, PageOf, PageRequest};
+
+pub const DEFAULT_PER_PAGE: u64 = 20;
+pub const MAX_PER_PAGE: u64 = 100;
+
+/// Turns the listing parameters into a page request. `cursor` selects keyset mode and may not
+/// be combined with `page`.
+pub fn page_request(
+    resource: &str,
+    page: Option<u64>,
+    per_page: Option<u64>,
+    cursor: Option<&str>,
+) -> Result<PageRequest, ApiError> {
+    let mut errors = Vec::new();
+    let per_page = per_page.unwrap_or(DEFAULT_PER_PAGE);
+    if !(1..=MAX_PER_PAGE).contains(&per_page) {
+        errors.push(FieldError::new(
+            "per_page",
+            format!("must be between 1 and {MAX_PER_PAGE}"),
+        ));
+    }
+    if page == Some(0) {
+        errors.push(FieldError::new("page", "must be at least 1"));
+    }
+    let request = match (cursor, page) {
+        (Some(_), Some(_)) => {
+            errors.push(FieldError::new("cursor", "cannot be combined with page"));
+            None
+        }
+        (Some(cursor), None) => match decode_cursor(resource, cursor) {
+            Some(after) => Some(PageRequest::Keyset {
+                after: Some(after),
+                per_page,
+            }),
+            None => {
+                errors.push(FieldError::new("cursor", "is not a cursor this service issued"));
+                None
+            }
+        },
+        (None, page) => Some(PageRequest::Offset {
+            page: page.unwrap_or(1),
+            per_page,
+        }),
+    };
+    match request {
+        Some(request) if errors.is_empty() => Ok(request),
+        _ => Err(ApiError::Validation(errors)),
+    }
+}
+
+/// An opaque, URL-safe token naming the resource and the last row of a page.
+pub fn encode_cursor(resource: &str, key: CursorKey) -> String {
+    let created_at = key.created_at.to_rfc3339_opts(SecondsFormat::Micros, true);
+    URL_SAFE_NO_PAD.encode(format!("{resource}|{created_at}|{}", key.id))
+}
+
+fn decode_cursor(resource: &str, cursor: &str) -> Option<CursorKey> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor.as_bytes()).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let mut parts = text.splitn(3, '|');
+    if parts.next()? != resource {
+        return None;
+    }
+    let created_at = DateTime::parse_from_rfc3339(parts.next()?).ok()?;
+    let id = Uuid::parse_str(parts.next()?).ok()?;
+    Some(CursorKey { created_at, id })
+}
+
+/// The envelope's fields other than `items`, computed once for every resource.
+pub struct PageMeta {
+    pub per_page: u64,
+    pub page: Option<u64>,
+    pub total_items: Option<u64>,
+    pub total_pages: Option<u64>,
+    pub total_is_estimate: Option<bool>,
+    pub next_cursor: Option<String>,
+}
+
+pub fn page_meta<T>(resource: &str, request: PageRequest, page: &PageOf<T>) -> PageMeta {
+    let (page_number, per_page) = match request {
+        PageRequest::Offset { page, per_page } => (Some(page), per_page),
+        PageRequest::Keyset { per_page, .. } => (None, per_page),
+    };
+    let total = page.total.filter(|_| page_number.is_some());
+    PageMeta {
+        per_page,
+        page: page_number,
+        total_items: total.map(|t| t.items),
+        total_pages: total.map(|t| t.items.div_ceil(per_page)),
+        total_is_estimate: total.map(|t| t.is_estimate),
+        next_cursor: page.next.map(|key| encode_cursor(resource, key)),
+    }
+}
+
+/// Declares `$page`, the `Page<$item>` envelope of API.md.
+macro_rules! page_of {
+    ($page:ident, $item:ty, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(poem_openapi::Object)]
+        #[oai(skip_serializing_if_is_none)]
+        pub struct $page {
+            pub items: Vec<$item>,
+            pub per_page: u64,
+            /// Page mode only: the 1-based page number.
+            pub page: Option<u64>,
+            /// Page mode only: matching items in all (see `total_is_estimate`).
+            pub total_items: Option<u64>,
+            /// Page mode only: 0 for an empty result.
+            pub total_pages: Option<u64>,
+            /// Page mode only: `true` when `total_items` is the planner's estimate, given past
+            /// 10,000 matching rows on PostgreSQL instead of counting them all.
+            pub total_is_estimate: Option<bool>,
+            /// Present when more items follow the last one; pass it as `cursor` for the next page.
+            pub next_cursor: Option<String>,
+        }
+
+        impl $page {
+            pub fn new(items: Vec<$item>, meta: $crate::http::pagination::PageMeta) -> Self {
+                Self {
+                    items,
+                    per_page: meta.per_page,
+                    page: meta.page,
+                    total_items: meta.total_items,
+                    total_pages: meta.total_pages,
+                    total_is_estimate: meta.total_is_estimate,
+                    next_cursor: meta.next_cursor,
+                }
+            }
+        }
+    };
+}
+pub(crate) use page_of;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_are_bound_to_their_resource() {
+        let key = CursorKey {
+            created_at: DateTime::parse_from_rfc3339("2026-11-24T10:00:00.123456Z").unwrap(),
+            id: Uuid::now_v7(),
+        };
+        let cursor = encode_cursor("users", key);
+        assert_eq!(decode_cursor("users", &cursor), Some(key));
+        assert_eq!(decode_cursor("products", &cursor), None);
+        assert_eq!(decode_cursor("users", "not-a-cursor"), None);
+    }
+
+    #[test]
+    fn cursor_and_page_together_are_refused() {
+        let cursor = encode_cursor(
+            "users",
+            CursorKey {
+                created_at: DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z").unwrap(),
+                id: Uuid::nil(),
+            },
+        );
+        assert!(page_request("users", Some(1), None, Some(&cursor)).is_err());
+        assert!(page_request("users", None, Some(101), None).is_err());
+        assert!(page_request("users", None, None, Some(&cursor)).is_ok());
+    }
+}

@@ -1,0 +1,204 @@
+//! `/v1/products`
+
+use std::sync::Arc;
+
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::body::{JsonBody, present};
+use super::error::{
+    ApiError, CreateFailures, DeleteFailures, Failure, ListFailures, ReadFailures, UpdateFailures,
+};
+use super::pagination::{page_meta, page_of, page_request};
+use super::timestamp::Timestamp;
+use super::users::{Deleted, default_per_page};
+use super::{AppState, Tag};
+use crate::domain::{Cents, ProductName, Sku, Stock, Validator};
+use crate::repo::products::{NewProduct, Product, ProductChanges, ProductFilter};
+
+#[derive(Object)]
+#[oai(rename = "Product")]
+pub struct ProductDto {
+    #[oai(read_only)]
+    pub id: Uuid,
+    /// Unique and immutable.
+    pub sku: String,
+    pub name: String,
+    /// Integer cents.
+    pub price_cents: i64,
+    pub stock: i64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl From<Product> for ProductDto {
+    fn from(product: Product) -> Self {
+        Self {
+            id: product.id,
+            sku: product.sku,
+            name: product.name,
+            price_cents: product.price_cents,
+            stock: i64::from(product.stock),
+            created_at: product.created_at.into(),
+            updated_at: product.updated_at.into(),
+        }
+    }
+}
+
+page_of!(ProductPage, ProductDto, "A page of products, newest first.");
+
+#[derive(Object, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "CreateProduct")]
+pub struct CreateProductRequest {
+    /// 1–64 characters after trimming; unique; cannot be changed later.
+    #[oai(validator(min_length = 1, max_length = 64))]
+    pub sku: String,
+    /// 1–200 characters after trimming.
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub name: String,
+    /// Integer cents, 0–1,000,000,000.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+    pub price_cents: i64,
+    /// 0–1,000,000,000.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+    pub stock: i64,
+}
+
+/// Any subset of `name`, `price_cents`, `stock`. The SKU is immutable: sending it is a 422.
+#[derive(Object, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "UpdateProduct")]
+pub struct UpdateProductRequest {
+    #[serde(default, deserialize_with = "present")]
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+    pub price_cents: Option<i64>,
+    #[serde(default, deserialize_with = "present")]
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
+    pub stock: Option<i64>,
+    /// Accepted by the parser only to be refused with a clear message.
+    #[serde(default, deserialize_with = "present")]
+    #[oai(skip)]
+    pub sku: Option<serde_json::Value>,
+}
+
+#[derive(ApiResponse)]
+pub enum ProductCreated {
+    /// The product was created.
+    #[oai(status = 201)]
+    Created(
+        Json<ProductDto>,
+        /// The new product's URL.
+        #[oai(header = "Location")]
+        String,
+    ),
+}
+
+pub struct ProductsApi(pub Arc<AppState>);
+
+#[OpenApi(tag = "Tag::Products")]
+impl ProductsApi {
+    /// Create a product
+    #[oai(path = "/v1/products", method = "post", operation_id = "createProduct")]
+    async fn create(
+        &self,
+        body: JsonBody<CreateProductRequest>,
+    ) -> Result<ProductCreated, Failure<CreateFailures>> {
+        let request = body.0;
+        let mut v = Validator::default();
+        let sku = v.check("sku", request.sku.as_str(), Sku::parse);
+        let name = v.check("name", request.name.as_str(), ProductName::parse);
+        let price = v.check("price_cents", request.price_cents, Cents::parse);
+        let stock = v.check("stock", request.stock, Stock::parse);
+        let new = v
+            .finish(|| {
+                Some(NewProduct {
+                    sku: sku?,
+                    name: name?,
+                    price: price?,
+                    stock: stock?,
+                })
+            })
+            .map_err(ApiError::Validation)?;
+        let product = self.0.products.create(new).await?;
+        let location = format!("/v1/products/{}", product.id);
+        Ok(ProductCreated::Created(Json(product.into()), location))
+    }
+
+    /// Get a product
+    #[oai(path = "/v1/products/:id", method = "get", operation_id = "getProduct")]
+    async fn get(&self, id: Path<Uuid>) -> Result<Json<ProductDto>, Failure<ReadFailures>> {
+        Ok(Json(self.0.products.get(id.0).await?.into()))
+    }
+
+    /// List products, newest first
+    ///
+    /// Page mode (`page`, with totals) or keyset mode (`cursor` from a previous `next_cursor`).
+    #[oai(path = "/v1/products", method = "get", operation_id = "listProducts")]
+    async fn list(
+        &self,
+        /// 1-based page number (page mode; not with `cursor`).
+        #[oai(validator(minimum(value = "1")))]
+        page: Query<Option<u64>>,
+        /// Items per page.
+        #[oai(default = "default_per_page", validator(minimum(value = "1"), maximum(value = "100")))]
+        per_page: Query<u64>,
+        /// Opaque cursor from `next_cursor` (keyset mode; not with `page`).
+        cursor: Query<Option<String>>,
+        /// `true`: only products in stock; `false`: only those out of stock.
+        in_stock: Query<Option<bool>>,
+    ) -> Result<Json<ProductPage>, Failure<ListFailures>> {
+        let request = page_request("products", page.0, Some(per_page.0), cursor.0.as_deref())?;
+        let filter = ProductFilter { in_stock: in_stock.0 };
+        let products = self.0.products.list(filter, request).await?;
+        let meta = page_meta("products", request, &products);
+        Ok(Json(ProductPage::new(
+            products.items.into_iter().map(ProductDto::from).collect(),
+            meta,
+        )))
+    }
+
+    /// Change a product
+    ///
+    /// Only the fields sent change; `updated_at` moves when any is sent. `sku` cannot be changed.
+    #[oai(path = "/v1/products/:id", method = "patch", operation_id = "updateProduct")]
+    async fn update(
+        &self,
+        id: Path<Uuid>,
+        body: JsonBody<UpdateProductRequest>,
+    ) -> Result<Json<ProductDto>, Failure<UpdateFailures>> {
+        let request = body.0;
+        let mut v = Validator::default();
+        if request.sku.is_some() {
+            v.push("sku", "is immutable and cannot be changed");
+        }
+        let name = v.check_opt("name", request.name.as_deref(), ProductName::parse);
+        let price = v.check_opt("price_cents", request.price_cents, Cents::parse);
+        let stock = v.check_opt("stock", request.stock, Stock::parse);
+        let changes = v
+            .finish(|| {
+                Some(ProductChanges {
+                    name: name?,
+                    price: price?,
+                    stock: stock?,
+                })
+            })
+            .map_err(ApiError::Validation)?;
+        Ok(Json(self.0.products.update(id.0, changes).await?.into()))
+    }
+
+    /// Delete a product
+    ///
+    /// A product that appears in any order cannot be deleted.
+    #[oai(path = "/v1/products/:id", method = "delete", operation_id = "deleteProduct")]
+    async fn delete(&self, id: Path<Uuid>) -> Result<Deleted, Failure<DeleteFailures>> {
+        self.0.products.delete(id.0).await?;
+        Ok(Deleted::NoContent)
+    }
+}

@@ -1,0 +1,11 @@
+//! Storefront: users, products and orders over HTTP, on SQLite, PostgreSQL or MariaDB/MySQL.
+
+pub mod cache;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod repo;
+pub mod startup;
+pub mod telemetry;

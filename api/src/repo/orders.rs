@@ -1,0 +1,429 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use entity::{idempotency_keys, order_items, orders, products, users};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+use uuid::Uuid;
+
+use super::error::{Conflict, OnViolation, RepoError, Resource};
+use super::page::{self, CursorKey, ListOrder, PageOf, PageRequest};
+use super::products::ProductRepo;
+use crate::db::{DbFailure, RetryPolicy, classify, with_retry};
+use crate::domain::{IdempotencyKey, OrderLines, OrderStatus};
+use crate::metrics::Metrics;
+
+/// An order with its items.
+#[derive(Clone, Debug)]
+pub struct Order {
+    pub order: orders::Model,
+    pub items: Vec<order_items::Model>,
+}
+
+pub struct PlaceOrder {
+    pub user_id: Uuid,
+    pub lines: OrderLines,
+    pub idempotency: Option<Idempotency>,
+}
+
+/// The client's key, and a fingerprint of its request to tell a retry from a different request.
+pub struct Idempotency {
+    pub key: IdempotencyKey,
+    pub request_hash: String,
+}
+
+/// How a placement ended: a new order, or the order an earlier request with the same key placed.
+pub enum Placed {
+    New(Order),
+    Replayed(Order),
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OrderFilter {
+    pub status: Option<OrderStatus>,
+}
+
+/// Why one attempt at placing an order stopped short of committing.
+enum Attempt {
+    Failed(RepoError),
+    /// The idempotency key was claimed by a request that has committed since.
+    KeyTaken,
+}
+
+impl From<RepoError> for Attempt {
+    fn from(err: RepoError) -> Self {
+        Self::Failed(err)
+    }
+}
+
+impl From<sea_orm::DbErr> for Attempt {
+    fn from(err: sea_orm::DbErr) -> Self {
+        Self::Failed(err.into())
+    }
+}
+
+#[derive(Clone)]
+pub struct OrderRepo {
+    db: DatabaseConnection,
+    products: ProductRepo,
+    metrics: Arc<Metrics>,
+    retry: RetryPolicy,
+}
+
+impl OrderRepo {
+    pub fn new(db: DatabaseConnection, products: ProductRepo, metrics: Arc<Metrics>) -> Self {
+        Self {
+            db,
+            products,
+            metrics,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// A write transaction. SQLite takes its write lock at BEGIN (IMMEDIATE), so a transaction
+    /// that reads before it writes queues for the lock instead of failing with SQLITE_BUSY later.
+    async fn begin(&self) -> Result<DatabaseTransaction, RepoError> {
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        };
+        Ok(self.db.begin_with_options(options).await?)
+    }
+
+    /// Runs `attempt` again after deadlocks and serialization failures, counting each retry.
+    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, RepoError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, RepoError>>,
+    {
+        let retries = &self.metrics.transaction_retries;
+        with_retry(self.retry, |_| retries.inc(), attempt).await
+    }
+
+    /// Places an order in one transaction: claims the idempotency key, checks the user, locks
+    /// the products in id order, takes the stock, and writes the order and its items — all of it
+    /// commits or none.
+    pub async fn place(&self, request: PlaceOrder) -> Result<Placed, RepoError> {
+        let order_id = Uuid::now_v7();
+        let placed = self
+            .retrying(|| async {
+                match self.place_once(order_id, &request).await {
+                    Ok(order) => Ok(Some(order)),
+                    Err(Attempt::KeyTaken) => Ok(None),
+                    Err(Attempt::Failed(err)) => Err(err),
+                }
+            })
+            .await?;
+        match placed {
+            Some(order) => {
+                self.products.forget(request.lines.product_ids()).await;
+                Ok(Placed::New(order))
+            }
+            None => self.replay(&request).await.map(Placed::Replayed),
+        }
+    }
+
+    async fn place_once(&self, order_id: Uuid, request: &PlaceOrder) -> Result<Order, Attempt> {
+        let txn = self.begin().await?;
+        match place_in(&txn, order_id, request).await {
+            Ok(order) => {
+                txn.commit().await?;
+                Ok(order)
+            }
+            Err(err) => {
+                // The transaction is abandoned either way; a failed rollback only means the
+                // connection is gone, which the pool notices by itself.
+                let _ = txn.rollback().await;
+                Err(err)
+            }
+        }
+    }
+
+    /// The order an earlier request with this key placed, if the request was the same.
+    async fn replay(&self, request: &PlaceOrder) -> Result<Order, RepoError> {
+        let Some(idempotency) = &request.idempotency else {
+            return Err(RepoError::Internal(sea_orm::DbErr::Custom(
+                "idempotency conflict without a key".into(),
+            )));
+        };
+        let claim = idempotency_keys::Entity::find_by_id(idempotency.key.as_str())
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| {
+                RepoError::Internal(sea_orm::DbErr::RecordNotFound("idempotency key".into()))
+            })?;
+        if claim.request_hash != idempotency.request_hash {
+            return Err(RepoError::Conflict(Conflict::IdempotencyKeyReused));
+        }
+        self.get(claim.order_id).await
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Order, RepoError> {
+        let order = orders::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or(RepoError::not_found(Resource::Order, id))?;
+        let items = items_of(&self.db, &[id]).await?.remove(&id).unwrap_or_default();
+        Ok(Order { order, items })
+    }
+
+    /// A user's orders, newest first, each with its items (loaded in one query for the page).
+    pub async fn list_for_user(
+        &self,
+        user_id: Uuid,
+        filter: OrderFilter,
+        request: PageRequest,
+    ) -> Result<PageOf<Order>, RepoError> {
+        let user = users::Entity::find_by_id(user_id)
+            .select_only()
+            .column(users::Column::Id)
+            .into_tuple::<Uuid>()
+            .one(&self.db)
+            .await?;
+        if user.is_none() {
+            return Err(RepoError::not_found(Resource::User, user_id));
+        }
+        let mut query = orders::Entity::find().filter(orders::Column::UserId.eq(user_id));
+        if let Some(status) = filter.status {
+            query = query.filter(orders::Column::Status.eq(status.as_str()));
+        }
+        let order = ListOrder {
+            created_at: orders::Column::CreatedAt,
+            id: orders::Column::Id,
+        };
+        let key = |row: &orders::Model| CursorKey {
+            created_at: row.created_at,
+            id: row.id,
+        };
+        let page = page::list(&self.db, query, order, key, request).await?;
+        let ids: Vec<Uuid> = page.items.iter().map(|order| order.id).collect();
+        let mut items = items_of(&self.db, &ids).await?;
+        Ok(page.map(|order| {
+            let items = items.remove(&order.id).unwrap_or_default();
+            Order { order, items }
+        }))
+    }
+
+    /// Moves an order along the transition table; cancelling gives the stock back in the same
+    /// transaction.
+    pub async fn transition(&self, id: Uuid, to: OrderStatus) -> Result<Order, RepoError> {
+        let order = self
+            .retrying(|| async {
+                let txn = self.begin().await?;
+                match transition_in(&txn, id, to).await {
+                    Ok(order) => {
+                        txn.commit().await?;
+                        Ok(order)
+                    }
+                    Err(err) => {
+                        let _ = txn.rollback().await;
+                        Err(err)
+                    }
+                }
+            })
+            .await?;
+        if to == OrderStatus::Cancelled {
+            let restocked: Vec<Uuid> = order.items.iter().map(|item| item.product_id).collect();
+            self.products.forget(restocked).await;
+        }
+        Ok(order)
+    }
+}
+
+async fn place_in(
+    txn: &DatabaseTransaction,
+    order_id: Uuid,
+    request: &PlaceOrder,
+) -> Result<Order, Attempt> {
+    let now = super::now();
+
+    // Claim the key first. A concurrent request holding the same key makes this insert wait
+    // until that request commits (then: a unique violation, and we answer with its order) or
+    // rolls back (then: the claim is ours and we proceed afresh).
+    if let Some(idempotency) = &request.idempotency {
+        let claim = idempotency_keys::ActiveModel {
+            key: Set(idempotency.key.as_str().to_owned()),
+            request_hash: Set(idempotency.request_hash.clone()),
+            order_id: Set(order_id),
+            created_at: Set(now),
+        }
+        .insert(txn)
+        .await;
+        if let Err(err) = claim {
+            return Err(match classify(&err) {
+                DbFailure::UniqueViolation => Attempt::KeyTaken,
+                _ => Attempt::Failed(err.into()),
+            });
+        }
+    }
+
+    let user = users::Entity::find_by_id(request.user_id)
+        .select_only()
+        .column(users::Column::Id)
+        .into_tuple::<Uuid>()
+        .one(txn)
+        .await?;
+    if user.is_none() {
+        return Err(RepoError::not_found(Resource::User, request.user_id).into());
+    }
+
+    // Lock the products in ascending id order, so two orders for the same products never wait
+    // on each other in opposite orders. (SQLite's IMMEDIATE transaction already excludes writers.)
+    let mut query = products::Entity::find()
+        .filter(products::Column::Id.is_in(request.lines.product_ids()))
+        .order_by_asc(products::Column::Id);
+    if txn.get_database_backend() != DbBackend::Sqlite {
+        query = query.lock_exclusive();
+    }
+    let locked: HashMap<Uuid, products::Model> = query
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|product| (product.id, product))
+        .collect();
+
+    // Every product must exist before any stock question is asked.
+    for line in request.lines.iter() {
+        if !locked.contains_key(&line.product_id) {
+            return Err(RepoError::not_found(Resource::Product, line.product_id).into());
+        }
+    }
+
+    let mut total: i64 = 0;
+    let mut items = Vec::new();
+    for line in request.lines.iter() {
+        let product = &locked[&line.product_id];
+        if product.stock < line.quantity {
+            return Err(RepoError::Conflict(Conflict::InsufficientStock {
+                product_id: line.product_id,
+                requested: i64::from(line.quantity),
+                available: i64::from(product.stock),
+            })
+            .into());
+        }
+        // The guard repeats the check in the statement itself: whatever happened since the
+        // read, this can never take stock below zero.
+        let updated = products::Entity::update_many()
+            .col_expr(
+                products::Column::Stock,
+                Expr::col(products::Column::Stock).sub(line.quantity),
+            )
+            .col_expr(products::Column::UpdatedAt, Expr::value(now))
+            .filter(products::Column::Id.eq(line.product_id))
+            .filter(products::Column::Stock.gte(line.quantity))
+            .exec(txn)
+            .await?;
+        if updated.rows_affected != 1 {
+            return Err(RepoError::Contended {
+                attempts: 1,
+                source: None,
+            }
+            .into());
+        }
+        total = total.saturating_add(product.price_cents.saturating_mul(i64::from(line.quantity)));
+        items.push(order_items::Model {
+            order_id,
+            product_id: line.product_id,
+            quantity: line.quantity,
+            unit_price_cents: product.price_cents,
+        });
+    }
+
+    let order = orders::ActiveModel {
+        id: Set(order_id),
+        user_id: Set(request.user_id),
+        status: Set(OrderStatus::Pending.as_str().to_owned()),
+        total_cents: Set(total),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(txn)
+    .await
+    // The user was there a moment ago; if it was deleted since, it is not there now.
+    .on_foreign_key(Conflict::UserHasOrders)
+    .map_err(|err| match err {
+        RepoError::Conflict(_) => RepoError::not_found(Resource::User, request.user_id),
+        other => other,
+    })?;
+
+    let rows = items.iter().map(|item| order_items::ActiveModel {
+        order_id: Set(item.order_id),
+        product_id: Set(item.product_id),
+        quantity: Set(item.quantity),
+        unit_price_cents: Set(item.unit_price_cents),
+    });
+    order_items::Entity::insert_many(rows).exec(txn).await?;
+    Ok(Order { order, items })
+}
+
+async fn transition_in(
+    txn: &DatabaseTransaction,
+    id: Uuid,
+    to: OrderStatus,
+) -> Result<Order, RepoError> {
+    let mut query = orders::Entity::find_by_id(id);
+    if txn.get_database_backend() != DbBackend::Sqlite {
+        query = query.lock_exclusive();
+    }
+    let order = query
+        .one(txn)
+        .await?
+        .ok_or(RepoError::not_found(Resource::Order, id))?;
+    let from = OrderStatus::from_db(&order.status).ok_or_else(|| {
+        RepoError::Internal(sea_orm::DbErr::Type(format!("unknown order status {:?}", order.status)))
+    })?;
+    if !from.can_move_to(to) {
+        return Err(RepoError::Conflict(Conflict::InvalidTransition {
+            from: from.as_str(),
+            to: to.as_str(),
+        }));
+    }
+    let now = super::now();
+    let mut row: orders::ActiveModel = order.into();
+    row.status = Set(to.as_str().to_owned());
+    row.updated_at = Set(now);
+    let order = row.update(txn).await?;
+
+    let mut items = items_of(txn, &[id]).await?.remove(&id).unwrap_or_default();
+    items.sort_by_key(|item| item.product_id);
+    if to == OrderStatus::Cancelled {
+        // Ascending product id, as placement locks them.
+        for item in &items {
+            products::Entity::update_many()
+                .col_expr(
+                    products::Column::Stock,
+                    Expr::col(products::Column::Stock).add(item.quantity),
+                )
+                .col_expr(products::Column::UpdatedAt, Expr::value(now))
+                .filter(products::Column::Id.eq(item.product_id))
+                .exec(txn)
+                .await?;
+        }
+    }
+    Ok(Order { order, items })
+}
+
+/// The items of several orders in one query, grouped by order, each group in product-id order.
+async fn items_of<C: ConnectionTrait>(
+    db: &C,
+    order_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<order_items::Model>>, RepoError> {
+    let mut grouped: HashMap<Uuid, Vec<order_items::Model>> = HashMap::new();
+    if order_ids.is_empty() {
+        return Ok(grouped);
+    }
+    let rows = order_items::Entity::find()
+        .filter(order_items::Column::OrderId.is_in(order_ids.iter().copied()))
+        .order_by_asc(order_items::Column::OrderId)
+        .order_by_asc(order_items::Column::ProductId)
+        .all(db)
+        .await?;
+    for row in rows {
+        grouped.entry(row.order_id).or_default().push(row);
+    }
+    Ok(grouped)
+}

@@ -1,0 +1,143 @@
+//! Wiring: configuration → pool → migrations → HTTP server, and the orderly way down.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use poem::Server;
+use poem::listener::{Acceptor, Listener, TcpListener};
+use sea_orm::DatabaseConnection;
+
+use crate::config::{Config, mask_password};
+use crate::db;
+use crate::http::{self, AppState};
+
+/// Why the service could not start; each renders as one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Database(#[from] db::ConnectError),
+    #[error("cannot apply migrations to {url}: {reason}")]
+    Migrations { url: String, reason: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+}
+
+/// How long in-flight requests may take to finish once shutdown has begun.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Application {
+    state: Arc<AppState>,
+    acceptor: poem::listener::TcpAcceptor,
+    addr: SocketAddr,
+}
+
+impl Application {
+    /// Connects (failing fast), migrates when asked to, and binds the listener.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let db = db::connect(&config.database).await?;
+        tracing::info!(
+            backend = db::backend_name(&db),
+            url = %mask_password(&config.database.url),
+            max_connections = config.database.max_connections,
+            "connected to the database"
+        );
+        if config.auto_migrate {
+            migrate(&db, &config).await?;
+        }
+        let addr = SocketAddr::new(config.host, config.port);
+        let acceptor = TcpListener::bind(addr)
+            .into_acceptor()
+            .await
+            .map_err(|err| StartupError::Listen {
+                addr,
+                reason: err.to_string(),
+            })?;
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|addr| addr.as_socket_addr().copied())
+            .unwrap_or(addr);
+        Ok(Self {
+            state: Arc::new(AppState::new(config, db)),
+            acceptor,
+            addr,
+        })
+    }
+
+    /// The address actually bound (the port is chosen by the OS when configured as 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish,
+    /// and closes the pool.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+        tracing::info!(addr = %self.addr, "listening");
+        let app = http::app(self.state.clone());
+        let served = Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(app, shutdown, Some(DRAIN_TIMEOUT))
+            .await;
+        tracing::info!("shutting down: closing the database pool");
+        let db: DatabaseConnection = self.state.db.clone();
+        if let Err(err) = db.close_by_ref().await {
+            tracing::warn!(error = %err, "closing the pool failed");
+        }
+        served
+    }
+}
+
+async fn migrate(db: &DatabaseConnection, config: &Config) -> Result<(), StartupError> {
+    Migrator::up(db, None)
+        .await
+        .map_err(|err| StartupError::Migrations {
+            url: mask_password(&config.database.url),
+            reason: err.to_string(),
+        })?;
+    tracing::info!("migrations are up to date");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// The OpenAPI document as YAML, generated without a database (for `api openapi`).
+pub async fn openapi_yaml() -> Result<String, StartupError> {
+    let mut config = Config::from_iter(Vec::new())?;
+    config.database.url = "sqlite::memory:".to_owned();
+    let db = db::connect(&config.database).await?;
+    Ok(http::openapi_yaml(Arc::new(AppState::new(config, db))))
+}
