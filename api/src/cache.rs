@@ -55,7 +55,11 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
 
     /// The cached value, or `load`'s. Concurrent misses for one id share a single load; a failed
     /// load caches nothing and every waiter gets its error.
-    pub async fn get_or_load<E, Fut>(&self, id: Uuid, load: impl FnOnce() -> Fut) -> Result<Arc<V>, E>
+    pub async fn get_or_load<E, Fut>(
+        &self,
+        id: Uuid,
+        load: impl FnOnce() -> Fut,
+    ) -> Result<Arc<V>, E>
     where
         E: Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<V, E>>,
@@ -119,7 +123,9 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.entries.as_ref().map_or(0, |entries| entries.entry_count())
+        self.entries
+            .as_ref()
+            .map_or(0, |entries| entries.entry_count())
     }
 
     pub fn name(&self) -> &'static str {

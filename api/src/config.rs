@@ -74,7 +74,9 @@ impl Config {
         Self::from_iter(std::env::vars())
     }
 
-    pub fn from_iter(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn from_iter(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         // An empty variable counts as unset, as most shells and container runtimes mean it.
         let vars = vars.into_iter().filter(|(_, value)| !value.is_empty());
         let env: Env = envy::from_iter(vars).map_err(|err| ConfigError::Invalid(describe(err)))?;
@@ -95,9 +97,21 @@ impl Config {
             url: database_url(&env)?,
             max_connections,
             min_connections,
-            connect_timeout: millis(positive("DB_CONNECT_TIMEOUT_MS", env.db_connect_timeout_ms, 2_000)?),
-            acquire_timeout: millis(positive("DB_ACQUIRE_TIMEOUT_MS", env.db_acquire_timeout_ms, 2_000)?),
-            idle_timeout: millis(positive("DB_IDLE_TIMEOUT_MS", env.db_idle_timeout_ms, 30_000)?),
+            connect_timeout: millis(positive(
+                "DB_CONNECT_TIMEOUT_MS",
+                env.db_connect_timeout_ms,
+                2_000,
+            )?),
+            acquire_timeout: millis(positive(
+                "DB_ACQUIRE_TIMEOUT_MS",
+                env.db_acquire_timeout_ms,
+                2_000,
+            )?),
+            idle_timeout: millis(positive(
+                "DB_IDLE_TIMEOUT_MS",
+                env.db_idle_timeout_ms,
+                30_000,
+            )?),
             statement_timeout: millis(positive(
                 "DB_STATEMENT_TIMEOUT_MS",
                 env.db_statement_timeout_ms,
@@ -114,7 +128,11 @@ impl Config {
             port: env.port.unwrap_or(8080),
             auto_migrate: env.auto_migrate.unwrap_or(true),
             max_body_bytes: positive_usize("MAX_BODY_BYTES", env.max_body_bytes, 1024 * 1024)?,
-            request_timeout: millis(positive("REQUEST_TIMEOUT_MS", env.request_timeout_ms, 30_000)?),
+            request_timeout: millis(positive(
+                "REQUEST_TIMEOUT_MS",
+                env.request_timeout_ms,
+                30_000,
+            )?),
         })
     }
 }
@@ -122,7 +140,13 @@ impl Config {
 /// `DATABASE_URL` wins; else a PostgreSQL URL from `DB_HOST` and friends; else the SQLite file.
 fn database_url(env: &Env) -> Result<String, ConfigError> {
     if let Some(url) = &env.database_url {
-        let supported = ["postgres://", "postgresql://", "mysql://", "mariadb://", "sqlite:"];
+        let supported = [
+            "postgres://",
+            "postgresql://",
+            "mysql://",
+            "mariadb://",
+            "sqlite:",
+        ];
         if !supported.iter().any(|scheme| url.starts_with(scheme)) {
             return Err(invalid(
                 "DATABASE_URL",
@@ -205,7 +229,10 @@ mod tests {
         let config = Config::from_iter(vars(&[])).unwrap();
         assert_eq!(config.database.url, DEFAULT_DATABASE_URL);
         assert_eq!(config.database.max_connections, 20);
-        assert_eq!(config.database.acquire_timeout, Duration::from_millis(2_000));
+        assert_eq!(
+            config.database.acquire_timeout,
+            Duration::from_millis(2_000)
+        );
         assert_eq!(config.port, 8080);
         assert!(config.auto_migrate);
     }
@@ -242,6 +269,9 @@ mod tests {
             mask_password("postgres://app:secret@db:5432/shop"),
             "postgres://app:***@db:5432/shop"
         );
-        assert_eq!(mask_password("sqlite://data.db?mode=rwc"), "sqlite://data.db?mode=rwc");
+        assert_eq!(
+            mask_password("sqlite://data.db?mode=rwc"),
+            "sqlite://data.db?mode=rwc"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Storefront: users, products and orders over HTTP, on SQLite, PostgreSQL or MariaDB/MySQL.
 
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;

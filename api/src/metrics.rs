@@ -42,13 +42,18 @@ impl Metrics {
         )
         .expect("valid metric");
         let pool_connections = IntGaugeVec::new(
-            Opts::new("db_pool_connections", "Pooled database connections by state"),
+            Opts::new(
+                "db_pool_connections",
+                "Pooled database connections by state",
+            ),
             &["state"],
         )
         .expect("valid metric");
-        let pool_max_connections =
-            IntGauge::new("db_pool_max_connections", "Size limit of the connection pool")
-                .expect("valid metric");
+        let pool_max_connections = IntGauge::new(
+            "db_pool_max_connections",
+            "Size limit of the connection pool",
+        )
+        .expect("valid metric");
         let transaction_retries = IntCounter::new(
             "db_transaction_retries_total",
             "Transactions retried after a deadlock, serialization failure or busy database",
@@ -75,12 +80,18 @@ impl Metrics {
         )
         .expect("valid metric");
         let cache_load_failures = IntCounterVec::new(
-            Opts::new("cache_load_failures_total", "Cache loads that failed (not cached)"),
+            Opts::new(
+                "cache_load_failures_total",
+                "Cache loads that failed (not cached)",
+            ),
             &["cache"],
         )
         .expect("valid metric");
         let cache_invalidations = IntCounterVec::new(
-            Opts::new("cache_evictions_total", "Entries dropped because their data was written"),
+            Opts::new(
+                "cache_evictions_total",
+                "Entries dropped because their data was written",
+            ),
             &["cache"],
         )
         .expect("valid metric");
@@ -97,7 +108,9 @@ impl Metrics {
             Box::new(cache_load_failures.clone()),
             Box::new(cache_invalidations.clone()),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         Self {
             registry,

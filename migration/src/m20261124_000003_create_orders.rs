@@ -20,8 +20,7 @@ impl MigrationTrait for Migration {
                         &["pending", "paid", "shipped", "cancelled"],
                     )))
                     .col(
-                        big_integer(Orders::TotalCents)
-                            .check(Expr::col(Orders::TotalCents).gte(0)),
+                        big_integer(Orders::TotalCents).check(Expr::col(Orders::TotalCents).gte(0)),
                     )
                     .col(columns::timestamp(backend, Orders::CreatedAt))
                     .col(columns::timestamp(backend, Orders::UpdatedAt))

@@ -16,10 +16,7 @@ impl MigrationTrait for Migration {
                 columns::table(backend, OrderItems::Table)
                     .col(uuid(OrderItems::OrderId))
                     .col(uuid(OrderItems::ProductId))
-                    .col(
-                        integer(OrderItems::Quantity)
-                            .check(Expr::col(OrderItems::Quantity).gt(0)),
-                    )
+                    .col(integer(OrderItems::Quantity).check(Expr::col(OrderItems::Quantity).gt(0)))
                     .col(
                         big_integer(OrderItems::UnitPriceCents)
                             .check(Expr::col(OrderItems::UnitPriceCents).gte(0)),

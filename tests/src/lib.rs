@@ -1,1 +1,412 @@
+//! The test harness: `TestApp` starts the real server on a random port against a database of its
+//! own (a new, uniquely named database on PostgreSQL and MariaDB, a temporary file on SQLite) and
+//! drops that database afterwards. `on_every_backend!` runs one test body on each backend.
+//!
+//! Backends: SQLite always; PostgreSQL when `TEST_POSTGRES_URL` is set; MariaDB/MySQL when
+//! `TEST_MYSQL_URL` is set. With `REQUIRE_ALL_BACKENDS=1` a missing or unreachable backend fails
+//! the test instead of skipping it.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use api::config::Config;
+use api::http::AppState;
+use api::startup::Application;
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend};
+use serde_json::Value;
+use tokio::sync::{Mutex, oneshot};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub use serde_json::json;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl Backend {
+    fn admin_url(self) -> Option<String> {
+        let var = match self {
+            Backend::Sqlite => return None,
+            Backend::Postgres => "TEST_POSTGRES_URL",
+            Backend::MySql => "TEST_MYSQL_URL",
+        };
+        std::env::var(var).ok().filter(|url| !url.is_empty())
+    }
+}
+
+fn all_backends_required() -> bool {
+    std::env::var("REQUIRE_ALL_BACKENDS").is_ok_and(|v| v == "1")
+}
+
+fn skip(backend: Backend, why: &str) -> Option<TestDb> {
+    if all_backends_required() {
+        panic!("{backend:?} is required (REQUIRE_ALL_BACKENDS=1) but {why}");
+    }
+    eprintln!("skipping {backend:?}: {why}");
+    None
+}
+
+/// A database that exists for one test.
+#[derive(Clone, Debug)]
+pub struct TestDb {
+    pub backend: Backend,
+    /// The URL the service connects with.
+    pub url: String,
+    admin_url: Option<String>,
+    name: String,
+    file: Option<PathBuf>,
+}
+
+impl TestDb {
+    /// A new, empty database; `None` when the backend is not configured (and not required).
+    pub async fn create(backend: Backend) -> Option<Self> {
+        let name = format!("sf_test_{}", Uuid::now_v7().simple());
+        if backend == Backend::Sqlite {
+            let file = std::env::temp_dir().join(format!("{name}.db"));
+            return Some(Self {
+                backend,
+                url: format!("sqlite://{}?mode=rwc", file.display()),
+                admin_url: None,
+                name,
+                file: Some(file),
+            });
+        }
+        let Some(admin_url) = backend.admin_url() else {
+            return skip(backend, "its URL variable is not set");
+        };
+        let admin = match Database::connect(admin_url.as_str()).await {
+            Ok(admin) => admin,
+            Err(err) => return skip(backend, &format!("it is unreachable: {err}")),
+        };
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        let _ = admin.close().await;
+        let mut url = url::Url::parse(&admin_url).expect("a valid admin URL");
+        url.set_path(&name);
+        Some(Self {
+            backend,
+            url: url.into(),
+            admin_url: Some(admin_url),
+            name,
+            file: None,
+        })
+    }
+
+    /// A connection of the test's own (for arranging data, holding locks, reading plans).
+    pub async fn connect(&self) -> DatabaseConnection {
+        Database::connect(self.url.as_str())
+            .await
+            .expect("connect to the test database")
+    }
+
+    pub async fn drop_database(&self) {
+        if let Some(file) = &self.file {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+            }
+            return;
+        }
+        let Some(admin_url) = &self.admin_url else {
+            return;
+        };
+        let Ok(admin) = Database::connect(admin_url.as_str()).await else {
+            return;
+        };
+        let sql = match self.backend {
+            Backend::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            _ => format!("DROP DATABASE IF EXISTS {}", self.name),
+        };
+        if let Err(err) = admin.execute_unprepared(&sql).await {
+            eprintln!("could not drop {}: {err}", self.name);
+        }
+        let _ = admin.close().await;
+    }
+
+    pub fn db_backend(&self) -> DbBackend {
+        match self.backend {
+            Backend::Sqlite => DbBackend::Sqlite,
+            Backend::Postgres => DbBackend::Postgres,
+            Backend::MySql => DbBackend::MySql,
+        }
+    }
+}
+
+/// The configuration a test server starts with: defaults, its database, a random port.
+pub fn test_config(db: &TestDb) -> Config {
+    let mut config = Config::from_iter(Vec::new()).expect("default configuration");
+    config.database.url = db.url.clone();
+    config.port = 0;
+    config
+}
+
+struct Running {
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// A running server and its database.
+#[derive(Clone)]
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub db: TestDb,
+    pub state: Arc<AppState>,
+    pub client: reqwest::Client,
+    running: Arc<Mutex<Running>>,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a problem+json error with this status and code, and returns the problem.
+    #[track_caller]
+    pub fn problem(&self, status: u16, code: &str) -> Value {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "body: {}",
+            self.text
+        );
+        let body = self.json();
+        assert_eq!(body["code"], code, "body: {}", self.text);
+        assert_eq!(body["status"], status);
+        assert!(body["title"].is_string() && body["type"].is_string());
+        body
+    }
+
+    /// Asserts the status and returns the JSON body.
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        self.json()
+    }
+}
+
+impl TestApp {
+    /// Starts a server with the default test configuration.
+    pub async fn spawn(backend: Backend) -> Option<Self> {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Starts a server after `configure` has adjusted its configuration.
+    pub async fn spawn_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Option<Self> {
+        let db = TestDb::create(backend).await?;
+        let mut config = test_config(&db);
+        configure(&mut config);
+        Some(Self::start(db, config).await)
+    }
+
+    pub async fn start(db: TestDb, config: Config) -> Self {
+        let app = Application::build(config).await.expect("the server starts");
+        let addr = app.local_addr();
+        let state = app.state();
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = stop.await;
+        }));
+        Self {
+            addr,
+            base: format!("http://{addr}"),
+            db,
+            state,
+            client: reqwest::Client::new(),
+            running: Arc::new(Mutex::new(Running {
+                shutdown: Some(shutdown),
+                server: Some(server),
+            })),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.expect("the request is answered");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("a readable body");
+        Reply {
+            status,
+            headers,
+            text,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.client.post(self.url(path)).json(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.client.patch(self.url(path)).json(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(self.client.delete(self.url(path))).await
+    }
+
+    /// Sends raw bytes with the given content type.
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> Reply {
+        let request = self
+            .client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body);
+        self.send(request).await
+    }
+
+    /// Creates a user and returns its JSON.
+    pub async fn create_user(&self, name: &str, email: &str) -> Value {
+        self.post(
+            "/v1/users",
+            &json!({"name": name, "email": email, "password": "correct horse battery"}),
+        )
+        .await
+        .expect(201)
+    }
+
+    /// Creates a product and returns its JSON.
+    pub async fn create_product(&self, sku: &str, price_cents: i64, stock: i64) -> Value {
+        self.post(
+            "/v1/products",
+            &json!({"sku": sku, "name": format!("Product {sku}"), "price_cents": price_cents, "stock": stock}),
+        )
+        .await
+        .expect(201)
+    }
+
+    /// Stops the server (as SIGTERM would) and waits until it has drained and closed its pool.
+    pub async fn stop(&self) -> std::io::Result<()> {
+        let mut running = self.running.lock().await;
+        if let Some(shutdown) = running.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match running.server.take() {
+            Some(server) => server.await.expect("the server task ends"),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the server and drops its database.
+    pub async fn teardown(&self) {
+        let _ = self.stop().await;
+        self.db.drop_database().await;
+    }
+}
+
+/// Runs `body` against a fresh server on `backend` (skipping an unconfigured backend), then tears
+/// it down — also when the body panics, whose panic is then resumed.
+pub async fn run<F, Fut>(backend: Backend, body: F)
+where
+    F: FnOnce(TestApp) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    run_with(backend, |_| {}, body).await
+}
+
+/// `run` with an adjusted configuration.
+pub async fn run_with<F, Fut>(backend: Backend, configure: impl FnOnce(&mut Config), body: F)
+where
+    F: FnOnce(TestApp) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(app) = TestApp::spawn_with(backend, configure).await else {
+        return;
+    };
+    let outcome = tokio::spawn(body(app.clone())).await;
+    app.teardown().await;
+    if let Err(err) = outcome {
+        if err.is_panic() {
+            std::panic::resume_unwind(err.into_panic());
+        }
+        panic!("test body was cancelled");
+    }
+}
+
+/// Declares each test once and runs it on SQLite, PostgreSQL and MariaDB/MySQL:
+///
+/// ```ignore
+/// on_every_backend! {
+///     async fn creating_a_user_answers_201(app) { ... }
+/// }
+/// ```
+///
+/// Each becomes a module with one `#[tokio::test]` per backend (`sqlite`, `postgres`, `mysql`).
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($app: $crate::TestApp) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                $crate::run($crate::Backend::Sqlite, body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                $crate::run($crate::Backend::Postgres, body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn mysql() {
+                $crate::run($crate::Backend::MySql, body).await
+            }
+        }
+    )*};
+}
+
+/// Like `on_every_backend!`, for tests that need a server database but not SQLite (e.g. fault
+/// injection through `pg_terminate_backend`).
+#[macro_export]
+macro_rules! on_postgres {
+    ($($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
+        $(#[$meta])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            async fn body($app: $crate::TestApp) $body
+            $crate::run($crate::Backend::Postgres, body).await
+        }
+    )*};
+}

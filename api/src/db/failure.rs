@@ -183,10 +183,22 @@ mod tests {
 
     #[test]
     fn sqlite_codes_are_classified() {
-        assert_eq!(classify_sqlite(5, "database is locked"), DbFailure::Contention);
-        assert_eq!(classify_sqlite(517, "database is locked"), DbFailure::Contention);
-        assert_eq!(classify_sqlite(1, "no such table: users"), DbFailure::MissingSchema);
-        assert_eq!(classify_sqlite(1, "near \"x\": syntax error"), DbFailure::Other);
+        assert_eq!(
+            classify_sqlite(5, "database is locked"),
+            DbFailure::Contention
+        );
+        assert_eq!(
+            classify_sqlite(517, "database is locked"),
+            DbFailure::Contention
+        );
+        assert_eq!(
+            classify_sqlite(1, "no such table: users"),
+            DbFailure::MissingSchema
+        );
+        assert_eq!(
+            classify_sqlite(1, "near \"x\": syntax error"),
+            DbFailure::Other
+        );
     }
 
     #[test]

@@ -129,10 +129,14 @@ mod tests {
     #[tokio::test]
     async fn it_gives_up_after_the_bound() {
         let calls = AtomicU32::new(0);
-        let outcome: Result<(), _> = with_retry(fast(), |_| {}, || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(TestError::Deadlock)
-        })
+        let outcome: Result<(), _> = with_retry(
+            fast(),
+            |_| {},
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(TestError::Deadlock)
+            },
+        )
         .await;
         assert_eq!(outcome, Err(TestError::GaveUp(4)));
         assert_eq!(calls.load(Ordering::SeqCst), 4);
@@ -141,10 +145,14 @@ mod tests {
     #[tokio::test]
     async fn other_errors_are_not_retried() {
         let calls = AtomicU32::new(0);
-        let outcome: Result<(), _> = with_retry(fast(), |_| {}, || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(TestError::Fatal)
-        })
+        let outcome: Result<(), _> = with_retry(
+            fast(),
+            |_| {},
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(TestError::Fatal)
+            },
+        )
         .await;
         assert_eq!(outcome, Err(TestError::Fatal));
         assert_eq!(calls.load(Ordering::SeqCst), 1);

@@ -47,7 +47,10 @@ impl OrderLines {
         Self(
             merged
                 .into_iter()
-                .map(|(product_id, quantity)| OrderLine { product_id, quantity })
+                .map(|(product_id, quantity)| OrderLine {
+                    product_id,
+                    quantity,
+                })
                 .collect(),
         )
     }
@@ -137,8 +140,14 @@ mod tests {
         assert_eq!(
             lines.iter().copied().collect::<Vec<_>>(),
             vec![
-                OrderLine { product_id: b, quantity: 1 },
-                OrderLine { product_id: a, quantity: 5 },
+                OrderLine {
+                    product_id: b,
+                    quantity: 1
+                },
+                OrderLine {
+                    product_id: a,
+                    quantity: 5
+                },
             ]
         );
     }
@@ -147,10 +156,19 @@ mod tests {
     fn the_transition_table() {
         use OrderStatus::*;
         let all = [Pending, Paid, Shipped, Cancelled];
-        let allowed = [(Pending, Paid), (Paid, Shipped), (Pending, Cancelled), (Paid, Cancelled)];
+        let allowed = [
+            (Pending, Paid),
+            (Paid, Shipped),
+            (Pending, Cancelled),
+            (Paid, Cancelled),
+        ];
         for from in all {
             for to in all {
-                assert_eq!(from.can_move_to(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
+                assert_eq!(
+                    from.can_move_to(to),
+                    allowed.contains(&(from, to)),
+                    "{from:?} -> {to:?}"
+                );
             }
         }
     }

@@ -56,8 +56,11 @@ impl PasswordHash {
 
     pub fn verify(&self, candidate: &str) -> bool {
         use argon2::password_hash::PasswordVerifier;
-        argon2::password_hash::PasswordHash::new(&self.0)
-            .is_ok_and(|parsed| Argon2::default().verify_password(candidate.as_bytes(), &parsed).is_ok())
+        argon2::password_hash::PasswordHash::new(&self.0).is_ok_and(|parsed| {
+            Argon2::default()
+                .verify_password(candidate.as_bytes(), &parsed)
+                .is_ok()
+        })
     }
 }
 
@@ -81,8 +84,16 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_are_argon2id_and_verify() {
-        let hash = Password::parse("correct horse".into()).unwrap().hash().await.unwrap();
-        assert!(hash.0.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{}", hash.0);
+        let hash = Password::parse("correct horse".into())
+            .unwrap()
+            .hash()
+            .await
+            .unwrap();
+        assert!(
+            hash.0.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{}",
+            hash.0
+        );
         assert!(hash.verify("correct horse"));
         assert!(!hash.verify("wrong horse"));
     }

@@ -56,7 +56,10 @@ fn schema_ref<T: Type>() -> MetaSchemaRef {
     T::schema_ref()
 }
 
-async fn parse<T: DeserializeOwned>(request: &Request, body: &mut RequestBody) -> Result<T, ApiError> {
+async fn parse<T: DeserializeOwned>(
+    request: &Request,
+    body: &mut RequestBody,
+) -> Result<T, ApiError> {
     if !is_json(request.header(header::CONTENT_TYPE)) {
         return Err(ApiError::UnsupportedMediaType);
     }
@@ -78,8 +81,9 @@ async fn parse<T: DeserializeOwned>(request: &Request, body: &mut RequestBody) -
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::BadRequest("the request body is not valid UTF-8".to_owned()))?;
     // Syntax first: bytes that are not JSON at all are a malformed request (400)...
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|err| ApiError::BadRequest(format!("the request body is not valid JSON: {err}")))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|err| {
+        ApiError::BadRequest(format!("the request body is not valid JSON: {err}"))
+    })?;
     // ...while JSON of the wrong shape is a validation failure naming the field (422).
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
@@ -146,7 +150,10 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_named_by_their_own_path() {
-        let e = shape_error(".", "unknown field `nickname`, expected one of `name`, `email`");
+        let e = shape_error(
+            ".",
+            "unknown field `nickname`, expected one of `name`, `email`",
+        );
         assert_eq!(e.field, "nickname");
         let e = shape_error("items[0]", "unknown field `price`, expected `product_id`");
         assert_eq!(e.field, "items[0].price");

@@ -61,7 +61,10 @@ pub enum ApiError {
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("not found")]
-    NotFound { detail: String, reference: Option<(&'static str, Uuid)> },
+    NotFound {
+        detail: String,
+        reference: Option<(&'static str, Uuid)>,
+    },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("conflict")]
@@ -73,13 +76,20 @@ pub enum ApiError {
     #[error("validation failed")]
     Validation(Vec<FieldError>),
     #[error("database unavailable")]
-    Unavailable { code: &'static str, failure: DbFailure, detail: String },
+    Unavailable {
+        code: &'static str,
+        failure: DbFailure,
+        detail: String,
+    },
     #[error("query timeout")]
     QueryTimeout,
     #[error("request timeout")]
     RequestTimeout,
     #[error("internal error")]
-    Internal { failure: Option<DbFailure>, detail: String },
+    Internal {
+        failure: Option<DbFailure>,
+        detail: String,
+    },
 }
 
 /// The database failure behind an error response, left on the response for the middleware that
@@ -165,7 +175,10 @@ impl ApiError {
                         .collect(),
                 );
                 let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-                ("validation_failed", format!("invalid: {}", fields.join(", ")))
+                (
+                    "validation_failed",
+                    format!("invalid: {}", fields.join(", ")),
+                )
             }
             Self::Unavailable { code, failure, .. } => (
                 code,
@@ -197,7 +210,9 @@ impl ApiError {
 
     fn failure_note(&self) -> Option<FailureNote> {
         match self {
-            Self::Unavailable { failure, detail, .. } => Some(FailureNote {
+            Self::Unavailable {
+                failure, detail, ..
+            } => Some(FailureNote {
                 failure: failure.clone(),
                 detail: detail.clone(),
             }),
@@ -221,14 +236,20 @@ fn conflict_problem(conflict: &Conflict, problem: &mut Problem) -> (&'static str
                 field: "email".to_owned(),
                 message: "already taken".to_owned(),
             }]);
-            ("email_taken", "a user with this email already exists".to_owned())
+            (
+                "email_taken",
+                "a user with this email already exists".to_owned(),
+            )
         }
         Conflict::SkuTaken => {
             problem.errors = Some(vec![FieldProblem {
                 field: "sku".to_owned(),
                 message: "already taken".to_owned(),
             }]);
-            ("sku_taken", "a product with this sku already exists".to_owned())
+            (
+                "sku_taken",
+                "a product with this sku already exists".to_owned(),
+            )
         }
         Conflict::UserHasOrders => (
             "user_has_orders",
@@ -385,7 +406,10 @@ impl<F: Send> IntoResponse for Failure<F> {
 impl<F: Failures> ApiResponse for Failure<F> {
     fn meta() -> MetaResponses {
         MetaResponses {
-            responses: F::STATUSES.iter().map(|status| problem_response(*status)).collect(),
+            responses: F::STATUSES
+                .iter()
+                .map(|status| problem_response(*status))
+                .collect(),
         }
     }
 
@@ -403,7 +427,9 @@ fn problem_response(status: u16) -> MetaResponse {
         415 => "The body is not `application/json` (`unsupported_media_type`)",
         422 => "A field or parameter is invalid; `errors` names each (`validation_failed`)",
         500 => "An unexpected error; details are only in the server log (`internal`)",
-        503 => "The database is unavailable or has no free connection (`database_unavailable`, `pool_exhausted`); see `Retry-After`",
+        503 => {
+            "The database is unavailable or has no free connection (`database_unavailable`, `pool_exhausted`); see `Retry-After`"
+        }
         504 => "The statement timeout fired (`query_timeout`)",
         _ => "Error",
     };

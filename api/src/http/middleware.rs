@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use poem::PathPattern;
 use poem::error::{MethodNotAllowedError, NotFoundError, ResponseError};
 use poem::http::{HeaderValue, StatusCode};
-use poem::PathPattern;
 use poem::{Endpoint, IntoResponse, Request, Response};
-use poem_openapi::error::{ContentTypeError, ParsePathError, ParseParamError, ParseRequestPayloadError};
+use poem_openapi::error::{
+    ContentTypeError, ParseParamError, ParsePathError, ParseRequestPayloadError,
+};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -41,7 +43,10 @@ pub async fn observe<E: Endpoint>(
             Ok(Ok(response)) => response.into_response(),
             Ok(Err(err)) => problem_from(err),
             Err(_) => {
-                tracing::warn!(deadline_ms = deadline.as_millis() as u64, "request deadline passed");
+                tracing::warn!(
+                    deadline_ms = deadline.as_millis() as u64,
+                    "request deadline passed"
+                );
                 ApiError::RequestTimeout.as_response()
             }
         };
@@ -180,8 +185,12 @@ fn report_failure(state: &AppState, route: &str, note: &FailureNote) {
             limit_ms = db.statement_timeout.as_millis() as u64,
             "a statement hit the statement timeout"
         ),
-        DbFailure::Contention => tracing::warn!(route, detail = %note.detail, "transaction kept deadlocking"),
-        DbFailure::Unavailable => tracing::error!(route, kind = note.failure.label(), "database unavailable"),
+        DbFailure::Contention => {
+            tracing::warn!(route, detail = %note.detail, "transaction kept deadlocking")
+        }
+        DbFailure::Unavailable => {
+            tracing::error!(route, kind = note.failure.label(), "database unavailable")
+        }
         _ => tracing::error!(route, error = %note.detail, "unexpected database error"),
     }
 }

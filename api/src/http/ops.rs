@@ -38,7 +38,10 @@ impl OpsApi {
         match db::ping(&self.0.db).await {
             Ok(()) => Readiness::Ready(PlainText("ready".to_owned())),
             Err(err) => {
-                tracing::warn!(error_kind = db::classify(&err).label(), "readiness check failed");
+                tracing::warn!(
+                    error_kind = db::classify(&err).label(),
+                    "readiness check failed"
+                );
                 Readiness::NotReady(PlainText("database unavailable".to_owned()))
             }
         }
@@ -63,7 +66,10 @@ impl OpsApi {
             .set(i64::from(state.config.database.max_connections));
         for (name, entries) in [
             (state.user_cache.name(), state.user_cache.entry_count()),
-            (state.product_cache.name(), state.product_cache.entry_count()),
+            (
+                state.product_cache.name(),
+                state.product_cache.entry_count(),
+            ),
         ] {
             metrics
                 .cache_entries

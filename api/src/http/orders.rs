@@ -10,7 +10,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::body::JsonBody;
-use super::error::{ApiError, Failure, NestedListFailures, PlaceFailures, ReadFailures, UpdateFailures};
+use super::error::{
+    ApiError, Failure, NestedListFailures, PlaceFailures, ReadFailures, UpdateFailures,
+};
 use super::pagination::{page_meta, page_of, page_request};
 use super::timestamp::Timestamp;
 use super::users::default_per_page;
@@ -66,7 +68,11 @@ impl From<Order> for OrderDto {
     }
 }
 
-page_of!(OrderPage, OrderDto, "A page of orders, newest first, each with its items.");
+page_of!(
+    OrderPage,
+    OrderDto,
+    "A page of orders, newest first, each with its items."
+);
 
 #[derive(Object, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,12 +135,19 @@ impl OrdersApi {
     ) -> Result<OrderPlaced, Failure<PlaceFailures>> {
         let request = body.0;
         let mut v = Validator::default();
-        let key = v.check_opt("Idempotency-Key", idempotency_key.0.as_deref(), IdempotencyKey::parse);
+        let key = v.check_opt(
+            "Idempotency-Key",
+            idempotency_key.0.as_deref(),
+            IdempotencyKey::parse,
+        );
         if request.items.is_empty() {
             v.push("items", "must contain at least one item");
         }
         if request.items.len() > OrderLines::MAX_LINES {
-            v.push("items", format!("must contain at most {} items", OrderLines::MAX_LINES));
+            v.push(
+                "items",
+                format!("must contain at most {} items", OrderLines::MAX_LINES),
+            );
         }
         let mut lines = Vec::with_capacity(request.items.len());
         for (index, line) in request.items.iter().enumerate() {
@@ -174,17 +187,27 @@ impl OrdersApi {
     ///
     /// Allowed: pending → paid → shipped; pending → cancelled; paid → cancelled. Anything else
     /// is 409 `invalid_transition`.
-    #[oai(path = "/v1/orders/:id", method = "patch", operation_id = "updateOrder")]
+    #[oai(
+        path = "/v1/orders/:id",
+        method = "patch",
+        operation_id = "updateOrder"
+    )]
     async fn update(
         &self,
         id: Path<Uuid>,
         body: JsonBody<UpdateOrderRequest>,
     ) -> Result<Json<OrderDto>, Failure<UpdateFailures>> {
-        Ok(Json(self.0.orders.transition(id.0, body.0.status).await?.into()))
+        Ok(Json(
+            self.0.orders.transition(id.0, body.0.status).await?.into(),
+        ))
     }
 
     /// List a user's orders, newest first
-    #[oai(path = "/v1/users/:id/orders", method = "get", operation_id = "listUserOrders")]
+    #[oai(
+        path = "/v1/users/:id/orders",
+        method = "get",
+        operation_id = "listUserOrders"
+    )]
     async fn list_for_user(
         &self,
         id: Path<Uuid>,
@@ -192,7 +215,10 @@ impl OrdersApi {
         #[oai(validator(minimum(value = "1")))]
         page: Query<Option<u64>>,
         /// Items per page.
-        #[oai(default = "default_per_page", validator(minimum(value = "1"), maximum(value = "100")))]
+        #[oai(
+            default = "default_per_page",
+            validator(minimum(value = "1"), maximum(value = "100"))
+        )]
         per_page: Query<u64>,
         /// Opaque cursor from `next_cursor` (keyset mode; not with `page`).
         cursor: Query<Option<String>>,

@@ -42,7 +42,10 @@ pub fn page_request(
                 per_page,
             }),
             None => {
-                errors.push(FieldError::new("cursor", "is not a cursor this service issued"));
+                errors.push(FieldError::new(
+                    "cursor",
+                    "is not a cursor this service issued",
+                ));
                 None
             }
         },

@@ -147,7 +147,10 @@ impl ProductsApi {
         #[oai(validator(minimum(value = "1")))]
         page: Query<Option<u64>>,
         /// Items per page.
-        #[oai(default = "default_per_page", validator(minimum(value = "1"), maximum(value = "100")))]
+        #[oai(
+            default = "default_per_page",
+            validator(minimum(value = "1"), maximum(value = "100"))
+        )]
         per_page: Query<u64>,
         /// Opaque cursor from `next_cursor` (keyset mode; not with `page`).
         cursor: Query<Option<String>>,
@@ -155,7 +158,9 @@ impl ProductsApi {
         in_stock: Query<Option<bool>>,
     ) -> Result<Json<ProductPage>, Failure<ListFailures>> {
         let request = page_request("products", page.0, Some(per_page.0), cursor.0.as_deref())?;
-        let filter = ProductFilter { in_stock: in_stock.0 };
+        let filter = ProductFilter {
+            in_stock: in_stock.0,
+        };
         let products = self.0.products.list(filter, request).await?;
         let meta = page_meta("products", request, &products);
         Ok(Json(ProductPage::new(
@@ -167,7 +172,11 @@ impl ProductsApi {
     /// Change a product
     ///
     /// Only the fields sent change; `updated_at` moves when any is sent. `sku` cannot be changed.
-    #[oai(path = "/v1/products/:id", method = "patch", operation_id = "updateProduct")]
+    #[oai(
+        path = "/v1/products/:id",
+        method = "patch",
+        operation_id = "updateProduct"
+    )]
     async fn update(
         &self,
         id: Path<Uuid>,
@@ -196,7 +205,11 @@ impl ProductsApi {
     /// Delete a product
     ///
     /// A product that appears in any order cannot be deleted.
-    #[oai(path = "/v1/products/:id", method = "delete", operation_id = "deleteProduct")]
+    #[oai(
+        path = "/v1/products/:id",
+        method = "delete",
+        operation_id = "deleteProduct"
+    )]
     async fn delete(&self, id: Path<Uuid>) -> Result<Deleted, Failure<DeleteFailures>> {
         self.0.products.delete(id.0).await?;
         Ok(Deleted::NoContent)

@@ -30,7 +30,11 @@ pub fn finish(raw: &str) -> Value {
     let mut document: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
     let mut closed = Vec::new();
     if let Some(paths) = document.get("paths").and_then(Value::as_object) {
-        for operation in paths.values().filter_map(Value::as_object).flat_map(|ops| ops.values()) {
+        for operation in paths
+            .values()
+            .filter_map(Value::as_object)
+            .flat_map(|ops| ops.values())
+        {
             let schema = operation.pointer("/requestBody/content/application~1json/schema");
             if let Some(name) = schema.and_then(schema_name) {
                 closed.push(name);
@@ -59,7 +63,10 @@ pub fn finish(raw: &str) -> Value {
             }
         }
         for schema in schemas.values_mut() {
-            if let Some(email) = schema.pointer_mut("/properties/email").and_then(Value::as_object_mut) {
+            if let Some(email) = schema
+                .pointer_mut("/properties/email")
+                .and_then(Value::as_object_mut)
+            {
                 email.insert("format".to_owned(), Value::String("email".to_owned()));
             }
         }

@@ -33,7 +33,9 @@ impl Type for Timestamp {
         Some(self)
     }
 
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
         Box::new(self.as_raw_value().into_iter())
     }
 }
@@ -41,7 +43,9 @@ impl Type for Timestamp {
 impl ToJSON for Timestamp {
     fn to_json(&self) -> Option<Value> {
         // AutoSi writes 0, 3 or 6 digits as needed; stored values carry at most microseconds.
-        Some(Value::String(self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
+        Some(Value::String(
+            self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        ))
     }
 }
 

@@ -151,7 +151,10 @@ impl UsersApi {
         #[oai(validator(minimum(value = "1")))]
         page: Query<Option<u64>>,
         /// Items per page.
-        #[oai(default = "default_per_page", validator(minimum(value = "1"), maximum(value = "100")))]
+        #[oai(
+            default = "default_per_page",
+            validator(minimum(value = "1"), maximum(value = "100"))
+        )]
         per_page: Query<u64>,
         /// Opaque cursor from `next_cursor` (keyset mode; not with `page`).
         cursor: Query<Option<String>>,

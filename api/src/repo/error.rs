@@ -31,8 +31,15 @@ pub enum Conflict {
     SkuTaken,
     UserHasOrders,
     ProductHasOrders,
-    InvalidTransition { from: &'static str, to: &'static str },
-    InsufficientStock { product_id: Uuid, requested: i64, available: i64 },
+    InvalidTransition {
+        from: &'static str,
+        to: &'static str,
+    },
+    InsufficientStock {
+        product_id: Uuid,
+        requested: i64,
+        available: i64,
+    },
     IdempotencyKeyReused,
 }
 
@@ -51,7 +58,10 @@ pub enum RepoError {
     Timeout,
     /// Deadlocks or serialization failures persisted through every retry.
     #[error("transaction still contended after {attempts} attempts")]
-    Contended { attempts: u32, source: Option<DbErr> },
+    Contended {
+        attempts: u32,
+        source: Option<DbErr>,
+    },
     #[error("database error: {0}")]
     Internal(DbErr),
 }

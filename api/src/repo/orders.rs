@@ -167,7 +167,10 @@ impl OrderRepo {
             .one(&self.db)
             .await?
             .ok_or(RepoError::not_found(Resource::Order, id))?;
-        let items = items_of(&self.db, &[id]).await?.remove(&id).unwrap_or_default();
+        let items = items_of(&self.db, &[id])
+            .await?
+            .remove(&id)
+            .unwrap_or_default();
         Ok(Order { order, items })
     }
 
@@ -374,7 +377,10 @@ async fn transition_in(
         .await?
         .ok_or(RepoError::not_found(Resource::Order, id))?;
     let from = OrderStatus::from_db(&order.status).ok_or_else(|| {
-        RepoError::Internal(sea_orm::DbErr::Type(format!("unknown order status {:?}", order.status)))
+        RepoError::Internal(sea_orm::DbErr::Type(format!(
+            "unknown order status {:?}",
+            order.status
+        )))
     })?;
     if !from.can_move_to(to) {
         return Err(RepoError::Conflict(Conflict::InvalidTransition {

@@ -25,7 +25,10 @@ pub enum PageRequest {
     /// 1-based page of `per_page` items, with totals.
     Offset { page: u64, per_page: u64 },
     /// The `per_page` items after `after` (from the start when `None`).
-    Keyset { after: Option<CursorKey>, per_page: u64 },
+    Keyset {
+        after: Option<CursorKey>,
+        per_page: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +111,11 @@ where
             } else {
                 offset + (items.len() as u64) < total.items
             };
-            let next = if has_more { items.last().map(&key) } else { None };
+            let next = if has_more {
+                items.last().map(&key)
+            } else {
+                None
+            };
             Ok(PageOf {
                 items,
                 total: Some(total),

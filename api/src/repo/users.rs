@@ -66,7 +66,10 @@ pub struct UserChanges {
 
 impl UserChanges {
     pub fn is_empty(&self) -> bool {
-        self.name.is_none() && self.email.is_none() && self.password.is_none() && self.status.is_none()
+        self.name.is_none()
+            && self.email.is_none()
+            && self.password.is_none()
+            && self.status.is_none()
     }
 }
 
@@ -110,7 +113,11 @@ impl UserRepo {
             .transpose()
     }
 
-    pub async fn list(&self, filter: UserFilter, request: PageRequest) -> Result<PageOf<User>, RepoError> {
+    pub async fn list(
+        &self,
+        filter: UserFilter,
+        request: PageRequest,
+    ) -> Result<PageOf<User>, RepoError> {
         let mut query = users::Entity::find();
         if let Some(status) = filter.status {
             query = query.filter(users::Column::Status.eq(status.as_str()));
