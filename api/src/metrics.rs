@@ -13,6 +13,7 @@ pub struct Metrics {
     pub pool_connections: IntGaugeVec,
     pub pool_max_connections: IntGauge,
     pub transaction_retries: IntCounter,
+    pub db_queries: IntCounter,
     pub db_errors: IntCounterVec,
     pub cache_requests: IntCounterVec,
     pub cache_entries: IntGaugeVec,
@@ -59,6 +60,11 @@ impl Metrics {
             "Transactions retried after a deadlock, serialization failure or busy database",
         )
         .expect("valid metric");
+        let db_queries = IntCounter::new(
+            "db_queries_total",
+            "Statements sent to the database through the pool",
+        )
+        .expect("valid metric");
         let db_errors = IntCounterVec::new(
             Opts::new("db_errors_total", "Database errors by kind"),
             &["kind"],
@@ -101,6 +107,7 @@ impl Metrics {
             Box::new(pool_connections.clone()),
             Box::new(pool_max_connections.clone()),
             Box::new(transaction_retries.clone()),
+            Box::new(db_queries.clone()),
             Box::new(db_errors.clone()),
             Box::new(cache_requests.clone()),
             Box::new(cache_entries.clone()),
@@ -119,6 +126,7 @@ impl Metrics {
             pool_connections,
             pool_max_connections,
             transaction_retries,
+            db_queries,
             db_errors,
             cache_requests,
             cache_entries,

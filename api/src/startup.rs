@@ -10,9 +10,11 @@ use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use sea_orm::DatabaseConnection;
 
+use crate::cache::peers;
 use crate::config::{Config, mask_password};
 use crate::db;
 use crate::http::{self, AppState};
+use crate::metrics::Metrics;
 
 /// Why the service could not start; each renders as one line for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Application {
     state: Arc<AppState>,
+    /// Hears other instances' cache invalidations (PostgreSQL with caching on).
+    listener: Option<tokio::task::JoinHandle<()>>,
     acceptor: poem::listener::TcpAcceptor,
     addr: SocketAddr,
 }
@@ -39,7 +43,11 @@ pub struct Application {
 impl Application {
     /// Connects (failing fast), migrates when asked to, and binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let db = db::connect(&config.database).await?;
+        let mut db = db::connect(&config.database).await?;
+        let metrics = Arc::new(Metrics::new());
+        let queries = metrics.db_queries.clone();
+        // Every statement through the pool is counted (and only counted: no SQL is logged).
+        db.set_metric_callback(move |_| queries.inc());
         tracing::info!(
             backend = db::backend_name(&db),
             url = %mask_password(&config.database.url),
@@ -62,8 +70,11 @@ impl Application {
             .first()
             .and_then(|addr| addr.as_socket_addr().copied())
             .unwrap_or(addr);
+        let state = Arc::new(AppState::new(config, db, metrics));
+        let listener = listen_to_peers(&state).await;
         Ok(Self {
-            state: Arc::new(AppState::new(config, db)),
+            state,
+            listener,
             acceptor,
             addr,
         })
@@ -86,6 +97,9 @@ impl Application {
         let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app, shutdown, Some(DRAIN_TIMEOUT))
             .await;
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
         tracing::info!("shutting down: closing the database pool");
         let db: DatabaseConnection = self.state.db.clone();
         if let Err(err) = db.close_by_ref().await {
@@ -93,6 +107,19 @@ impl Application {
         }
         served
     }
+}
+
+async fn listen_to_peers(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<()>> {
+    let postgres = state.db.get_database_backend() == sea_orm::DbBackend::Postgres;
+    if !postgres || !state.user_cache.is_enabled() {
+        return None;
+    }
+    let caches = peers::Caches {
+        users: state.user_cache.clone(),
+        products: state.product_cache.clone(),
+    };
+    let url = state.config.database.url.clone();
+    Some(peers::start_listener(url, state.listener_name.clone(), caches).await)
 }
 
 async fn migrate(db: &DatabaseConnection, config: &Config) -> Result<(), StartupError> {
@@ -139,5 +166,8 @@ pub async fn openapi_yaml() -> Result<String, StartupError> {
     let mut config = Config::from_iter(Vec::new())?;
     config.database.url = "sqlite::memory:".to_owned();
     let db = db::connect(&config.database).await?;
-    Ok(http::openapi_yaml(Arc::new(AppState::new(config, db))))
+    let metrics = Arc::new(Metrics::new());
+    Ok(http::openapi_yaml(Arc::new(AppState::new(
+        config, db, metrics,
+    ))))
 }

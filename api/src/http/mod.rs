@@ -35,11 +35,12 @@ pub struct AppState {
     pub orders: OrderRepo,
     pub user_cache: Arc<EntityCache<User>>,
     pub product_cache: Arc<EntityCache<Product>>,
+    /// The `application_name` of this instance's cache-invalidation listener (PostgreSQL).
+    pub listener_name: String,
 }
 
 impl AppState {
-    pub fn new(config: Config, db: DatabaseConnection) -> Self {
-        let metrics = Arc::new(Metrics::new());
+    pub fn new(config: Config, db: DatabaseConnection, metrics: Arc<Metrics>) -> Self {
         let user_cache = Arc::new(EntityCache::new("users", &config.cache, metrics.clone()));
         let product_cache = Arc::new(EntityCache::new("products", &config.cache, metrics.clone()));
         let users = UserRepo::new(db.clone(), user_cache.clone());
@@ -54,6 +55,7 @@ impl AppState {
             orders,
             user_cache,
             product_cache,
+            listener_name: format!("storefront-cache-{}", uuid::Uuid::now_v7().simple()),
         }
     }
 }

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::error::{Conflict, OnViolation, RepoError, Resource};
 use super::page::{self, CursorKey, ListOrder, PageOf, PageRequest};
 use super::products::ProductRepo;
+use crate::cache::peers::{self, Topic};
 use crate::db::{DbFailure, RetryPolicy, classify, with_retry};
 use crate::domain::{IdempotencyKey, OrderLines, OrderStatus};
 use crate::metrics::Metrics;
@@ -360,6 +361,7 @@ async fn place_in(
         unit_price_cents: Set(item.unit_price_cents),
     });
     order_items::Entity::insert_many(rows).exec(txn).await?;
+    peers::announce(txn, Topic::Products, &request.lines.product_ids()).await?;
     Ok(Order { order, items })
 }
 
@@ -409,6 +411,8 @@ async fn transition_in(
                 .exec(txn)
                 .await?;
         }
+        let restocked: Vec<Uuid> = items.iter().map(|item| item.product_id).collect();
+        peers::announce(txn, Topic::Products, &restocked).await?;
     }
     Ok(Order { order, items })
 }

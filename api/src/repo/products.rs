@@ -3,13 +3,14 @@ use std::sync::Arc;
 use entity::products;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter,
+    QueryFilter, TransactionTrait,
 };
 use uuid::Uuid;
 
 use super::error::{Conflict, OnViolation, RepoError, Resource};
 use super::page::{self, CursorKey, ListOrder, PageOf, PageRequest};
 use crate::cache::EntityCache;
+use crate::cache::peers::{self, Topic};
 use crate::domain::{Cents, ProductName, Sku, Stock};
 
 pub type Product = products::Model;
@@ -119,20 +120,26 @@ impl ProductRepo {
         if let Some(stock) = changes.stock {
             row.stock = Set(stock.get());
         }
-        let updated = match row.update(&self.db).await {
+        let txn = self.db.begin().await?;
+        let updated = match row.update(&txn).await {
             Err(DbErr::RecordNotUpdated) => Err(RepoError::not_found(Resource::Product, id)),
             other => other.map_err(RepoError::from),
-        };
+        }?;
+        peers::announce(&txn, Topic::Products, &[id]).await?;
+        txn.commit().await?;
         self.cache.invalidate(id).await;
-        updated
+        Ok(updated)
     }
 
     /// A product that was ever ordered stays: its order items refer to it.
     pub async fn delete(&self, id: Uuid) -> Result<(), RepoError> {
+        let txn = self.db.begin().await?;
         let result = products::Entity::delete_by_id(id)
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .on_foreign_key(Conflict::ProductHasOrders)?;
+        peers::announce(&txn, Topic::Products, &[id]).await?;
+        txn.commit().await?;
         self.cache.invalidate(id).await;
         if result.rows_affected == 0 {
             return Err(RepoError::not_found(Resource::Product, id));

@@ -4,13 +4,14 @@ use chrono::{DateTime, FixedOffset};
 use entity::users;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter,
+    QueryFilter, TransactionTrait,
 };
 use uuid::Uuid;
 
 use super::error::{Conflict, OnViolation, RepoError, Resource};
 use super::page::{self, CursorKey, ListOrder, PageOf, PageRequest};
 use crate::cache::EntityCache;
+use crate::cache::peers::{self, Topic};
 use crate::domain::{Email, PasswordHash, UserName, UserStatus};
 
 /// A user as the service shows it: the stored row without its password hash, which never leaves
@@ -186,20 +187,26 @@ impl UserRepo {
         if let Some(status) = changes.status {
             row.status = Set(status.as_str().to_owned());
         }
-        let updated = match row.update(&self.db).await {
+        let txn = self.db.begin().await?;
+        let updated = match row.update(&txn).await {
             Err(DbErr::RecordNotUpdated) => Err(RepoError::not_found(Resource::User, id)),
             other => other.on_unique(Conflict::EmailTaken),
-        };
+        }?;
+        peers::announce(&txn, Topic::Users, &[id]).await?;
+        txn.commit().await?;
         self.cache.invalidate(id).await;
-        User::from_row(updated?)
+        User::from_row(updated)
     }
 
     /// Orders are records: a user who has any, even cancelled ones, stays.
     pub async fn delete(&self, id: Uuid) -> Result<(), RepoError> {
+        let txn = self.db.begin().await?;
         let result = users::Entity::delete_by_id(id)
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .on_foreign_key(Conflict::UserHasOrders)?;
+        peers::announce(&txn, Topic::Users, &[id]).await?;
+        txn.commit().await?;
         self.cache.invalidate(id).await;
         if result.rows_affected == 0 {
             return Err(RepoError::not_found(Resource::User, id));

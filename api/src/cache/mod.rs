@@ -9,10 +9,12 @@
 //! array of stripes indexed by the id's hash, so memory stays bounded; a write merely makes the
 //! few other ids that share its stripe miss once.
 
+pub mod peers;
+
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use uuid::Uuid;
 
@@ -27,6 +29,8 @@ pub struct EntityCache<V> {
     entries: Option<moka::future::Cache<(Uuid, u64), Arc<V>>>,
     generations: Box<[AtomicU64]>,
     hasher: RandomState,
+    /// Off while this instance cannot hear other instances' invalidations (see `peers`).
+    suspended: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -44,6 +48,7 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
             entries,
             generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             hasher: RandomState::new(),
+            suspended: AtomicBool::new(false),
             metrics,
         }
     }
@@ -64,7 +69,7 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
         E: Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<V, E>>,
     {
-        let Some(entries) = &self.entries else {
+        let Some(entries) = self.entries.as_ref().filter(|_| !self.is_suspended()) else {
             return load().await.map(Arc::new);
         };
         let generation = self.stripe(id).load(Ordering::Acquire);
@@ -120,6 +125,26 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
             }
             entries.invalidate_all();
         }
+    }
+
+    /// Reads bypass the cache, and it is emptied, until `resume`.
+    pub fn suspend(&self) {
+        self.suspended.store(true, Ordering::Release);
+        self.clear();
+    }
+
+    /// Empties the cache (it may have missed invalidations) and serves from it again.
+    pub fn resume(&self) {
+        self.clear();
+        self.suspended.store(false, Ordering::Release);
+    }
+
+    fn is_suspended(&self) -> bool {
+        self.suspended.load(Ordering::Acquire)
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.entries.is_some()
     }
 
     pub fn entry_count(&self) -> u64 {

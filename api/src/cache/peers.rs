@@ -1,0 +1,153 @@
+//! Keeping several instances' caches coherent on PostgreSQL.
+//!
+//! Every write that changes a cached row sends `NOTIFY` with the row's key inside its own
+//! transaction, so the message goes out only if the write commits. Each instance LISTENs on one
+//! channel and evicts what it hears. When its listening connection drops, an instance cannot know
+//! what it missed: it stops serving from its cache and empties it until it listens again, then
+//! empties it once more (writes may have committed while it was reconnecting).
+//!
+//! On SQLite and MariaDB/MySQL there is no such channel: run a single instance there.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use uuid::Uuid;
+
+use super::EntityCache;
+use crate::repo::products::Product;
+use crate::repo::users::User;
+
+pub const CHANNEL: &str = "storefront_cache";
+
+/// Which cache a key belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topic {
+    Users,
+    Products,
+}
+
+impl Topic {
+    fn as_str(self) -> &'static str {
+        match self {
+            Topic::Users => "users",
+            Topic::Products => "products",
+        }
+    }
+}
+
+/// Tells the other instances to drop `ids` — call inside the writing transaction. A no-op on
+/// backends without NOTIFY.
+pub async fn announce<C: ConnectionTrait>(
+    conn: &C,
+    topic: Topic,
+    ids: &[Uuid],
+) -> Result<(), DbErr> {
+    if conn.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    for id in ids {
+        let payload = format!("{}:{id}", topic.as_str());
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_notify($1, $2)",
+            [CHANNEL.into(), payload.into()],
+        );
+        conn.execute_raw(statement).await?;
+    }
+    Ok(())
+}
+
+/// The caches an instance keeps, for the listener to evict from.
+#[derive(Clone)]
+pub struct Caches {
+    pub users: Arc<EntityCache<User>>,
+    pub products: Arc<EntityCache<Product>>,
+}
+
+impl Caches {
+    async fn evict(&self, payload: &str) {
+        let Some((topic, id)) = payload.split_once(':') else {
+            return;
+        };
+        let Ok(id) = Uuid::parse_str(id) else {
+            return;
+        };
+        match topic {
+            "users" => self.users.invalidate(id).await,
+            "products" => self.products.invalidate(id).await,
+            _ => {}
+        }
+    }
+
+    fn suspend(&self) {
+        self.users.suspend();
+        self.products.suspend();
+    }
+
+    fn resume(&self) {
+        self.users.resume();
+        self.products.resume();
+    }
+}
+
+/// Listens for other instances' invalidations until the task is aborted. `name` becomes the
+/// connection's `application_name`, so operators (and tests) can tell it apart. The first LISTEN
+/// is made before this returns, so a new instance caches from its first request.
+pub async fn start_listener(
+    url: String,
+    name: String,
+    caches: Caches,
+) -> tokio::task::JoinHandle<()> {
+    // Until a LISTEN succeeds this instance hears nobody.
+    caches.suspend();
+    let mut first = Some(listen(&url, &name).await);
+    if first.as_ref().is_some_and(Result::is_ok) {
+        caches.resume();
+    }
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let attempt = match first.take() {
+                Some(attempt) => attempt,
+                None => listen(&url, &name).await,
+            };
+            match attempt {
+                Ok(mut listener) => {
+                    caches.resume();
+                    backoff = Duration::from_millis(50);
+                    tracing::info!(channel = CHANNEL, "listening for cache invalidations");
+                    loop {
+                        match listener.try_recv().await {
+                            Ok(Some(notification)) => caches.evict(notification.payload()).await,
+                            // The connection dropped: whatever was sent meanwhile is lost.
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                    caches.suspend();
+                    tracing::warn!(
+                        "lost the cache invalidation channel; cache off until it is back"
+                    );
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for cache invalidations; retrying");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    })
+}
+
+async fn listen(url: &str, name: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options.application_name(name))
+        .await?;
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
