@@ -6,6 +6,8 @@
 //! `TEST_MYSQL_URL` is set. With `REQUIRE_ALL_BACKENDS=1` a missing or unreachable backend fails
 //! the test instead of skipping it.
 
+pub mod proxy;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -128,6 +128,12 @@ fn classify_mysql(number: u16) -> DbFailure {
 /// SQLite extended result codes.
 fn classify_sqlite(code: i32, message: &str) -> DbFailure {
     const SQLITE_ERROR: i32 = 1;
+    // ON DELETE RESTRICT fails with SQLITE_CONSTRAINT_TRIGGER rather than _FOREIGNKEY (787), and
+    // the driver does not count that code as a foreign-key violation.
+    const SQLITE_CONSTRAINT_TRIGGER: i32 = 1811;
+    if code == SQLITE_CONSTRAINT_TRIGGER && message.starts_with("FOREIGN KEY constraint failed") {
+        return DbFailure::ForeignKeyViolation;
+    }
     match code & 0xff {
         // SQLITE_BUSY (5) including BUSY_SNAPSHOT, SQLITE_LOCKED (6)
         5 | 6 => DbFailure::Contention,
@@ -198,6 +204,10 @@ mod tests {
         assert_eq!(
             classify_sqlite(1, "near \"x\": syntax error"),
             DbFailure::Other
+        );
+        assert_eq!(
+            classify_sqlite(1811, "FOREIGN KEY constraint failed"),
+            DbFailure::ForeignKeyViolation
         );
     }
 

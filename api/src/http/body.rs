@@ -66,15 +66,10 @@ async fn parse<T: DeserializeOwned>(
     let limit = request
         .data::<BodyLimit>()
         .map_or(1024 * 1024, |limit| limit.0);
-    let bytes = body
+    let body = body
         .take()
-        .map_err(|_| ApiError::BadRequest("the request body is required".to_owned()))?
-        .into_bytes_limit(limit)
-        .await
-        .map_err(|err| match err {
-            poem::error::ReadBodyError::PayloadTooLarge => ApiError::PayloadTooLarge { limit },
-            _ => ApiError::BadRequest("the request body could not be read".to_owned()),
-        })?;
+        .map_err(|_| ApiError::BadRequest("the request body is required".to_owned()))?;
+    let bytes = read_limited(body, limit).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest("the request body is empty".to_owned()));
     }
@@ -90,6 +85,37 @@ async fn parse<T: DeserializeOwned>(
         let inner = err.into_inner();
         ApiError::Validation(vec![shape_error(&path, &inner.to_string())])
     })
+}
+
+/// Reads at most `limit` bytes, whatever the framing (Content-Length or chunked). Past the limit
+/// the rest is read and discarded for a while before answering 413: a client still sending when
+/// the connection closed would never see the answer.
+async fn read_limited(body: poem::Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    use futures::StreamExt as _;
+    // How much more is drained, at most, so that a 413 can be delivered.
+    const DRAIN_BYTES: usize = 64 * 1024 * 1024;
+    const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+    let unreadable = || ApiError::BadRequest("the request body could not be read".to_owned());
+    let mut stream = body.into_bytes_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| unreadable())?;
+        if bytes.len() + chunk.len() > limit {
+            let mut drained = 0usize;
+            let drain = async {
+                while let Some(Ok(chunk)) = stream.next().await {
+                    drained += chunk.len();
+                    if drained > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// `application/json`, with or without parameters such as `charset=utf-8`.

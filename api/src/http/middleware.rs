@@ -1,6 +1,7 @@
 //! What every request passes through: a request id, a tracing span, the deadline, the metrics,
 //! one log line, and the conversion of every framework error into problem+json.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,6 +9,7 @@ use poem::PathPattern;
 use poem::error::{MethodNotAllowedError, NotFoundError, ResponseError};
 use poem::http::{HeaderValue, StatusCode};
 use poem::{Endpoint, IntoResponse, Request, Response};
+use poem_openapi::OperationId;
 use poem_openapi::error::{
     ContentTypeError, ParseParamError, ParsePathError, ParseRequestPayloadError,
 };
@@ -21,8 +23,12 @@ use crate::domain::FieldError;
 
 const REQUEST_ID: &str = "x-request-id";
 
+/// Operation id → path template, from the OpenAPI document.
+pub type RouteTemplates = HashMap<String, String>;
+
 pub async fn observe<E: Endpoint>(
     state: Arc<AppState>,
+    templates: Arc<RouteTemplates>,
     next: Arc<E>,
     request: Request,
 ) -> poem::Result<Response> {
@@ -51,7 +57,7 @@ pub async fn observe<E: Endpoint>(
             }
         };
         let status = response.status();
-        let route = route_of(&response);
+        let route = route_of(&response, &templates);
         if let Some(note) = response.extensions().get::<FailureNote>().cloned() {
             report_failure(&state, &route, &note);
         }
@@ -87,7 +93,13 @@ fn is_acceptable_request_id(id: &str) -> bool {
 
 /// The matched route template (`/v1/users/{id}`), never the raw path: raw ids would give every
 /// request its own time series.
-fn route_of(response: &Response) -> String {
+fn route_of(response: &Response, templates: &RouteTemplates) -> String {
+    if let Some(template) = response
+        .data::<OperationId>()
+        .and_then(|operation| templates.get(operation.0))
+    {
+        return template.clone();
+    }
     match response.data::<PathPattern>() {
         Some(pattern) => pattern
             .0
@@ -105,6 +117,7 @@ fn route_of(response: &Response) -> String {
 /// Framework errors (routing, parameter parsing) become the same problem+json as ours.
 fn problem_from(err: poem::Error) -> Response {
     let pattern = err.data::<PathPattern>().cloned();
+    let operation = err.data::<OperationId>().cloned();
     let mut response = if let Some(api) = err.downcast_ref::<ApiError>() {
         api.as_response()
     } else {
@@ -112,6 +125,9 @@ fn problem_from(err: poem::Error) -> Response {
     };
     if let Some(pattern) = pattern {
         response.set_data(pattern);
+    }
+    if let Some(operation) = operation {
+        response.set_data(operation);
     }
     response
 }

@@ -108,6 +108,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint + 'static {
     let json = Arc::new(document.to_string());
     let yaml = Arc::new(spec::to_yaml(&document));
     let docs = Arc::new(spec::swagger_ui_html(&service));
+    let templates = Arc::new(spec::route_templates(&document));
     Route::new()
         .nest("/", service)
         .at(
@@ -120,5 +121,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint + 'static {
         )
         .at("/docs", get(spec::serve(docs, "text/html; charset=utf-8")))
         .data(body::BodyLimit(state.config.max_body_bytes))
-        .around(move |next, request| middleware::observe(state.clone(), next, request))
+        .around(move |next, request| {
+            middleware::observe(state.clone(), templates.clone(), next, request)
+        })
 }

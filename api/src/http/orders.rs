@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use poem::Request;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -116,6 +117,8 @@ pub enum OrderPlaced {
     ),
 }
 
+const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
 pub struct OrdersApi(pub Arc<AppState>);
 
 #[OpenApi(tag = "Tag::Orders")]
@@ -131,15 +134,19 @@ impl OrdersApi {
         /// (kept at least 24 hours); with a different body, 409. 1–255 visible ASCII characters.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
         idempotency_key: Header<Option<String>>,
+        raw: &Request,
         body: JsonBody<PlaceOrderRequest>,
     ) -> Result<OrderPlaced, Failure<PlaceFailures>> {
         let request = body.0;
         let mut v = Validator::default();
-        let key = v.check_opt(
-            "Idempotency-Key",
-            idempotency_key.0.as_deref(),
-            IdempotencyKey::parse,
-        );
+        // The header extractor takes a value with bytes outside visible ASCII for an absent
+        // header; such a key must be refused, not ignored, so it is parsed from the raw bytes.
+        let sent_key = idempotency_key.0.or_else(|| {
+            raw.headers()
+                .get(IDEMPOTENCY_KEY)
+                .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        });
+        let key = v.check_opt(IDEMPOTENCY_KEY, sent_key.as_deref(), IdempotencyKey::parse);
         if request.items.is_empty() {
             v.push("items", "must contain at least one item");
         }

@@ -95,6 +95,26 @@ fn referenced(schema: &Value) -> Vec<String> {
     found
 }
 
+/// Each operation's path template (`/v1/users/{id}`), by operation id, for metric labels.
+pub fn route_templates(document: &Value) -> std::collections::HashMap<String, String> {
+    let mut templates = std::collections::HashMap::new();
+    let Some(paths) = document.get("paths").and_then(Value::as_object) else {
+        return templates;
+    };
+    for (path, operations) in paths {
+        for operation in operations
+            .as_object()
+            .into_iter()
+            .flat_map(|ops| ops.values())
+        {
+            if let Some(id) = operation.get("operationId").and_then(Value::as_str) {
+                templates.insert(id.to_owned(), path.clone());
+            }
+        }
+    }
+    templates
+}
+
 pub fn to_yaml(document: &Value) -> String {
     serde_yaml::to_string(document).unwrap_or_default()
 }
