@@ -12,6 +12,9 @@ impl Email {
         if trimmed.is_empty() {
             return Err("must not be empty".to_owned());
         }
+        if trimmed.contains('\0') {
+            return Err("must be a valid email address".to_owned());
+        }
         if trimmed.chars().count() > Self::MAX_LENGTH {
             return Err(format!("must be at most {} characters", Self::MAX_LENGTH));
         }

@@ -6,6 +6,10 @@ pub struct Text<const MIN: usize, const MAX: usize>(String);
 impl<const MIN: usize, const MAX: usize> Text<MIN, MAX> {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let trimmed = raw.trim();
+        // PostgreSQL cannot store NUL in text; no name or SKU needs one.
+        if trimmed.contains('\0') {
+            return Err("must not contain NUL characters".to_owned());
+        }
         let length = trimmed.chars().count();
         if length < MIN {
             return Err(if MIN == 1 {
@@ -39,5 +43,6 @@ mod tests {
         assert!(Text::<1, 3>::parse("éééé").is_err());
         assert!(Text::<1, 3>::parse("   ").is_err());
         assert_eq!(Text::<1, 3>::parse("a b").unwrap().as_str(), "a b");
+        assert!(Text::<1, 3>::parse("a\0b").is_err());
     }
 }

@@ -430,7 +430,9 @@ fn problem_response(status: u16) -> MetaResponse {
         503 => {
             "The database is unavailable or has no free connection (`database_unavailable`, `pool_exhausted`); see `Retry-After`"
         }
-        504 => "The statement timeout fired (`query_timeout`)",
+        504 => {
+            "The statement timeout fired (`query_timeout`) or the request deadline passed (`request_timeout`)"
+        }
         _ => "Error",
     };
     let headers = if status == 503 {

@@ -71,7 +71,42 @@ pub fn finish(raw: &str) -> Value {
             }
         }
     }
+    describe_responses(&mut document);
     document
+}
+
+/// poem-openapi leaves a plain `Json<T>` response undescribed; say what it is.
+fn describe_responses(document: &mut Value) {
+    let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for operation in paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|ops| ops.values_mut())
+    {
+        let Some(responses) = operation
+            .get_mut("responses")
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        for (status, response) in responses.iter_mut() {
+            let empty = response
+                .get("description")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty);
+            if empty {
+                let text = match status.as_str() {
+                    "200" => "OK",
+                    "201" => "Created",
+                    "204" => "No Content",
+                    _ => "Response",
+                };
+                response["description"] = Value::String(text.to_owned());
+            }
+        }
+    }
 }
 
 fn schema_name(schema: &Value) -> Option<String> {

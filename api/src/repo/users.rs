@@ -124,7 +124,13 @@ impl UserRepo {
             query = query.filter(users::Column::Status.eq(status.as_str()));
         }
         if let Some(email) = filter.email {
-            query = query.filter(users::Column::Email.eq(Email::normalize_for_lookup(&email)));
+            let email = Email::normalize_for_lookup(&email);
+            // No stored address contains NUL (PostgreSQL could not even compare with one).
+            if email.contains('\0') {
+                query = query.filter(sea_orm::sea_query::Expr::val(false));
+            } else {
+                query = query.filter(users::Column::Email.eq(email));
+            }
         }
         let order = ListOrder {
             created_at: users::Column::CreatedAt,
