@@ -71,10 +71,10 @@ pub struct Config {
 impl Config {
     /// Reads the process environment. An unparsable value is an error naming its variable.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_iter(std::env::vars())
+        Self::from_vars(std::env::vars())
     }
 
-    pub fn from_iter(
+    pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         // An empty variable counts as unset, as most shells and container runtimes mean it.
@@ -226,7 +226,7 @@ mod tests {
 
     #[test]
     fn defaults_run_on_a_sqlite_file() {
-        let config = Config::from_iter(vars(&[])).unwrap();
+        let config = Config::from_vars(vars(&[])).unwrap();
         assert_eq!(config.database.url, DEFAULT_DATABASE_URL);
         assert_eq!(config.database.max_connections, 20);
         assert_eq!(
@@ -239,7 +239,7 @@ mod tests {
 
     #[test]
     fn a_postgres_url_is_built_from_db_host_and_friends() {
-        let config = Config::from_iter(vars(&[
+        let config = Config::from_vars(vars(&[
             ("DB_HOST", "db.internal"),
             ("DB_PORT", "6432"),
             ("DB_NAME", "shop"),
@@ -255,11 +255,11 @@ mod tests {
 
     #[test]
     fn an_invalid_value_names_its_variable() {
-        let err = Config::from_iter(vars(&[("DB_MAX_CONNECTIONS", "many")])).unwrap_err();
+        let err = Config::from_vars(vars(&[("DB_MAX_CONNECTIONS", "many")])).unwrap_err();
         assert!(err.to_string().contains("DB_MAX_CONNECTIONS"), "{err}");
-        let err = Config::from_iter(vars(&[("DB_ACQUIRE_TIMEOUT_MS", "0")])).unwrap_err();
+        let err = Config::from_vars(vars(&[("DB_ACQUIRE_TIMEOUT_MS", "0")])).unwrap_err();
         assert!(err.to_string().contains("DB_ACQUIRE_TIMEOUT_MS"), "{err}");
-        let err = Config::from_iter(vars(&[("DATABASE_URL", "oracle://x")])).unwrap_err();
+        let err = Config::from_vars(vars(&[("DATABASE_URL", "oracle://x")])).unwrap_err();
         assert!(err.to_string().contains("DATABASE_URL"), "{err}");
     }
 

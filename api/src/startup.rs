@@ -163,7 +163,7 @@ pub async fn shutdown_signal() {
 
 /// The OpenAPI document as YAML, generated without a database (for `api openapi`).
 pub async fn openapi_yaml() -> Result<String, StartupError> {
-    let mut config = Config::from_iter(Vec::new())?;
+    let mut config = Config::from_vars(Vec::new())?;
     config.database.url = "sqlite::memory:".to_owned();
     let db = db::connect(&config.database).await?;
     let metrics = Arc::new(Metrics::new());

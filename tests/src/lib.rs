@@ -143,7 +143,7 @@ impl TestDb {
 
 /// The configuration a test server starts with: defaults, its database, a random port.
 pub fn test_config(db: &TestDb) -> Config {
-    let mut config = Config::from_iter(Vec::new()).expect("default configuration");
+    let mut config = Config::from_vars(Vec::new()).expect("default configuration");
     config.database.url = db.url.clone();
     config.port = 0;
     config

@@ -118,13 +118,10 @@ pub async fn start_listener(
                     caches.resume();
                     backoff = Duration::from_millis(50);
                     tracing::info!(channel = CHANNEL, "listening for cache invalidations");
-                    loop {
-                        match listener.try_recv().await {
-                            Ok(Some(notification)) => caches.evict(notification.payload()).await,
-                            // The connection dropped: whatever was sent meanwhile is lost.
-                            Ok(None) | Err(_) => break,
-                        }
+                    while let Ok(Some(notification)) = listener.try_recv().await {
+                        caches.evict(notification.payload()).await;
                     }
+                    // The connection dropped: whatever was sent meanwhile is lost.
                     caches.suspend();
                     tracing::warn!(
                         "lost the cache invalidation channel; cache off until it is back"

@@ -128,16 +128,16 @@ fn is_json(content_type: Option<&str>) -> bool {
 fn shape_error(path: &str, message: &str) -> FieldError {
     // serde reports an unknown field at the path of the object that holds it, in its fixed
     // wording "unknown field `name`, expected ..."; the client is better told the field's own path.
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some((name, _)) = rest.split_once('`') {
-            let field = match path {
-                "." | "" => name.to_owned(),
-                // serde_path_to_error already ends the path with the unknown key.
-                path if path == name || path.ends_with(&format!(".{name}")) => path.to_owned(),
-                parent => format!("{parent}.{name}"),
-            };
-            return FieldError::new(field, "unknown field");
-        }
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((name, _)) = rest.split_once('`')
+    {
+        let field = match path {
+            "." | "" => name.to_owned(),
+            // serde_path_to_error already ends the path with the unknown key.
+            path if path == name || path.ends_with(&format!(".{name}")) => path.to_owned(),
+            parent => format!("{parent}.{name}"),
+        };
+        return FieldError::new(field, "unknown field");
     }
     let field = match path {
         "." | "" => "body".to_owned(),

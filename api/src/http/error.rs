@@ -457,3 +457,51 @@ fn problem_response(status: u16) -> MetaResponse {
         headers,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{RetryPolicy, with_retry};
+    use sea_orm::DbErr;
+
+    #[tokio::test]
+    async fn a_transaction_that_keeps_deadlocking_becomes_a_503_with_retry_after() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            base_delay: std::time::Duration::from_millis(1),
+            max_delay: std::time::Duration::from_millis(2),
+        };
+        let outcome: Result<(), RepoError> = with_retry(
+            policy,
+            |_| {},
+            || async {
+                Err(RepoError::Contended {
+                    attempts: 1,
+                    source: Some(DbErr::Custom("deadlock detected".into())),
+                })
+            },
+        )
+        .await;
+        let err = ApiError::from(outcome.unwrap_err());
+        let response = err.as_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+        let problem = err.problem();
+        assert_eq!(problem.code, "database_unavailable");
+        assert!(
+            !problem.detail.unwrap_or_default().contains("deadlock"),
+            "database text leaked"
+        );
+    }
+
+    #[test]
+    fn internal_errors_say_nothing_of_their_cause() {
+        let err = ApiError::from(RepoError::Internal(DbErr::Custom(
+            "SELECT password_hash FROM users".into(),
+        )));
+        let problem = err.problem();
+        assert_eq!(problem.status, 500);
+        assert_eq!(problem.code, "internal");
+        assert!(!problem.detail.unwrap_or_default().contains("SELECT"));
+    }
+}

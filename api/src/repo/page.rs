@@ -168,13 +168,13 @@ where
             is_estimate: false,
         });
     }
-    if db.get_database_backend() == DbBackend::Postgres {
-        if let Some(estimate) = planner_estimate(db, query.clone()).await? {
-            return Ok(Total {
-                items: estimate.max(EXACT_TOTAL_LIMIT + 1),
-                is_estimate: true,
-            });
-        }
+    if db.get_database_backend() == DbBackend::Postgres
+        && let Some(estimate) = planner_estimate(db, query.clone()).await?
+    {
+        return Ok(Total {
+            items: estimate.max(EXACT_TOTAL_LIMIT + 1),
+            is_estimate: true,
+        });
     }
     Ok(Total {
         items: query.count(db).await?,
