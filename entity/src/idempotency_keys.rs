@@ -13,21 +13,6 @@ pub struct Model {
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-pub enum Relation {
-    #[sea_orm(
-        belongs_to = "super::orders::Entity",
-        from = "Column::OrderId",
-        to = "super::orders::Column::Id",
-        on_update = "Restrict",
-        on_delete = "Cascade"
-    )]
-    Orders,
-}
-
-impl Related<super::orders::Entity> for Entity {
-    fn to() -> RelationDef {
-        Relation::Orders.def()
-    }
-}
+pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}

@@ -16,8 +16,6 @@ pub struct Model {
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {
-    #[sea_orm(has_many = "super::idempotency_keys::Entity")]
-    IdempotencyKeys,
     #[sea_orm(has_many = "super::order_items::Entity")]
     OrderItems,
     #[sea_orm(
@@ -28,12 +26,6 @@ pub enum Relation {
         on_delete = "Restrict"
     )]
     Users,
-}
-
-impl Related<super::idempotency_keys::Entity> for Entity {
-    fn to() -> RelationDef {
-        Relation::IdempotencyKeys.def()
-    }
 }
 
 impl Related<super::order_items::Entity> for Entity {
