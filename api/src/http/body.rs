@@ -126,18 +126,24 @@ fn is_json(content_type: Option<&str>) -> bool {
 }
 
 fn shape_error(path: &str, message: &str) -> FieldError {
-    // serde reports an unknown field at the path of the object that holds it, in its fixed
-    // wording "unknown field `name`, expected ..."; the client is better told the field's own path.
-    if let Some(rest) = message.strip_prefix("unknown field `")
-        && let Some((name, _)) = rest.split_once('`')
-    {
-        let field = match path {
-            "." | "" => name.to_owned(),
-            // serde_path_to_error already ends the path with the unknown key.
-            path if path == name || path.ends_with(&format!(".{name}")) => path.to_owned(),
-            parent => format!("{parent}.{name}"),
-        };
-        return FieldError::new(field, "unknown field");
+    // serde reports an unknown or a missing field at the path of the object that holds it, in
+    // its fixed wording "unknown field `name`, expected ..." / "missing field `name`"; the client
+    // is better told the field's own path.
+    for (prefix, problem) in [
+        ("unknown field `", "unknown field"),
+        ("missing field `", "is required"),
+    ] {
+        if let Some(rest) = message.strip_prefix(prefix)
+            && let Some((name, _)) = rest.split_once('`')
+        {
+            let field = match path {
+                "." | "" => name.to_owned(),
+                // serde_path_to_error may already end the path with the key.
+                path if path == name || path.ends_with(&format!(".{name}")) => path.to_owned(),
+                parent => format!("{parent}.{name}"),
+            };
+            return FieldError::new(field, problem);
+        }
     }
     let field = match path {
         "." | "" => "body".to_owned(),
@@ -183,5 +189,12 @@ mod tests {
         assert_eq!(e.field, "nickname");
         let e = shape_error("items[0]", "unknown field `price`, expected `product_id`");
         assert_eq!(e.field, "items[0].price");
+        let e = shape_error("items[2]", "missing field `quantity`");
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("items[2].quantity", "is required")
+        );
+        let e = shape_error(".", "missing field `stock`");
+        assert_eq!(e.field, "stock");
     }
 }
