@@ -15,13 +15,16 @@ impl Email {
         if trimmed.contains('\0') {
             return Err("must be a valid email address".to_owned());
         }
-        if trimmed.chars().count() > Self::MAX_LENGTH {
+        // Counted as stored: lower-casing can lengthen an address ("İ" becomes "i̇", two chars),
+        // and the column holds 254.
+        let lowered = trimmed.to_lowercase();
+        if lowered.chars().count() > Self::MAX_LENGTH {
             return Err(format!("must be at most {} characters", Self::MAX_LENGTH));
         }
         if !email_address::EmailAddress::is_valid(trimmed) {
             return Err("must be a valid email address".to_owned());
         }
-        Ok(Self(trimmed.to_lowercase()))
+        Ok(Self(lowered))
     }
 
     /// The form a lookup compares with: trimmed and lower-cased, but not validated (a filter
@@ -58,5 +61,14 @@ mod tests {
         }
         let long = format!("{}@example.com", "a".repeat(250));
         assert!(Email::parse(&long).is_err());
+        // 254 characters as sent, 286 once lower-cased.
+        let label = "x".repeat(63);
+        let domain = format!("{label}.{label}.{label}.{}.com", "y".repeat(25));
+        let lengthened = format!("{}@{domain}", "İ".repeat(32));
+        assert_eq!(lengthened.chars().count(), 254);
+        assert_eq!(
+            Email::parse(&lengthened).map(Email::into_string),
+            Err("must be at most 254 characters".to_owned())
+        );
     }
 }
