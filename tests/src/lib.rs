@@ -362,6 +362,37 @@ where
     }
 }
 
+/// The `id` of a resource's JSON.
+#[track_caller]
+pub fn id_of(resource: &Value) -> String {
+    resource["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {resource}"))
+        .to_owned()
+}
+
+/// The ids of a page's items, in order.
+#[track_caller]
+pub fn ids_of(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items in {page}"))
+        .iter()
+        .map(id_of)
+        .collect()
+}
+
+/// The fields a 422 problem names, in order.
+#[track_caller]
+pub fn fields_of(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a 422 without errors: {problem}"))
+        .iter()
+        .map(|error| error["field"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// Declares each test once and runs it on SQLite, PostgreSQL and MariaDB/MySQL:
 ///
 /// ```ignore

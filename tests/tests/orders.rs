@@ -5,35 +5,9 @@ use std::collections::{HashMap, HashSet};
 
 use futures::future::join_all;
 use serde_json::Value;
-use tests::{Reply, TestApp, json, on_every_backend};
+use tests::{Reply, TestApp, fields_of, id_of, ids_of, json, on_every_backend};
 
 const UNKNOWN_ID: &str = "01890a5d-ac96-774b-bcce-b302099a8057";
-
-fn id_of(resource: &Value) -> String {
-    resource["id"]
-        .as_str()
-        .expect("the resource has an id")
-        .to_owned()
-}
-
-fn ids_of(page: &Value) -> Vec<String> {
-    page["items"]
-        .as_array()
-        .expect("a page has items")
-        .iter()
-        .map(id_of)
-        .collect()
-}
-
-/// The fields a 422 names, in order.
-fn fields_of(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .expect("a 422 lists its errors")
-        .iter()
-        .map(|error| error["field"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
 
 fn order_of(user: &Value, lines: &[(&Value, i64)]) -> Value {
     let items: Vec<Value> = lines

@@ -3,33 +3,7 @@
 use std::collections::HashSet;
 
 use serde_json::Value;
-use tests::{TestApp, json, on_every_backend};
-
-fn id_of(resource: &Value) -> String {
-    resource["id"]
-        .as_str()
-        .expect("the resource has an id")
-        .to_owned()
-}
-
-fn ids_of(page: &Value) -> Vec<String> {
-    page["items"]
-        .as_array()
-        .expect("a page has items")
-        .iter()
-        .map(id_of)
-        .collect()
-}
-
-/// The fields a 422 names, in order.
-fn fields_of(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .expect("a 422 lists its errors")
-        .iter()
-        .map(|error| error["field"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
+use tests::{TestApp, fields_of, id_of, ids_of, json, on_every_backend};
 
 /// A timestamp as a string that sorts chronologically: the fraction padded to six digits (the
 /// service writes 0, 3 or 6 of them).

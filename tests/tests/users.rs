@@ -8,37 +8,15 @@ use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::Value;
-use tests::{Reply, TestApp, json, on_every_backend, on_postgres};
+use tests::{Reply, TestApp, fields_of, id_of, ids_of, json, on_every_backend, on_postgres};
 use uuid::Uuid;
 
 const PASSWORD: &str = "correct horse battery";
 
-fn id_of(value: &Value) -> String {
-    value["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {value}"))
-        .to_owned()
-}
-
-fn ids_of(page: &Value) -> Vec<String> {
-    page["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no items in {page}"))
-        .iter()
-        .map(id_of)
-        .collect()
-}
-
 /// The fields a 422 names.
 #[track_caller]
 fn invalid_fields(reply: &Reply) -> Vec<String> {
-    let problem = reply.problem(422, "validation_failed");
-    problem["errors"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a 422 without errors: {problem}"))
-        .iter()
-        .map(|error| error["field"].as_str().unwrap_or_default().to_owned())
-        .collect()
+    fields_of(&reply.problem(422, "validation_failed"))
 }
 
 /// `GET /v1/users?…` with the parameters encoded for the query string.
