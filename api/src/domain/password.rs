@@ -1,12 +1,36 @@
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
 
-use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{self, Output, ParamsString, SaltString, rand_core::OsRng};
+use argon2::{ARGON2ID_IDENT, Algorithm, Argon2, Block, Params, Version};
+use tokio::sync::Semaphore;
+
+/// OWASP's Argon2id parameters: 19 MiB, 2 passes, 1 lane, 32-byte output.
+const MEMORY_KIB: u32 = 19 * 1024;
+const PASSES: u32 = 2;
+const LANES: u32 = 1;
+const OUTPUT_LEN: usize = 32;
 
 /// A password of 8–128 characters (counted after trimming, hashed exactly as sent).
 /// Its `Debug` never shows it.
 #[derive(Clone)]
 pub struct Password(String);
+
+/// Where hashing happens: at most one hash per core at a time, each in a 19 MiB work area that is
+/// allocated once and reused. Letting every request allocate its own area on whichever blocking
+/// thread it lands on made the allocator keep gigabytes under a burst of sign-ups.
+struct Workspace {
+    permits: Semaphore,
+    areas: Mutex<Vec<Vec<Block>>>,
+}
+
+fn workspace() -> &'static Workspace {
+    static WORKSPACE: OnceLock<Workspace> = OnceLock::new();
+    WORKSPACE.get_or_init(|| Workspace {
+        permits: Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from)),
+        areas: Mutex::new(Vec::new()),
+    })
+}
 
 impl Password {
     pub fn parse(raw: String) -> Result<Self, String> {
@@ -20,22 +44,56 @@ impl Password {
         Ok(Self(raw))
     }
 
-    /// Argon2id with OWASP's parameters (19 MiB, 2 passes, 1 lane). Costs tens of milliseconds of
-    /// CPU, so it runs on the blocking pool, never on an async worker.
+    /// Argon2id, on the blocking pool (it costs tens of milliseconds of CPU, which must never
+    /// stall an async worker), one hash per core at a time.
     pub async fn hash(self) -> Result<PasswordHash, String> {
-        tokio::task::spawn_blocking(move || self.hash_blocking())
+        let workspace = workspace();
+        let _permit = workspace
+            .permits
+            .acquire()
             .await
-            .map_err(|err| err.to_string())?
+            .map_err(|err| err.to_string())?;
+        let area = workspace
+            .areas
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop()
+            .unwrap_or_else(|| vec![Block::default(); MEMORY_KIB as usize]);
+        let (hash, area) = tokio::task::spawn_blocking(move || {
+            let mut area = area;
+            (self.hash_in(&mut area), area)
+        })
+        .await
+        .map_err(|err| err.to_string())?;
+        workspace
+            .areas
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(area);
+        hash
     }
 
-    fn hash_blocking(&self) -> Result<PasswordHash, String> {
-        let params = Params::new(19 * 1024, 2, 1, None).map_err(|err| err.to_string())?;
-        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    fn hash_in(&self, area: &mut [Block]) -> Result<PasswordHash, String> {
+        let params = Params::new(MEMORY_KIB, PASSES, LANES, Some(OUTPUT_LEN))
+            .map_err(|err| err.to_string())?;
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
         let salt = SaltString::generate(&mut OsRng);
+        let mut salt_bytes = [0u8; 64];
+        let salt_raw = salt
+            .decode_b64(&mut salt_bytes)
+            .map_err(|err| err.to_string())?;
+        let mut output = [0u8; OUTPUT_LEN];
         argon2
-            .hash_password(self.0.as_bytes(), &salt)
-            .map(|hash| PasswordHash(hash.to_string()))
-            .map_err(|err| err.to_string())
+            .hash_password_into_with_memory(self.0.as_bytes(), salt_raw, &mut output, area)
+            .map_err(|err| err.to_string())?;
+        let phc = password_hash::PasswordHash {
+            algorithm: ARGON2ID_IDENT,
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(&params).map_err(|err| err.to_string())?,
+            salt: Some(salt.as_salt()),
+            hash: Some(Output::new(&output).map_err(|err| err.to_string())?),
+        };
+        Ok(PasswordHash(phc.to_string()))
     }
 }
 
