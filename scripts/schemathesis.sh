@@ -38,7 +38,7 @@ case "$backend" in
 esac
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-DATABASE_URL="$url" PORT="$port" RUST_LOG=warn target/debug/api >"$work/server.log" 2>&1 &
+DATABASE_URL="$url" PORT="$port" RUST_LOG=warn "${CARGO_TARGET_DIR:-target}/debug/api" >"$work/server.log" 2>&1 &
 server=$!
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
