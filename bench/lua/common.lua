@@ -1,0 +1,77 @@
+-- Shared by the wrk scripts in this directory (they `require "common"`; run wrk with
+-- LUA_PATH="bench/lua/?.lua;;"). Counts status codes in every thread and prints one summary
+-- line that scripts/bench.sh parses:
+--
+--   BENCH requests=… duration_s=… rps=… p50_ms=… p90_ms=… p99_ms=… max_ms=… socket_errors=…
+--         bad_status=… errors=… statuses=200:…,409:…
+--
+-- `errors` is socket errors (connect, read, write, timeout) plus responses whose status is not
+-- in the script's `allowed` set.
+
+local common = {}
+
+local threads = {}
+local next_tid = 0
+
+-- Statuses that count as success; a script replaces this before the run.
+allowed = { [200] = true }
+statuses = {}
+
+function common.read_lines(path)
+  local lines = {}
+  local file = assert(io.open(path, "r"), "cannot open " .. tostring(path))
+  for line in file:lines() do
+    if line ~= "" then
+      lines[#lines + 1] = line
+    end
+  end
+  file:close()
+  assert(#lines > 0, "no lines in " .. path)
+  return lines
+end
+
+function common.seed_random()
+  math.randomseed(os.time() * 1000 + (tid or 0) * 7919)
+  for _ = 1, 10 do math.random() end
+end
+
+-- Runs in the main Lua state, once per thread, before the thread starts.
+function setup(thread)
+  next_tid = next_tid + 1
+  thread:set("tid", next_tid)
+  threads[#threads + 1] = thread
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local totals = {}
+  for _, thread in ipairs(threads) do
+    local counted = thread:get("statuses") or {}
+    for status, n in pairs(counted) do
+      totals[status] = (totals[status] or 0) + n
+    end
+  end
+  local codes = {}
+  for status in pairs(totals) do codes[#codes + 1] = status end
+  table.sort(codes)
+  local parts, bad = {}, 0
+  for _, status in ipairs(codes) do
+    parts[#parts + 1] = status .. ":" .. totals[status]
+    if not allowed[status] then bad = bad + totals[status] end
+  end
+  local e = summary.errors
+  local socket = e.connect + e.read + e.write + e.timeout
+  local seconds = summary.duration / 1e6
+  io.write(string.format(
+    "BENCH requests=%d duration_s=%.3f rps=%.1f p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f " ..
+    "max_ms=%.3f socket_errors=%d bad_status=%d errors=%d statuses=%s\n",
+    summary.requests, seconds, summary.requests / seconds,
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000,
+    latency:percentile(99) / 1000, latency.max / 1000,
+    socket, bad, socket + bad, table.concat(parts, ",")))
+end
+
+return common
