@@ -24,7 +24,7 @@ pub async fn main() -> ExitCode {
 }
 
 async fn serve() -> ExitCode {
-    crate::telemetry::init();
+    let _logs = crate::telemetry::init();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => return fail(&err),

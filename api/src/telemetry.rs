@@ -1,12 +1,19 @@
-//! Logging: `tracing` with the filter from `RUST_LOG` (default `info`).
+//! Logging: `tracing` with the filter from `RUST_LOG` (default `info`), written to stdout by a
+//! background thread so that a slow terminal or pipe never holds up a request.
 
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
-pub fn init() {
+/// Installs the subscriber. Keep the guard until exit: dropping it flushes what is queued.
+pub fn init() -> Option<WorkerGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     // A second call (tests start several servers in one process) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
+    tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .try_init();
+        .with_writer(writer)
+        .try_init()
+        .ok()
+        .map(|()| guard)
 }

@@ -62,6 +62,10 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conn
         .idle_timeout(config.idle_timeout)
         // Statements are logged by our own request spans; the driver's log would repeat them.
         .sqlx_logging(false)
+        // Every checkout is pinged (SeaORM's default, kept on purpose): a connection the server
+        // dropped (restart, failover, pg_terminate_backend) is replaced before it can fail a
+        // request. It costs one round trip per checkout; see BENCHMARKS.md.
+        .test_before_acquire(true)
         .statement_timeout(config.statement_timeout);
     configure_mysql(&mut options, config.statement_timeout);
     options.map_sqlx_sqlite_opts(|opts| {
