@@ -130,18 +130,8 @@ impl OrderRepo {
 
     async fn place_once(&self, order_id: Uuid, request: &PlaceOrder) -> Result<Order, Attempt> {
         let txn = self.begin().await?;
-        match place_in(&txn, order_id, request).await {
-            Ok(order) => {
-                txn.commit().await?;
-                Ok(order)
-            }
-            Err(err) => {
-                // The transaction is abandoned either way; a failed rollback only means the
-                // connection is gone, which the pool notices by itself.
-                let _ = txn.rollback().await;
-                Err(err)
-            }
-        }
+        let outcome = place_in(&txn, order_id, request).await;
+        settle(txn, outcome).await
     }
 
     /// The order an earlier request with this key placed, if the request was the same.
@@ -218,16 +208,8 @@ impl OrderRepo {
         let order = self
             .retrying(|| async {
                 let txn = self.begin().await?;
-                match transition_in(&txn, id, to).await {
-                    Ok(order) => {
-                        txn.commit().await?;
-                        Ok(order)
-                    }
-                    Err(err) => {
-                        let _ = txn.rollback().await;
-                        Err(err)
-                    }
-                }
+                let outcome = transition_in(&txn, id, to).await;
+                settle(txn, outcome).await
             })
             .await?;
         if to == OrderStatus::Cancelled {
@@ -235,6 +217,25 @@ impl OrderRepo {
             self.products.forget(restocked).await;
         }
         Ok(order)
+    }
+}
+
+/// Commits `txn` when `outcome` is a success, rolls it back otherwise.
+async fn settle<T, E: From<sea_orm::DbErr>>(
+    txn: DatabaseTransaction,
+    outcome: Result<T, E>,
+) -> Result<T, E> {
+    match outcome {
+        Ok(value) => {
+            txn.commit().await?;
+            Ok(value)
+        }
+        Err(err) => {
+            // The transaction is abandoned either way; a failed rollback only means the
+            // connection is gone, which the pool notices by itself.
+            let _ = txn.rollback().await;
+            Err(err)
+        }
     }
 }
 
