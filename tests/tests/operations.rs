@@ -178,16 +178,23 @@ async fn missing_tables(backend: Backend) {
         !text.contains("select") && !text.contains("relation"),
         "SQL leaked: {text}"
     );
-    child.start_kill().unwrap();
+    // Logs are written by a background thread: wait for the line (bounded), then stop the server.
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let mut found = false;
-    while let Ok(Some(line)) = lines.next_line().await {
-        if line.contains("run migrations: cargo run -p migration -- up") && line.contains("users") {
-            found = true;
-            break;
+    let wanted = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("run migrations: cargo run -p migration -- up")
+                && line.contains("users")
+            {
+                return true;
+            }
         }
-    }
+        false
+    };
+    let found = tokio::time::timeout(Duration::from_secs(5), wanted)
+        .await
+        .unwrap_or(false);
+    child.start_kill().unwrap();
     let _ = child.wait().await;
     db.drop_database().await;
     assert!(found, "no log line named the missing table and the fix");
