@@ -14,7 +14,7 @@ use super::body::JsonBody;
 use super::error::{
     ApiError, Failure, NestedListFailures, PlaceFailures, ReadFailures, UpdateFailures,
 };
-use super::pagination::{page_meta, page_of, page_request};
+use super::pagination::{page_of, page_request};
 use super::timestamp::Timestamp;
 use super::users::default_per_page;
 use super::{AppState, Tag};
@@ -235,11 +235,7 @@ impl OrdersApi {
         let request = page_request("orders", page.0, Some(per_page.0), cursor.0.as_deref())?;
         let filter = OrderFilter { status: status.0 };
         let orders = self.0.orders.list_for_user(id.0, filter, request).await?;
-        let meta = page_meta("orders", request, &orders);
-        Ok(Json(OrderPage::new(
-            orders.items.into_iter().map(OrderDto::from).collect(),
-            meta,
-        )))
+        Ok(Json(OrderPage::of("orders", request, orders)))
     }
 }
 

@@ -78,17 +78,25 @@ fn decode_cursor(resource: &str, cursor: &str) -> Option<CursorKey> {
     Some(CursorKey { created_at, id })
 }
 
-/// The envelope's fields other than `items`, computed once for every resource.
+/// The envelope's fields other than `items`, shared by every `Page<T>` (flattened into it).
+#[derive(poem_openapi::Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct PageMeta {
     pub per_page: u64,
+    /// Page mode only: the 1-based page number.
     pub page: Option<u64>,
+    /// Page mode only: matching items in all (see `total_is_estimate`).
     pub total_items: Option<u64>,
+    /// Page mode only: 0 for an empty result.
     pub total_pages: Option<u64>,
+    /// Page mode only: `true` when `total_items` is the planner's estimate, given past
+    /// 10,000 matching rows on PostgreSQL instead of counting them all.
     pub total_is_estimate: Option<bool>,
+    /// Present when more items follow the last one; pass it as `cursor` for the next page.
     pub next_cursor: Option<String>,
 }
 
-pub fn page_meta<T>(resource: &str, request: PageRequest, page: &PageOf<T>) -> PageMeta {
+pub fn envelope<T>(resource: &str, request: PageRequest, page: &PageOf<T>) -> PageMeta {
     let (page_number, per_page) = match request {
         PageRequest::Offset { page, per_page } => (Some(page), per_page),
         PageRequest::Keyset { per_page, .. } => (None, per_page),
@@ -109,33 +117,23 @@ macro_rules! page_of {
     ($page:ident, $item:ty, $doc:literal) => {
         #[doc = $doc]
         #[derive(poem_openapi::Object)]
-        #[oai(skip_serializing_if_is_none)]
         pub struct $page {
             pub items: Vec<$item>,
-            pub per_page: u64,
-            /// Page mode only: the 1-based page number.
-            pub page: Option<u64>,
-            /// Page mode only: matching items in all (see `total_is_estimate`).
-            pub total_items: Option<u64>,
-            /// Page mode only: 0 for an empty result.
-            pub total_pages: Option<u64>,
-            /// Page mode only: `true` when `total_items` is the planner's estimate, given past
-            /// 10,000 matching rows on PostgreSQL instead of counting them all.
-            pub total_is_estimate: Option<bool>,
-            /// Present when more items follow the last one; pass it as `cursor` for the next page.
-            pub next_cursor: Option<String>,
+            #[oai(flatten)]
+            pub meta: $crate::http::pagination::PageMeta,
         }
 
         impl $page {
-            pub fn new(items: Vec<$item>, meta: $crate::http::pagination::PageMeta) -> Self {
+            /// The envelope of a repository page listed for `request`.
+            pub fn of<T: Into<$item>>(
+                resource: &str,
+                request: $crate::repo::PageRequest,
+                page: $crate::repo::PageOf<T>,
+            ) -> Self {
+                let meta = $crate::http::pagination::envelope(resource, request, &page);
                 Self {
-                    items,
-                    per_page: meta.per_page,
-                    page: meta.page,
-                    total_items: meta.total_items,
-                    total_pages: meta.total_pages,
-                    total_is_estimate: meta.total_is_estimate,
-                    next_cursor: meta.next_cursor,
+                    items: page.items.into_iter().map(Into::into).collect(),
+                    meta,
                 }
             }
         }

@@ -12,7 +12,7 @@ use super::body::{JsonBody, present};
 use super::error::{
     ApiError, CreateFailures, DeleteFailures, Failure, ListFailures, ReadFailures, UpdateFailures,
 };
-use super::pagination::{page_meta, page_of, page_request};
+use super::pagination::{page_of, page_request};
 use super::timestamp::Timestamp;
 use super::users::{Deleted, default_per_page};
 use super::{AppState, Tag};
@@ -162,11 +162,7 @@ impl ProductsApi {
             in_stock: in_stock.0,
         };
         let products = self.0.products.list(filter, request).await?;
-        let meta = page_meta("products", request, &products);
-        Ok(Json(ProductPage::new(
-            products.items.into_iter().map(ProductDto::from).collect(),
-            meta,
-        )))
+        Ok(Json(ProductPage::of("products", request, products)))
     }
 
     /// Change a product

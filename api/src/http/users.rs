@@ -12,7 +12,7 @@ use super::body::{JsonBody, present};
 use super::error::{
     ApiError, CreateFailures, DeleteFailures, Failure, ListFailures, ReadFailures, UpdateFailures,
 };
-use super::pagination::{page_meta, page_of, page_request};
+use super::pagination::{page_of, page_request};
 use super::timestamp::Timestamp;
 use super::{AppState, Tag};
 use crate::domain::{Email, Password, UserName, UserStatus, Validator};
@@ -169,11 +169,7 @@ impl UsersApi {
             email: email.0,
         };
         let users = self.0.users.list(filter, request).await?;
-        let meta = page_meta("users", request, &users);
-        Ok(Json(UserPage::new(
-            users.items.into_iter().map(UserDto::from).collect(),
-            meta,
-        )))
+        Ok(Json(UserPage::of("users", request, users)))
     }
 
     /// Change a user

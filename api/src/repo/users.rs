@@ -40,13 +40,6 @@ impl User {
             updated_at: row.updated_at,
         })
     }
-
-    pub fn cursor_key(&self) -> CursorKey {
-        CursorKey {
-            created_at: self.created_at,
-            id: self.id,
-        }
-    }
 }
 
 pub struct NewUser {
