@@ -20,6 +20,8 @@ pub struct Metrics {
     pub cache_loads: IntCounterVec,
     pub cache_load_failures: IntCounterVec,
     pub cache_invalidations: IntCounterVec,
+    pub listing_index_requests: IntCounterVec,
+    pub listing_index_builds: IntCounterVec,
 }
 
 impl Metrics {
@@ -101,6 +103,22 @@ impl Metrics {
             &["cache"],
         )
         .expect("valid metric");
+        let listing_index_requests = IntCounterVec::new(
+            Opts::new(
+                "listing_index_requests_total",
+                "Page-mode requests by whether the listing's page positions were current",
+            ),
+            &["listing", "result"],
+        )
+        .expect("valid metric");
+        let listing_index_builds = IntCounterVec::new(
+            Opts::new(
+                "listing_index_builds_total",
+                "Passes over a listing that recorded its page positions",
+            ),
+            &["listing", "outcome"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -114,6 +132,8 @@ impl Metrics {
             Box::new(cache_loads.clone()),
             Box::new(cache_load_failures.clone()),
             Box::new(cache_invalidations.clone()),
+            Box::new(listing_index_requests.clone()),
+            Box::new(listing_index_builds.clone()),
         ] {
             registry
                 .register(collector)
@@ -133,6 +153,8 @@ impl Metrics {
             cache_loads,
             cache_load_failures,
             cache_invalidations,
+            listing_index_requests,
+            listing_index_builds,
         }
     }
 

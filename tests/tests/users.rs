@@ -928,6 +928,29 @@ async fn assert_plan_uses(conn: &sea_orm::DatabaseConnection, sql: &str, indexes
     );
 }
 
+/// Asserts that `sql`'s window functions read `users` in index order: no sort below them (the
+/// few rows they leave may be sorted again).
+async fn assert_windows_read_in_index_order(conn: &sea_orm::DatabaseConnection, sql: &str) {
+    let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
+    let row = conn
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, explain))
+        .await
+        .expect("EXPLAIN runs")
+        .expect("EXPLAIN answers a row");
+    let plan: Value = row.try_get_by_index(0).expect("a JSON plan");
+    let windows: Vec<&Value> = plan_nodes(&plan[0]["Plan"])
+        .into_iter()
+        .filter(|node| node["Node Type"] == "WindowAgg")
+        .collect();
+    assert!(!windows.is_empty(), "{sql}\nhas no WindowAgg:\n{plan:#}");
+    let sorted = windows.iter().any(|window| {
+        plan_nodes(window)
+            .iter()
+            .any(|node| node["Node Type"] == "Sort")
+    });
+    assert!(!sorted, "{sql}\nsorts users for its window:\n{plan:#}");
+}
+
 on_postgres! {
     async fn listing_and_lookup_queries_use_their_indexes(app) {
         let conn = app.db.connect().await;
@@ -942,7 +965,8 @@ on_postgres! {
         )
         .await
         .expect("insert the users");
-        conn.execute_unprepared("ANALYZE users").await.expect("analyze");
+        // As after autovacuum: statistics, and a visibility map for index-only scans.
+        conn.execute_unprepared("VACUUM ANALYZE users").await.expect("vacuum");
 
         // The statements the service builds (SeaORM quotes every identifier; the plans are the
         // same without), with literals where it binds parameters.
@@ -1005,6 +1029,22 @@ on_postgres! {
         let older = position_after("", 5000).await;
         let sql = format!("SELECT {columns} FROM users WHERE {older} {order} LIMIT 21");
         assert_plan_uses(&conn, &sql, &["idx_users_created_at"]).await;
+
+        // Recording a deep listing's page positions: one pass in index order, the row numbers
+        // counted as the rows come, no sort of the table (the query `repo::page` builds).
+        let newest_first = "OVER (ORDER BY created_at DESC, id DESC)";
+        for (filter, indexes) in [
+            ("", &["idx_users_created_at"][..]),
+            ("WHERE status = 'suspended'", &by_status[..]),
+        ] {
+            let sql = format!(
+                "SELECT at, id, n, more FROM (SELECT created_at AS at, id, \
+                 ROW_NUMBER() {newest_first} AS n, LEAD(1) {newest_first} AS more \
+                 FROM users {filter}) AS numbered WHERE n % 256 = 0 OR more IS NULL ORDER BY n"
+            );
+            assert_plan_uses(&conn, &sql, indexes).await;
+            assert_windows_read_in_index_order(&conn, &sql).await;
+        }
         let _ = conn.close().await;
 
         // And the service answers those requests from that data.

@@ -9,6 +9,7 @@
 //! array of stripes indexed by the id's hash, so memory stays bounded; a write merely makes the
 //! few other ids that share its stripe miss once.
 
+pub mod listing;
 pub mod peers;
 
 use std::future::Future;
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use uuid::Uuid;
 
+use self::listing::ListingIndex;
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 
@@ -31,6 +33,8 @@ pub struct EntityCache<V> {
     hasher: RandomState,
     /// Off while this instance cannot hear other instances' invalidations (see `peers`).
     suspended: AtomicBool,
+    /// Page positions of the entity's listing, invalidated with the entries.
+    listing: ListingIndex,
     metrics: Arc<Metrics>,
 }
 
@@ -49,6 +53,7 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
             generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             hasher: RandomState::new(),
             suspended: AtomicBool::new(false),
+            listing: ListingIndex::new(name, config, Arc::clone(&metrics)),
             metrics,
         }
     }
@@ -106,6 +111,7 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
 
     /// Makes every later read of `id` go to the database. Call after the write committed.
     pub async fn invalidate(&self, id: Uuid) {
+        self.listing.changed();
         let Some(entries) = &self.entries else {
             return;
         };
@@ -119,6 +125,7 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
 
     /// Drops everything (e.g. when this instance may have missed invalidations).
     pub fn clear(&self) {
+        self.listing.changed();
         if let Some(entries) = &self.entries {
             for stripe in self.generations.iter() {
                 stripe.fetch_add(1, Ordering::AcqRel);
@@ -137,6 +144,16 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
     pub fn resume(&self) {
         self.clear();
         self.suspended.store(false, Ordering::Release);
+    }
+
+    /// A row was added: listings change, no entry does. Call after the insert committed.
+    pub fn inserted(&self) {
+        self.listing.changed();
+    }
+
+    /// The listing's page positions, unless this instance may have missed a write (suspended).
+    pub fn listing(&self) -> Option<&ListingIndex> {
+        (!self.is_suspended()).then_some(&self.listing)
     }
 
     fn is_suspended(&self) -> bool {

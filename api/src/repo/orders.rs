@@ -193,7 +193,7 @@ impl OrderRepo {
             created_at: row.created_at,
             id: row.id,
         };
-        let page = page::list(&self.db, query, order, key, request).await?;
+        let page = page::list(&self.db, query, order, key, request, None).await?;
         let ids: Vec<Uuid> = page.items.iter().map(|order| order.id).collect();
         let mut items = items_of(&self.db, &ids).await?;
         Ok(page.map(|order| {

@@ -1,13 +1,17 @@
 //! Newest-first listing shared by every repository: page mode (SeaORM's `Paginator` plus a cheap
-//! total) and keyset mode (a cursor on `(created_at, id)`, no OFFSET).
+//! total, or a keyset range from the listing's recorded page positions — see `cache::listing`)
+//! and keyset mode (a cursor on `(created_at, id)`, no OFFSET).
 
 use chrono::{DateTime, FixedOffset};
-use sea_orm::sea_query::{Alias, Expr, Query};
+use sea_orm::sea_query::{Alias, Expr, Order, Query, WindowStatement};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, QueryTrait,
+    Select, Statement,
 };
 use uuid::Uuid;
+
+use crate::cache::listing::{Anchors, BLOCK, ListingIndex};
 
 /// Up to this many matching rows the total is counted exactly; past it PostgreSQL answers the
 /// planner's estimate instead of scanning the whole match (`total_is_estimate: true`).
@@ -57,23 +61,32 @@ impl<T> PageOf<T> {
 }
 
 /// The columns a table is listed by.
+#[derive(Clone, Copy)]
 pub struct ListOrder<C> {
     pub created_at: C,
     pub id: C,
 }
 
+/// A listing whose page positions are recorded: page mode then reads a keyset range instead of
+/// walking an OFFSET.
+pub struct Indexed<'a> {
+    pub index: &'a ListingIndex,
+    /// Names the filter applied: each filter has positions of its own.
+    pub filter: String,
+}
+
 /// Lists `query` (already filtered) newest first.
-pub async fn list<E, M, C>(
-    db: &C,
+pub async fn list<E, M>(
+    db: &DatabaseConnection,
     query: Select<E>,
     order: ListOrder<E::Column>,
     key: impl Fn(&M) -> CursorKey,
     request: PageRequest,
+    indexed: Option<Indexed<'_>>,
 ) -> Result<PageOf<M>, DbErr>
 where
     E: EntityTrait<Model = M>,
     M: FromQueryResult + Send + Sync,
-    C: ConnectionTrait,
 {
     let ordered = query
         .clone()
@@ -96,7 +109,21 @@ where
         }
         PageRequest::Offset { page, per_page } => {
             let offset = (page - 1).saturating_mul(per_page);
-            let total = count(db, query).await?;
+            if let Some(indexed) = &indexed
+                && let Some(anchors) = indexed.index.current(&indexed.filter).await
+            {
+                return anchored_page(db, ordered, &order, key, &anchors, offset, per_page).await;
+            }
+            let total = count(db, query.clone()).await?;
+            // Only listings someone pages deep into are worth a pass over the whole index.
+            if let Some(indexed) = indexed
+                && offset >= BLOCK
+                && (offset < total.items || total.is_estimate)
+            {
+                let db = db.clone();
+                let build = async move { anchors(&db, query, order).await };
+                indexed.index.refresh(indexed.filter, build);
+            }
             // Past the end (including pages whose offset no database could represent).
             if offset >= total.items && !total.is_estimate || offset > i64::MAX as u64 {
                 return Ok(PageOf {
@@ -125,6 +152,121 @@ where
     }
 }
 
+/// The page at `offset` read from the recorded positions: a keyset range that skips fewer than
+/// `BLOCK` rows, and an exact total with no count.
+async fn anchored_page<E, M>(
+    db: &DatabaseConnection,
+    ordered: Select<E>,
+    order: &ListOrder<E::Column>,
+    key: impl Fn(&M) -> CursorKey,
+    anchors: &Anchors,
+    offset: u64,
+    per_page: u64,
+) -> Result<PageOf<M>, DbErr>
+where
+    E: EntityTrait<Model = M>,
+    M: FromQueryResult + Send + Sync,
+{
+    let total = Some(Total {
+        items: anchors.total,
+        is_estimate: false,
+    });
+    let Some(start) = anchors.start(offset) else {
+        return Ok(PageOf {
+            items: Vec::new(),
+            total,
+            next: None,
+        });
+    };
+    let mut query = ordered;
+    if let Some(after) = start.after {
+        query = query.filter(older_than(order, after));
+    }
+    if start.skip > 0 {
+        query = query.offset(start.skip);
+    }
+    let items = query.limit(per_page).all(db).await?;
+    let next = if offset + (items.len() as u64) < anchors.total {
+        items.last().map(&key)
+    } else {
+        None
+    };
+    Ok(PageOf { items, total, next })
+}
+
+/// One pass over the listing's index: the key of every `BLOCK`-th row, and the number of rows.
+async fn anchors<E: EntityTrait>(
+    db: &DatabaseConnection,
+    query: Select<E>,
+    order: ListOrder<E::Column>,
+) -> Result<Anchors, DbErr> {
+    use sea_orm::sea_query::ExprTrait;
+    let newest_first = WindowStatement::new()
+        .order_by(order.created_at, Order::Desc)
+        .order_by(order.id, Order::Desc)
+        .to_owned();
+    let mut numbered = query
+        .select_only()
+        .column(order.created_at)
+        .column(order.id)
+        .into_query();
+    numbered
+        .expr_window_as(
+            Expr::cust("ROW_NUMBER()"),
+            newest_first.clone(),
+            Alias::new("n"),
+        )
+        // NULL on the last row only, which thereby carries the total: no second pass to count.
+        .expr_window_as(Expr::cust("LEAD(1)"), newest_first, Alias::new("more"));
+    let numbered_alias = Alias::new("numbered");
+    let statement = Query::select()
+        .expr_as(
+            Expr::col((numbered_alias.clone(), order.created_at)),
+            Alias::new("at"),
+        )
+        .expr_as(
+            Expr::col((numbered_alias.clone(), order.id)),
+            Alias::new("id"),
+        )
+        .column((numbered_alias.clone(), Alias::new("n")))
+        .column((numbered_alias.clone(), Alias::new("more")))
+        .from_subquery(numbered, numbered_alias.clone())
+        .cond_where(
+            Condition::any()
+                .add(
+                    Expr::col((numbered_alias.clone(), Alias::new("n")))
+                        .modulo(BLOCK as i64)
+                        .eq(0),
+                )
+                .add(Expr::col((numbered_alias.clone(), Alias::new("more"))).is_null()),
+        )
+        .order_by((numbered_alias, Alias::new("n")), Order::Asc)
+        .to_owned();
+    let mut anchors = Anchors {
+        total: 0,
+        keys: Vec::new(),
+    };
+    for row in db.query_all(&statement).await? {
+        let n = row_number(&row)?;
+        if n % BLOCK == 0 {
+            anchors.keys.push(CursorKey {
+                created_at: row.try_get("", "at")?,
+                id: row.try_get("", "id")?,
+            });
+        }
+        anchors.total = Ord::max(anchors.total, n);
+    }
+    Ok(anchors)
+}
+
+/// `ROW_NUMBER()` is a signed `bigint` on PostgreSQL and SQLite, unsigned on MariaDB/MySQL.
+fn row_number(row: &QueryResult) -> Result<u64, DbErr> {
+    match row.try_get::<i64>("", "n") {
+        Ok(n) => Ok(u64::try_from(n).unwrap_or(0)),
+        Err(_) => row.try_get::<u64>("", "n"),
+    }
+}
+
 /// `(created_at, id) < (after.created_at, after.id)`, written so that every backend turns its
 /// leading `created_at <=` into an index range (a plain OR of the two would scan from the top).
 fn older_than<Col: ColumnTrait>(order: &ListOrder<Col>, after: CursorKey) -> Condition {
@@ -145,11 +287,10 @@ fn trim_to_page<T>(items: &mut Vec<T>, per_page: u64) -> bool {
 
 /// Exact up to `EXACT_TOTAL_LIMIT`, counting at most one row past it; beyond, the planner's
 /// estimate on PostgreSQL and an exact count elsewhere.
-async fn count<E, C>(db: &C, query: Select<E>) -> Result<Total, DbErr>
+async fn count<E>(db: &DatabaseConnection, query: Select<E>) -> Result<Total, DbErr>
 where
     E: EntityTrait,
     E::Model: FromQueryResult + Send + Sync,
-    C: ConnectionTrait,
 {
     let capped = query
         .clone()

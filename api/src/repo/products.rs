@@ -83,7 +83,7 @@ impl ProductRepo {
             created_at: products::Column::CreatedAt,
             id: products::Column::Id,
         };
-        Ok(page::list(&self.db, query, order, cursor_key, request).await?)
+        Ok(page::list(&self.db, query, order, cursor_key, request, None).await?)
     }
 
     pub async fn create(&self, new: NewProduct) -> Result<Product, RepoError> {

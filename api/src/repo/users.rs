@@ -9,7 +9,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::error::{Conflict, OnViolation, RepoError, Resource};
-use super::page::{self, CursorKey, ListOrder, PageOf, PageRequest};
+use super::page::{self, CursorKey, Indexed, ListOrder, PageOf, PageRequest};
 use crate::cache::EntityCache;
 use crate::cache::peers::{self, Topic};
 use crate::domain::{Email, PasswordHash, UserName, UserStatus};
@@ -112,6 +112,12 @@ impl UserRepo {
         filter: UserFilter,
         request: PageRequest,
     ) -> Result<PageOf<User>, RepoError> {
+        // Every filter value that shapes the listing, so each filter keeps positions of its own.
+        let filter_key = format!(
+            "status={:?} email={:?}",
+            filter.status.map(UserStatus::as_str),
+            filter.email
+        );
         let mut query = users::Entity::find();
         if let Some(status) = filter.status {
             query = query.filter(users::Column::Status.eq(status.as_str()));
@@ -133,7 +139,11 @@ impl UserRepo {
             created_at: row.created_at,
             id: row.id,
         };
-        let page = page::list(&self.db, query, order, key, request).await?;
+        let indexed = self.cache.listing().map(|index| Indexed {
+            index,
+            filter: filter_key,
+        });
+        let page = page::list(&self.db, query, order, key, request, indexed).await?;
         let items = page
             .items
             .into_iter()
@@ -148,6 +158,7 @@ impl UserRepo {
 
     pub async fn create(&self, new: NewUser) -> Result<User, RepoError> {
         let now = super::now();
+        let txn = self.db.begin().await?;
         let row = users::ActiveModel {
             id: Set(Uuid::now_v7()),
             name: Set(new.name.into_string()),
@@ -157,10 +168,14 @@ impl UserRepo {
             created_at: Set(now),
             updated_at: Set(now),
         }
-        .insert(&self.db)
+        .insert(&txn)
         .await
         // The id is fresh, so the only unique key an insert can collide on is the email.
         .on_unique(Conflict::EmailTaken)?;
+        // Other instances' listings change too.
+        peers::announce(&txn, Topic::Users, &[row.id]).await?;
+        txn.commit().await?;
+        self.cache.inserted();
         User::from_row(row)
     }
 
