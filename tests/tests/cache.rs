@@ -96,6 +96,65 @@ async fn with_ttl_zero_every_read_goes_to_the_database() {
     .await;
 }
 
+/// With the cache off, concurrent reads of different users are batched: each still gets its own
+/// user (or 404), from far fewer queries than requests.
+async fn concurrent_reads_of_different_users_share_queries(backend: Backend) {
+    run_with(
+        backend,
+        |config| config.cache.ttl = Duration::ZERO,
+        |app: TestApp| async move {
+            let mut users = Vec::new();
+            for i in 0..40 {
+                users.push(
+                    app.create_user("Batch", &format!("batch{i}@example.com"))
+                        .await,
+                );
+            }
+            let unknown: Vec<String> = (0..20).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+            let paths: Vec<(String, Option<&serde_json::Value>)> = (0..300)
+                .map(|i| match i % 4 {
+                    3 => (format!("/v1/users/{}", unknown[i % 20]), None),
+                    _ => {
+                        let user = &users[i % 40];
+                        (
+                            format!("/v1/users/{}", user["id"].as_str().unwrap()),
+                            Some(user),
+                        )
+                    }
+                })
+                .collect();
+            let before = queries(&app);
+            let replies = join_all(paths.iter().map(|(path, _)| app.get(path))).await;
+            let made = queries(&app) - before;
+            for ((path, expected), reply) in paths.iter().zip(&replies) {
+                match expected {
+                    Some(user) => assert_eq!(&reply.expect(200), *user, "{path}"),
+                    None => {
+                        reply.problem(404, "not_found");
+                    }
+                }
+            }
+            assert!(made < 150, "300 concurrent reads made {made} queries");
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reads_of_different_users_share_queries_on_sqlite() {
+    concurrent_reads_of_different_users_share_queries(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reads_of_different_users_share_queries_on_postgres() {
+    concurrent_reads_of_different_users_share_queries(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reads_of_different_users_share_queries_on_mysql() {
+    concurrent_reads_of_different_users_share_queries(Backend::MySql).await;
+}
+
 /// Reads `path` through `app` until its `name` is `expected`, for at most a second.
 async fn shows_within_a_second(app: &TestApp, path: &str, expected: &str) -> Duration {
     let started = Instant::now();

@@ -66,6 +66,12 @@ pub enum RepoError {
     Internal(DbErr),
 }
 
+impl From<super::batch::BatchAborted> for RepoError {
+    fn from(aborted: super::batch::BatchAborted) -> Self {
+        Self::Internal(DbErr::Custom(aborted.to_string()))
+    }
+}
+
 impl RepoError {
     pub fn not_found(resource: Resource, id: Uuid) -> Self {
         Self::NotFound { resource, id }

@@ -1,6 +1,7 @@
 //! One repository per aggregate. Repositories speak SeaORM and domain types, never HTTP; they
 //! decide which database errors mean what (`error`), and keep the cache coherent with every write.
 
+pub mod batch;
 pub mod error;
 pub mod orders;
 pub mod page;

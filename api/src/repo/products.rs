@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use entity::products;
@@ -7,6 +8,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::batch::{self, Batcher};
 use super::error::{Conflict, OnViolation, RepoError, Resource};
 use super::page::{self, CursorKey, ListOrder, PageOf, PageRequest};
 use crate::cache::EntityCache;
@@ -43,24 +45,42 @@ pub fn cursor_key(product: &Product) -> CursorKey {
     }
 }
 
+async fn load_products(
+    db: DatabaseConnection,
+    ids: Vec<Uuid>,
+) -> Result<HashMap<Uuid, Product>, RepoError> {
+    let rows = products::Entity::find()
+        .filter(products::Column::Id.is_in(batch::padded(ids)))
+        .all(&db)
+        .await?;
+    Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+}
+
 #[derive(Clone)]
 pub struct ProductRepo {
     db: DatabaseConnection,
     cache: Arc<EntityCache<Product>>,
+    by_id: Batcher<Uuid, Product, RepoError>,
 }
 
 impl ProductRepo {
     pub fn new(db: DatabaseConnection, cache: Arc<EntityCache<Product>>) -> Self {
-        Self { db, cache }
+        let by_id = {
+            let db = db.clone();
+            Batcher::new(batch::MAX_KEYS, batch::MAX_IN_FLIGHT, move |ids| {
+                load_products(db.clone(), ids)
+            })
+        };
+        Self { db, cache, by_id }
     }
 
-    /// Read through the cache.
+    /// Read through the cache; misses for different ids at once share one query.
     pub async fn get(&self, id: Uuid) -> Result<Product, RepoError> {
         let product = self
             .cache
             .get_or_load(id, || async {
-                products::Entity::find_by_id(id)
-                    .one(&self.db)
+                self.by_id
+                    .load(id)
                     .await?
                     .ok_or(RepoError::not_found(Resource::Product, id))
             })

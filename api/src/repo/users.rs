@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, FixedOffset};
@@ -8,6 +9,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::batch::{self, Batcher};
 use super::error::{Conflict, OnViolation, RepoError, Resource};
 use super::page::{self, CursorKey, Indexed, ListOrder, PageOf, PageRequest};
 use crate::cache::EntityCache;
@@ -74,25 +76,46 @@ pub struct UserFilter {
     pub email: Option<String>,
 }
 
+async fn load_users(
+    db: DatabaseConnection,
+    ids: Vec<Uuid>,
+) -> Result<HashMap<Uuid, User>, RepoError> {
+    let rows = users::Entity::find()
+        .filter(users::Column::Id.is_in(batch::padded(ids)))
+        .all(&db)
+        .await?;
+    rows.into_iter()
+        .map(|row| User::from_row(row).map(|user| (user.id, user)))
+        .collect()
+}
+
 #[derive(Clone)]
 pub struct UserRepo {
     db: DatabaseConnection,
     cache: Arc<EntityCache<User>>,
+    by_id: Batcher<Uuid, User, RepoError>,
 }
 
 impl UserRepo {
     pub fn new(db: DatabaseConnection, cache: Arc<EntityCache<User>>) -> Self {
-        Self { db, cache }
+        let by_id = {
+            let db = db.clone();
+            Batcher::new(batch::MAX_KEYS, batch::MAX_IN_FLIGHT, move |ids| {
+                load_users(db.clone(), ids)
+            })
+        };
+        Self { db, cache, by_id }
     }
 
-    /// Read through the cache.
+    /// Read through the cache; misses for different ids at once share one query.
     pub async fn get(&self, id: Uuid) -> Result<User, RepoError> {
         let user = self
             .cache
             .get_or_load(id, || async {
-                let row = users::Entity::find_by_id(id).one(&self.db).await?;
-                row.ok_or(RepoError::not_found(Resource::User, id))
-                    .and_then(User::from_row)
+                self.by_id
+                    .load(id)
+                    .await?
+                    .ok_or(RepoError::not_found(Resource::User, id))
             })
             .await?;
         Ok(User::clone(&user))

@@ -1,0 +1,388 @@
+//! Batched point reads (the DataLoader pattern): concurrent `load(key)` calls for different keys
+//! are answered by one `WHERE id IN (...)` query per batch instead of one query each.
+//!
+//! There is no timer. While fewer than `max_in_flight` workers run, a call starts one at once, so
+//! an idle service answers a lone request with no added latency. Calls that arrive while every
+//! worker is busy wait in the queue, and a worker that finishes takes them all (up to
+//! `max_batch` distinct keys) as its next batch. So batches grow only when reads outpace the
+//! database, and this loader never holds more than `max_in_flight` connections.
+//!
+//! Workers are spawned rather than driven by a caller's future, because a caller whose future is
+//! dropped (client disconnect, request deadline) must not cancel the query others wait on. A
+//! worker decides to exit under the same lock enqueuers take, so nothing is ever left queued
+//! with no worker to take it. A panicking `load` fails only its own batch, with [`BatchAborted`].
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::hash::Hash;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::oneshot;
+
+/// Keys in one repository batch: 64 ids keep an `IN (…)` far below every backend's
+/// parameter limit and its plan a handful of index probes.
+pub const MAX_KEYS: usize = 64;
+
+/// Batches one repository runs at once, each on a pooled connection of its own: enough to keep
+/// the database busy, few enough that point reads never take most of the pool.
+pub const MAX_IN_FLIGHT: usize = 4;
+
+/// The batch a caller was waiting in was lost (its `load` panicked), so there is no result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("batched load aborted")]
+pub struct BatchAborted;
+
+type Reply<V, E> = oneshot::Sender<Result<Option<V>, E>>;
+/// One entry per distinct key, with every caller waiting for it.
+type Batch<K, V, E> = Vec<(K, Vec<Reply<V, E>>)>;
+type LoadFn<K, V, E> = dyn Fn(Vec<K>) -> BoxFuture<'static, Result<HashMap<K, V>, E>> + Send + Sync;
+
+pub struct Batcher<K, V, E> {
+    inner: Arc<Inner<K, V, E>>,
+}
+
+impl<K, V, E> Clone for Batcher<K, V, E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<K, V, E> {
+    state: Mutex<State<K, V, E>>,
+    max_batch: usize,
+    max_in_flight: usize,
+    load: Box<LoadFn<K, V, E>>,
+}
+
+struct State<K, V, E> {
+    queue: VecDeque<(K, Reply<V, E>)>,
+    workers: usize,
+}
+
+impl<K, V, E> Batcher<K, V, E>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Clone + Send + Sync + From<BatchAborted> + 'static,
+{
+    /// `load` gets a deduplicated, non-empty Vec of at most `max_batch` keys and returns the rows
+    /// found, keyed; a key missing from the map means "no such row". Zero limits are read as 1,
+    /// since a zero would never dispatch anything.
+    pub fn new<F, Fut>(max_batch: usize, max_in_flight: usize, load: F) -> Self
+    where
+        F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<HashMap<K, V>, E>> + Send + 'static,
+    {
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    queue: VecDeque::new(),
+                    workers: 0,
+                }),
+                max_batch: max_batch.max(1),
+                max_in_flight: max_in_flight.max(1),
+                load: Box::new(move |keys| load(keys).boxed()),
+            }),
+        }
+    }
+
+    pub async fn load(&self, key: K) -> Result<Option<V>, E> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.inner.state();
+            state.queue.push_back((key, tx));
+            if state.workers < self.inner.max_in_flight {
+                state.workers += 1;
+                tokio::spawn(Arc::clone(&self.inner).work());
+            }
+        }
+        rx.await.unwrap_or_else(|_| Err(BatchAborted.into()))
+    }
+
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.inner.state().queue.len()
+    }
+}
+
+/// `keys` padded with repeats of its last key to the next power of two, so that a batched
+/// `IN (…)` takes only a handful of shapes (1, 2, 4 … keys) and every one of them stays in each
+/// connection's prepared-statement cache.
+pub fn padded<K: Clone>(mut keys: Vec<K>) -> Vec<K> {
+    if let Some(last) = keys.last().cloned() {
+        keys.resize(keys.len().next_power_of_two(), last);
+    }
+    keys
+}
+
+impl<K, V, E> Inner<K, V, E>
+where
+    K: Eq + Hash + Clone,
+    V: Clone,
+    E: Clone,
+{
+    fn state(&self) -> MutexGuard<'_, State<K, V, E>> {
+        // The state is consistent between statements, so a panic elsewhere cannot corrupt it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn work(self: Arc<Self>) {
+        while let Some(batch) = self.take_batch() {
+            let keys = batch.len();
+            // Unwinding drops the senders not yet used, which is what wakes their waiters (with
+            // `BatchAborted`); the worker itself lives on, so its slot is never lost.
+            let outcome = AssertUnwindSafe(self.run(batch)).catch_unwind().await;
+            if outcome.is_err() {
+                tracing::error!(keys, "batched load panicked; failing its waiters");
+            }
+        }
+    }
+
+    async fn run(&self, batch: Batch<K, V, E>) {
+        let keys = batch.iter().map(|(key, _)| key.clone()).collect();
+        match (self.load)(keys).await {
+            Ok(mut rows) => {
+                for (key, waiters) in batch {
+                    let row = rows.remove(&key);
+                    for tx in waiters {
+                        // A closed channel is a caller that gave up; there is nobody to tell.
+                        let _ = tx.send(Ok(row.clone()));
+                    }
+                }
+            }
+            Err(e) => {
+                for tx in batch.into_iter().flat_map(|(_, waiters)| waiters) {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// The next batch, grouped by key, or `None` once the queue is empty, in which case this
+    /// worker has already been counted out under the lock that enqueuers take.
+    fn take_batch(&self) -> Option<Batch<K, V, E>> {
+        let mut state = self.state();
+        let mut batch: Batch<K, V, E> = Vec::new();
+        let mut index: HashMap<K, usize> = HashMap::new();
+        // Duplicates of a key already in a full batch still ride along: they cost nothing.
+        while let Some((key, _)) = state.queue.front() {
+            if batch.len() >= self.max_batch && !index.contains_key(key) {
+                break;
+            }
+            let Some((key, tx)) = state.queue.pop_front() else {
+                break;
+            };
+            if tx.is_closed() {
+                continue;
+            }
+            match index.get(&key) {
+                Some(&i) => batch[i].1.push(tx),
+                None => {
+                    index.insert(key.clone(), batch.len());
+                    batch.push((key, vec![tx]));
+                }
+            }
+        }
+        if batch.is_empty() {
+            state.workers -= 1;
+            return None;
+        }
+        Some(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::{Notify, Semaphore};
+    use tokio::time::timeout;
+
+    use super::*;
+
+    #[test]
+    fn keys_are_padded_to_a_power_of_two() {
+        assert_eq!(padded(Vec::<u8>::new()), Vec::<u8>::new());
+        assert_eq!(padded(vec![1]), [1]);
+        assert_eq!(padded(vec![1, 2, 3]), [1, 2, 3, 3]);
+        assert_eq!(padded(vec![1, 2, 3, 4, 5]), [1, 2, 3, 4, 5, 5, 5, 5]);
+    }
+
+    #[derive(Clone, Debug, PartialEq)]
+    enum TestError {
+        Failed,
+        Aborted,
+    }
+
+    impl From<BatchAborted> for TestError {
+        fn from(_: BatchAborted) -> Self {
+            Self::Aborted
+        }
+    }
+
+    type TestBatcher = Batcher<u32, String, TestError>;
+    type Loaded = Result<Option<String>, TestError>;
+
+    const MISSING: u32 = 100;
+    const FAILS: u32 = 666;
+    const PANICS: u32 = 999;
+
+    /// What the fake loader saw. Every batch waits for a permit of `gate` until the test closes
+    /// it, after which none waits.
+    struct Probe {
+        batches: Arc<Mutex<Vec<Vec<u32>>>>,
+        entered: Arc<Notify>,
+        gate: Arc<Semaphore>,
+    }
+
+    impl Probe {
+        fn batches(&self) -> Vec<Vec<u32>> {
+            self.batches.lock().unwrap().clone()
+        }
+    }
+
+    fn value(key: u32) -> String {
+        format!("v{key}")
+    }
+
+    fn fake(max_batch: usize, max_in_flight: usize, gated: bool) -> (TestBatcher, Probe) {
+        let (batches, entered) = (Arc::<Mutex<Vec<_>>>::default(), Arc::<Notify>::default());
+        let gate = Arc::new(Semaphore::new(0));
+        if !gated {
+            gate.close();
+        }
+        let probe = Probe {
+            batches: batches.clone(),
+            entered: entered.clone(),
+            gate: gate.clone(),
+        };
+        let batcher = Batcher::new(max_batch, max_in_flight, move |keys: Vec<u32>| {
+            batches.lock().unwrap().push(keys.clone());
+            entered.notify_one();
+            // Before the future exists: the worker must catch a synchronous panic too.
+            assert!(!keys.contains(&PANICS), "fake loader panics on {PANICS}");
+            let gate = gate.clone();
+            async move {
+                let _permit = gate.acquire().await;
+                if keys.contains(&FAILS) {
+                    return Err(TestError::Failed);
+                }
+                let found = keys.iter().filter(|&&k| k < MISSING);
+                Ok(found.map(|&k| (k, value(k))).collect())
+            }
+        });
+        (batcher, probe)
+    }
+
+    /// Occupies the only worker with a gated batch `[0]`, queues a caller per key behind it (each
+    /// on its own task), then opens the gate and returns what each queued caller got.
+    async fn queue_behind_busy_worker(b: &TestBatcher, probe: &Probe, keys: &[u32]) -> Vec<Loaded> {
+        let call = |key| {
+            let b = b.clone();
+            tokio::spawn(async move { b.load(key).await })
+        };
+        let first = call(0);
+        probe.entered.notified().await;
+        let calls: Vec<_> = keys.iter().map(|&key| call(key)).collect();
+        let enqueued = async {
+            while b.queued() < keys.len() {
+                tokio::task::yield_now().await;
+            }
+        };
+        within(enqueued).await;
+        probe.gate.close();
+        assert_eq!(first.await.unwrap(), Ok(Some(value(0))));
+        let got = futures::future::join_all(calls).await;
+        got.into_iter().map(Result::unwrap).collect()
+    }
+
+    fn sorted(mut keys: Vec<u32>) -> Vec<u32> {
+        keys.sort_unstable();
+        keys
+    }
+
+    async fn within<F: Future>(call: F) -> F::Output {
+        let limit = Duration::from_secs(10);
+        timeout(limit, call).await.expect("a waiter hung")
+    }
+
+    fn values(keys: &[u32]) -> Vec<Loaded> {
+        keys.iter().map(|&k| Ok(Some(value(k)))).collect()
+    }
+
+    #[tokio::test]
+    async fn an_idle_batcher_dispatches_at_once() {
+        let (b, probe) = fake(8, 1, false);
+        assert_eq!(b.load(7).await, Ok(Some(value(7))));
+        assert_eq!(probe.batches(), vec![vec![7]]);
+    }
+
+    #[tokio::test]
+    async fn waiters_queued_behind_busy_workers_share_one_batch() {
+        let (b, probe) = fake(8, 1, true);
+        let got = queue_behind_busy_worker(&b, &probe, &[1, 2, 3, 2]).await;
+        assert_eq!(got, values(&[1, 2, 3, 2]));
+        let batches = probe.batches();
+        assert_eq!(batches.len(), 2, "{batches:?}");
+        assert_eq!(batches[0], vec![0]);
+        assert_eq!(sorted(batches[1].clone()), vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn missing_keys_are_none_and_errors_reach_every_waiter() {
+        let (b, probe) = fake(8, 1, true);
+        let got = queue_behind_busy_worker(&b, &probe, &[FAILS, FAILS, 5]).await;
+        assert_eq!(got, vec![Err(TestError::Failed); 3]);
+        assert_eq!(b.load(MISSING).await, Ok(None));
+        assert_eq!(b.load(6).await, Ok(Some(value(6))));
+        assert_eq!(probe.batches().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn batches_never_exceed_max_batch() {
+        let (b, probe) = fake(3, 1, true);
+        let keys: Vec<u32> = (1..=7).collect();
+        let got = queue_behind_busy_worker(&b, &probe, &keys).await;
+        assert_eq!(got, values(&keys));
+        let batches = probe.batches();
+        let sizes: Vec<_> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![1, 3, 3, 1], "{batches:?}");
+        assert_eq!(sorted(batches[1..].concat()), keys);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_caller_does_not_cancel_the_batch() {
+        let (b, probe) = fake(8, 1, true);
+        // The first caller starts the worker; the second waits for the same key in the same batch.
+        let mut starter = Box::pin(b.load(1));
+        let mut sharer = Box::pin(b.load(1));
+        assert!(futures::poll!(&mut starter).is_pending());
+        assert!(futures::poll!(&mut sharer).is_pending());
+        probe.entered.notified().await;
+        drop(starter);
+        // Queued behind it: one caller gives up before its batch is taken.
+        let mut later = Box::pin(b.load(2));
+        let mut quitter = Box::pin(b.load(3));
+        assert!(futures::poll!(&mut later).is_pending());
+        assert!(futures::poll!(&mut quitter).is_pending());
+        drop(quitter);
+        probe.gate.close();
+        assert_eq!(sharer.await, Ok(Some(value(1))));
+        assert_eq!(later.await, Ok(Some(value(2))));
+        assert_eq!(probe.batches(), vec![vec![1], vec![2]], "3 was abandoned");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_load_fails_its_waiters_without_hanging() {
+        let (b, probe) = fake(8, 1, false);
+        assert_eq!(within(b.load(PANICS)).await, Err(TestError::Aborted));
+        // With one worker slot, a leaked slot would leave this call queued forever.
+        assert_eq!(within(b.load(4)).await, Ok(Some(value(4))));
+        assert_eq!(probe.batches(), vec![vec![PANICS], vec![4]]);
+    }
+}
