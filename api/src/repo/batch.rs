@@ -28,7 +28,7 @@ pub const MAX_KEYS: usize = 64;
 
 /// Batches one repository runs at once, each on a pooled connection of its own: enough to keep
 /// the database busy, few enough that point reads never take most of the pool.
-pub const MAX_IN_FLIGHT: usize = 4;
+pub const MAX_IN_FLIGHT: usize = 2;
 
 /// The batch a caller was waiting in was lost (its `load` panicked), so there is no result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
