@@ -259,6 +259,15 @@ show. Ratios between runs are the meaningful output; absolute numbers are specif
 | 4b. \`POST /v1/orders\`, $HOT_PRODUCTS hot products | $orders_hot_rps | $orders_hot_p50_ms | $orders_hot_p99_ms | $orders_hot_errors | $orders_hot_statuses | $(mib "$rss_orders_hwm_kb") MiB |
 | 5. \`POST /v1/users\` | $users_post_rps | $users_post_p50_ms | $users_post_p99_ms | $users_post_errors | $users_post_statuses | $(mib "$rss_users_hwm_kb") MiB |
 
+With the cache off, the service batches concurrent point reads (\`api/src/repo/batch.rs\`):
+scenario 1's server made **$(get s1_queries)** queries for $(get s1_all_requests) requests
+(warm-up included), $(calc "${s1_all_requests:-0} / (${s1_queries:-0} + 0.000001)") reads per query. In page mode
+the users listing reads pages from recorded page positions (README, "Deep pages"), which the
+server records in the background after the first deep request, during the warm-up: at
+$BIG_USERS users **$(get page_big_index_hits)** requests (warm-up included) were answered from
+them, $(get page_big_index_misses) the plain way while they were being recorded, in
+$(get page_big_index_builds) pass(es) over the index.
+
 Page mode draws pages uniformly from all of them ($((SMALL_USERS / PER_PAGE)) and
 $((BIG_USERS / PER_PAGE)) pages of $PER_PAGE). Cursor runs draw from 1,000 cursors at
 newest-first positions 0–999 and $DEEP–$((DEEP + 999)) (computed by the seeder exactly as the
@@ -843,7 +852,12 @@ psql -q -v ON_ERROR_STOP=1 "$MAIN_URL" >/dev/null <<<"$helper_sql"
 say "1. GET /v1/users/{id}, cache off, against pgbench"
 pgbench_run pg_get_user "$MAIN_URL" get_user.sql -D users="$USERS"
 start_server nocache "$MAIN_URL" CACHE_TTL_SECS=0
+queries_before=$(metric 'db_queries_total')
 measure s1 get_user.lua "$OUT/main/users.txt"
+queries_after=$(metric 'db_queries_total')
+warmup_requests=$(sed -n 's/^BENCH requests=\([0-9]*\).*/\1/p' "$OUT/wrk-s1-warmup.txt" 2>/dev/null)
+record s1_queries "$(awk "BEGIN { printf \"%d\", ${queries_after:-0} - ${queries_before:-0} }")"
+record s1_all_requests "$((s1_requests + ${warmup_requests:-0}))"
 record server_tls "$(tls_of "$SERVER_DB")"
 server_memory rss_nocache
 if missed "$s1_rps >= 0.5 * $pg_get_user_tps"; then
@@ -898,6 +912,9 @@ server_memory rss_small
 stop_server
 start_server big "$BIG_URL"
 measure page_big list_page.lua "$((BIG_USERS / PER_PAGE))"
+record page_big_index_hits "$(metric 'listing_index_requests_total{listing="users",result="hit"}')"
+record page_big_index_misses "$(metric 'listing_index_requests_total{listing="users",result="miss"}')"
+record page_big_index_builds "$(metric 'listing_index_builds_total{listing="users",outcome="built"}')"
 if missed "$page_big_p99_ms <= 5 * $page_small_p99_ms"; then
   profile page_big list_page.lua "$((BIG_USERS / PER_PAGE))"
 fi
