@@ -551,7 +551,8 @@ server_memory() {
 }
 
 metric() { # metric PATTERN: the value of the first /metrics line that starts with PATTERN
-  curl -fsS "$BASE_URL/metrics" | awk -v p="$1" 'index($0, p) == 1 { print $NF; exit }'
+  # awk reads to the end: exiting early would fail curl's write, and the pipeline with it.
+  curl -fsS "$BASE_URL/metrics" | awk -v p="$1" 'index($0, p) == 1 && !found { print $NF; found = 1 }'
 }
 
 # wrk_for SECONDS NAME SCRIPT [ARGS...]: one wrk run; its BENCH line goes to $OUT/wrk-NAME.txt.
