@@ -128,6 +128,10 @@ impl ListingIndex {
         };
         {
             let mut builds = self.builds.lock().unwrap_or_else(|e| e.into_inner());
+            // Filters come from requests: forget the finished ones rather than grow without end.
+            if builds.len() >= MAX_FILTERS as usize {
+                builds.retain(|_, slot| matches!(slot, Slot::Running));
+            }
             let slot = builds.entry(filter.clone()).or_insert(Slot::Idle {
                 not_before: Instant::now(),
             });
