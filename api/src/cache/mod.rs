@@ -17,6 +17,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use prometheus::IntCounter;
 use uuid::Uuid;
 
 use self::listing::ListingIndex;
@@ -35,7 +36,27 @@ pub struct EntityCache<V> {
     suspended: AtomicBool,
     /// Page positions of the entity's listing, invalidated with the entries.
     listing: ListingIndex,
+    counters: Counters,
     metrics: Arc<Metrics>,
+}
+
+/// This cache's series of the shared metrics, looked up once rather than on every read.
+struct Counters {
+    hits: IntCounter,
+    misses: IntCounter,
+    loads: IntCounter,
+    load_failures: IntCounter,
+}
+
+impl Counters {
+    fn new(name: &str, metrics: &Metrics) -> Self {
+        Self {
+            hits: metrics.cache_requests.with_label_values(&[name, "hit"]),
+            misses: metrics.cache_requests.with_label_values(&[name, "miss"]),
+            loads: metrics.cache_loads.with_label_values(&[name]),
+            load_failures: metrics.cache_load_failures.with_label_values(&[name]),
+        }
+    }
 }
 
 impl<V: Send + Sync + 'static> EntityCache<V> {
@@ -54,6 +75,7 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
             hasher: RandomState::new(),
             suspended: AtomicBool::new(false),
             listing: ListingIndex::new(name, config, Arc::clone(&metrics)),
+            counters: Counters::new(name, &metrics),
             metrics,
         }
     }
@@ -77,33 +99,47 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
         let Some(entries) = self.entries.as_ref().filter(|_| !self.is_suspended()) else {
             return load().await.map(Arc::new);
         };
-        let generation = self.stripe(id).load(Ordering::Acquire);
-        let loads = &self.metrics.cache_loads;
+        let key = (id, self.stripe(id).load(Ordering::Acquire));
+        // Hits, by far the common case, take moka's plain read path; only a miss pays for the
+        // entry API that makes concurrent misses share one load.
+        if let Some(value) = entries.get(&key).await {
+            self.counters.hits.inc();
+            return Ok(value);
+        }
+        // Boxed, so that the hit path's future stays small: every request's future is moved
+        // and copied as a whole, the load's state included.
+        Box::pin(self.load_into(entries, key, load)).await
+    }
+
+    async fn load_into<E, Fut>(
+        &self,
+        entries: &moka::future::Cache<(Uuid, u64), Arc<V>>,
+        key: (Uuid, u64),
+        load: impl FnOnce() -> Fut,
+    ) -> Result<Arc<V>, E>
+    where
+        E: Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>>,
+    {
         let entry = entries
-            .entry((id, generation))
+            .entry(key)
             .or_try_insert_with(async {
-                loads.with_label_values(&[self.name]).inc();
+                self.counters.loads.inc();
                 load().await.map(Arc::new)
             })
             .await;
         match entry {
             Ok(entry) => {
-                let result = if entry.is_fresh() { "miss" } else { "hit" };
-                self.metrics
-                    .cache_requests
-                    .with_label_values(&[self.name, result])
-                    .inc();
+                if entry.is_fresh() {
+                    self.counters.misses.inc();
+                } else {
+                    self.counters.hits.inc();
+                }
                 Ok(entry.into_value())
             }
             Err(err) => {
-                self.metrics
-                    .cache_requests
-                    .with_label_values(&[self.name, "miss"])
-                    .inc();
-                self.metrics
-                    .cache_load_failures
-                    .with_label_values(&[self.name])
-                    .inc();
+                self.counters.misses.inc();
+                self.counters.load_failures.inc();
                 Err(Arc::unwrap_or_clone(err))
             }
         }
