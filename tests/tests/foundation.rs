@@ -200,6 +200,8 @@ async fn ready_is_503_while_the_database_is_gone() {
     .await;
 }
 
+/// Also: the log, written to a pipe here as to a file in production, carries no terminal colour
+/// codes.
 #[tokio::test]
 async fn sigterm_stops_the_server_cleanly() {
     let Some(db) = TestDb::create(Backend::Sqlite).await else {
@@ -209,11 +211,11 @@ async fn sigterm_stops_the_server_cleanly() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_storefront"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_storefront"))
         .env("DATABASE_URL", &db.url)
         .env("PORT", port.to_string())
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the server");
@@ -240,10 +242,16 @@ async fn sigterm_stops_the_server_cleanly() {
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
         .expect("the server exits after SIGTERM")
         .unwrap();
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(output.status.code(), Some(0));
+    let log = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        log.contains("/health"),
+        "no request line in the log:\n{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "colour codes in the log:\n{log:?}");
     db.drop_database().await;
 }
