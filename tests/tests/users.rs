@@ -904,16 +904,21 @@ fn plan_nodes(plan: &Value) -> Vec<&Value> {
     nodes
 }
 
-/// Runs `EXPLAIN (FORMAT JSON)` on `sql` and asserts that the plan reads `users` through one of
-/// `indexes` and never scans the table sequentially.
-async fn assert_plan_uses(conn: &sea_orm::DatabaseConnection, sql: &str, indexes: &[&str]) {
+/// PostgreSQL's `EXPLAIN (FORMAT JSON)` of `sql`.
+async fn plan_of(conn: &sea_orm::DatabaseConnection, sql: &str) -> Value {
     let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
     let row = conn
         .query_one_raw(Statement::from_string(DbBackend::Postgres, explain))
         .await
         .expect("EXPLAIN runs")
         .expect("EXPLAIN answers a row");
-    let plan: Value = row.try_get_by_index(0).expect("a JSON plan");
+    row.try_get_by_index(0).expect("a JSON plan")
+}
+
+/// Runs `EXPLAIN (FORMAT JSON)` on `sql` and asserts that the plan reads `users` through one of
+/// `indexes` and never scans the table sequentially.
+async fn assert_plan_uses(conn: &sea_orm::DatabaseConnection, sql: &str, indexes: &[&str]) {
+    let plan = plan_of(conn, sql).await;
     let nodes = plan_nodes(&plan[0]["Plan"]);
     let seq_scans = nodes
         .iter()
@@ -931,13 +936,7 @@ async fn assert_plan_uses(conn: &sea_orm::DatabaseConnection, sql: &str, indexes
 /// Asserts that `sql`'s window functions read `users` in index order: no sort below them (the
 /// few rows they leave may be sorted again).
 async fn assert_windows_read_in_index_order(conn: &sea_orm::DatabaseConnection, sql: &str) {
-    let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
-    let row = conn
-        .query_one_raw(Statement::from_string(DbBackend::Postgres, explain))
-        .await
-        .expect("EXPLAIN runs")
-        .expect("EXPLAIN answers a row");
-    let plan: Value = row.try_get_by_index(0).expect("a JSON plan");
+    let plan = plan_of(conn, sql).await;
     let windows: Vec<&Value> = plan_nodes(&plan[0]["Plan"])
         .into_iter()
         .filter(|node| node["Node Type"] == "WindowAgg")

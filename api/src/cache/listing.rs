@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
+
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use crate::repo::CursorKey;
@@ -73,6 +75,9 @@ pub struct ListingIndex {
     sets: Option<moka::future::Cache<(String, u64), Arc<Anchors>>>,
     generation: AtomicU64,
     builds: Arc<Mutex<HashMap<String, Slot>>>,
+    /// This listing's series of the request counter, looked up once rather than per request.
+    hits: IntCounter,
+    misses: IntCounter,
     metrics: Arc<Metrics>,
 }
 
@@ -95,6 +100,12 @@ impl ListingIndex {
             sets,
             generation: AtomicU64::new(0),
             builds: Arc::new(Mutex::new(HashMap::new())),
+            hits: metrics
+                .listing_index_requests
+                .with_label_values(&[name, "hit"]),
+            misses: metrics
+                .listing_index_requests
+                .with_label_values(&[name, "miss"]),
             metrics,
         }
     }
@@ -109,11 +120,10 @@ impl ListingIndex {
         let sets = self.sets.as_ref()?;
         let generation = self.generation.load(Ordering::Acquire);
         let found = sets.get(&(filter.to_owned(), generation)).await;
-        let result = if found.is_some() { "hit" } else { "miss" };
-        self.metrics
-            .listing_index_requests
-            .with_label_values(&[self.name, result])
-            .inc();
+        match found {
+            Some(_) => self.hits.inc(),
+            None => self.misses.inc(),
+        }
         found
     }
 

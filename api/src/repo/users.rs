@@ -135,12 +135,15 @@ impl UserRepo {
         filter: UserFilter,
         request: PageRequest,
     ) -> Result<PageOf<User>, RepoError> {
-        // Every filter value that shapes the listing, so each filter keeps positions of its own.
-        let filter_key = format!(
-            "status={:?} email={:?}",
-            filter.status.map(UserStatus::as_str),
-            filter.email
-        );
+        // Positions are kept per filter: the key names every value that shapes the listing.
+        let indexed = self.cache.listing().map(|index| Indexed {
+            index,
+            filter: format!(
+                "status={:?} email={:?}",
+                filter.status.map(UserStatus::as_str),
+                filter.email
+            ),
+        });
         let mut query = users::Entity::find();
         if let Some(status) = filter.status {
             query = query.filter(users::Column::Status.eq(status.as_str()));
@@ -162,10 +165,6 @@ impl UserRepo {
             created_at: row.created_at,
             id: row.id,
         };
-        let indexed = self.cache.listing().map(|index| Indexed {
-            index,
-            filter: filter_key,
-        });
         let page = page::list(&self.db, query, order, key, request, indexed).await?;
         let items = page
             .items
