@@ -58,7 +58,11 @@ pub fn finish(raw: &str) -> Value {
             index += 1;
         }
         for name in &closed {
-            if let Some(schema) = schemas.get_mut(name).and_then(Value::as_object_mut) {
+            // Only objects have properties to close; on an enum the keyword means nothing, and
+            // openapi-typescript then widens the enum to `string`.
+            if let Some(schema) = schemas.get_mut(name).and_then(Value::as_object_mut)
+                && schema.get("type").and_then(Value::as_str) == Some("object")
+            {
                 schema.insert("additionalProperties".to_owned(), Value::Bool(false));
             }
         }
@@ -72,7 +76,54 @@ pub fn finish(raw: &str) -> Value {
         }
     }
     describe_responses(&mut document);
+    lift_annotations(&mut document);
     document
+}
+
+/// Keywords that only annotate a schema and constrain nothing.
+const ANNOTATIONS: [&str; 7] = [
+    "description",
+    "title",
+    "default",
+    "example",
+    "readOnly",
+    "writeOnly",
+    "deprecated",
+];
+
+/// OpenAPI 3.0 ignores the siblings of `$ref`, so poem-openapi describes a field of a named type
+/// (an enum) as `allOf: [{$ref}, {description}]`. A branch that only annotates is no schema a
+/// generator can merge: openapi-python-client drops the whole model ("Cannot take allOf a
+/// non-object"). Its keywords move up beside the `allOf`, leaving `allOf: [{$ref}]`, which means
+/// the same and which every generator reads as "this named type".
+fn lift_annotations(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let mut lifted = serde_json::Map::new();
+            if let Some(Value::Array(branches)) = map.get_mut("allOf")
+                && branches.iter().any(|branch| branch.get("$ref").is_some())
+            {
+                branches.retain(|branch| {
+                    let Some(keywords) = branch.as_object() else {
+                        return true;
+                    };
+                    if !keywords.keys().all(|key| ANNOTATIONS.contains(&key.as_str())) {
+                        return true;
+                    }
+                    for (key, annotation) in keywords {
+                        lifted.entry(key.clone()).or_insert_with(|| annotation.clone());
+                    }
+                    false
+                });
+            }
+            for (key, annotation) in lifted {
+                map.entry(key).or_insert(annotation);
+            }
+            map.values_mut().for_each(lift_annotations);
+        }
+        Value::Array(items) => items.iter_mut().for_each(lift_annotations),
+        _ => {}
+    }
 }
 
 /// poem-openapi leaves a plain `Json<T>` response undescribed; say what it is.
