@@ -145,6 +145,57 @@ async fn the_checked_in_openapi_yaml_is_what_the_server_generates() {
     );
 }
 
+/// What client generators trip over: an `allOf` branch that only annotates (openapi-python-client
+/// then drops the whole model) and `additionalProperties` on a non-object (openapi-typescript then
+/// widens an enum to `string`). `scripts/clients.sh` runs the generators themselves.
+#[test]
+fn the_document_reads_cleanly_in_client_generators() {
+    fn faults(value: &serde_json::Value, at: &str, found: &mut Vec<String>) {
+        const ANNOTATIONS: [&str; 7] = [
+            "description",
+            "title",
+            "default",
+            "example",
+            "readOnly",
+            "writeOnly",
+            "deprecated",
+        ];
+        match value {
+            serde_json::Value::Object(map) => {
+                for branch in map.get("allOf").and_then(|b| b.as_array()).into_iter().flatten() {
+                    let only_annotates = branch
+                        .as_object()
+                        .is_some_and(|b| b.keys().all(|k| ANNOTATIONS.contains(&k.as_str())));
+                    if only_annotates {
+                        found.push(format!("{at}: allOf branch {branch}"));
+                    }
+                }
+                let object = map.get("type").and_then(|t| t.as_str()) == Some("object");
+                if map.get("additionalProperties") == Some(&json!(false)) && !object {
+                    found.push(format!("{at}: additionalProperties on a non-object"));
+                }
+                for (key, child) in map {
+                    faults(child, &format!("{at}/{key}"), found);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (index, child) in items.iter().enumerate() {
+                    faults(child, &format!("{at}/{index}"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_storefront"))
+        .arg("openapi")
+        .output()
+        .expect("run the server binary");
+    let document = serde_yaml_from(&String::from_utf8_lossy(&output.stdout));
+    let mut found = Vec::new();
+    faults(&document, "", &mut found);
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
 #[tokio::test]
 async fn start_up_fails_fast_with_one_line_and_no_password() {
     // Nothing listens on port 1: the connection is refused at once.
