@@ -80,13 +80,15 @@ def main() -> None:
 
     # Newest first, one per page: every page after the first is reached through `next_cursor`.
     shelves: dict[str, Product] = {}
-    cursor: str | Unset | None = UNSET
-    while not {f"MUG-{run}", f"TEA-{run}"} <= shelves.keys():
-        if cursor is None:
-            sys.exit("the listing ended before both products were seen")
+    cursor: str | Unset = UNSET
+    while True:
         page = expect(list_products.sync_detailed(client=customer, per_page=1, cursor=cursor), 200)
         shelves.update((product.sku, product) for product in page.items)
-        cursor = page.next_cursor if isinstance(page.next_cursor, str) else None
+        if {f"MUG-{run}", f"TEA-{run}"} <= shelves.keys():
+            break
+        if isinstance(page.next_cursor, Unset):
+            sys.exit("the listing ended before both products were seen")
+        cursor = page.next_cursor
     mug, tea = shelves[f"MUG-{run}"], shelves[f"TEA-{run}"]
     print(f"listed {mug.sku} and {tea.sku}, page by page")
 
@@ -100,7 +102,9 @@ def main() -> None:
         place_order.sync_detailed(client=customer, body=order_body, idempotency_key=key), 201
     )
     assert retried.id == first.id, "a retried order must be the same order"
-    print(f"placed order {first.id} for {first.total_cents} cents; the retry answered the same order")
+    print(
+        f"placed order {first.id} for {first.total_cents} cents; the retry answered the same order"
+    )
 
     read: Order = expect(get_order.sync_detailed(first.id, client=customer), 200)
     assert read.id == first.id and read.status == OrderStatus.PENDING
@@ -117,7 +121,9 @@ def main() -> None:
     )
 
     cancel = UpdateOrder(status=OrderStatus.CANCELLED)
-    cancelled: Order = expect(update_order.sync_detailed(first.id, client=customer, body=cancel), 200)
+    cancelled: Order = expect(
+        update_order.sync_detailed(first.id, client=customer, body=cancel), 200
+    )
     assert cancelled.status == OrderStatus.CANCELLED
     print(f"cancelled order {cancelled.id}")
 
