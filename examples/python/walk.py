@@ -102,9 +102,7 @@ def main() -> None:
         place_order.sync_detailed(client=customer, body=order_body, idempotency_key=key), 201
     )
     assert retried.id == first.id, "a retried order must be the same order"
-    print(
-        f"placed order {first.id} for {first.total_cents} cents; the retry answered the same order"
-    )
+    print(f"placed order {first.id} for {first.total_cents} cents; the retry got it back")
 
     read: Order = expect(get_order.sync_detailed(first.id, client=customer), 200)
     assert read.id == first.id and read.status == OrderStatus.PENDING

@@ -1,7 +1,8 @@
 /**
- * A customer's path through Storefront, driven only by openapi-fetch and the types openapi-typescript
- * generates from the service's OpenAPI document: sign up, log in, list products page by page, place
- * an order (and retry it), read it back, meet a typed problem, cancel the order.
+ * A customer's path through Storefront, driven only by openapi-fetch and the types that
+ * openapi-typescript generates from the service's OpenAPI document: sign up, log in, list
+ * products page by page, place an order (and retry it), read it back, meet a typed problem,
+ * cancel the order.
  *
  *   npm ci
  *   STOREFRONT_URL=http://127.0.0.1:8080 npm run generate   # writes src/schema.d.ts
@@ -43,7 +44,8 @@ const [mugSku, teaSku] = [`MUG-${run}`, `TEA-${run}`];
 
 const admin = await logIn(process.env.ADMIN_EMAIL ?? "", process.env.ADMIN_PASSWORD ?? "");
 for (const [sku, price_cents, stock] of [[mugSku, 1250, 5], [teaSku, 480, 3]] as const) {
-  ok(await admin.POST("/v1/products", { body: { sku, name: `Example ${sku}`, price_cents, stock } }));
+  const body = { sku, name: `Example ${sku}`, price_cents, stock };
+  ok(await admin.POST("/v1/products", { body }));
 }
 
 const email = `grace-${run}@example.com`;
@@ -65,7 +67,9 @@ do {
 } while (!(shelves.has(mugSku) && shelves.has(teaSku)) && cursor !== undefined);
 const mug = shelves.get(mugSku);
 const tea = shelves.get(teaSku);
-if (mug === undefined || tea === undefined) throw new Error("the listing ended before both products were seen");
+if (mug === undefined || tea === undefined) {
+  throw new Error("the listing ended before both products were seen");
+}
 console.log(`listed ${mug.sku} and ${tea.sku}, page by page`);
 
 // The same key and body twice: one order, one stock decrement.
@@ -74,7 +78,7 @@ const idempotent = { params: { header: { "Idempotency-Key": randomUUID() } }, bo
 const first = ok(await customer.POST("/v1/orders", idempotent));
 const retried = ok(await customer.POST("/v1/orders", idempotent));
 check(retried.id === first.id, "a retried order must be the same order");
-console.log(`placed order ${first.id} for ${first.total_cents} cents; the retry answered the same order`);
+console.log(`placed order ${first.id} for ${first.total_cents} cents; the retry got it back`);
 
 const byId = { params: { path: { id: first.id } } };
 const read = ok(await customer.GET("/v1/orders/{id}", byId));
@@ -84,10 +88,14 @@ console.log(`read it back: ${read.status}, ${read.items.length} line(s)`);
 // More than is in stock: the answer is a typed problem, not an exception.
 const tooMany = { items: [{ product_id: tea.id, quantity: tea.stock + 1 }] };
 const { error } = await customer.POST("/v1/orders", { body: tooMany });
-if (error?.code !== "insufficient_stock") throw new Error(`expected insufficient_stock, got ${JSON.stringify(error)}`);
-console.log(`refused with ${error.status} ${error.code}: requested ${error.requested}, available ${error.available}`);
+if (error?.code !== "insufficient_stock") {
+  throw new Error(`expected insufficient_stock, got ${JSON.stringify(error)}`);
+}
+const { status, code, requested, available } = error;
+console.log(`refused with ${status} ${code}: requested ${requested}, available ${available}`);
 
-const cancelled = ok(await customer.PATCH("/v1/orders/{id}", { ...byId, body: { status: "cancelled" } }));
+const cancel = { ...byId, body: { status: "cancelled" as const } };
+const cancelled = ok(await customer.PATCH("/v1/orders/{id}", cancel));
 check(cancelled.status === "cancelled", "the order is cancelled");
 console.log(`cancelled order ${cancelled.id}`);
 
