@@ -99,31 +99,30 @@ const ANNOTATIONS: [&str; 7] = [
 fn lift_annotations(value: &mut Value) {
     match value {
         Value::Object(map) => {
-            let mut lifted = serde_json::Map::new();
             if let Some(Value::Array(branches)) = map.get_mut("allOf")
                 && branches.iter().any(|branch| branch.get("$ref").is_some())
             {
-                branches.retain(|branch| {
-                    let Some(keywords) = branch.as_object() else {
-                        return true;
-                    };
-                    if !keywords.keys().all(|key| ANNOTATIONS.contains(&key.as_str())) {
-                        return true;
-                    }
-                    for (key, annotation) in keywords {
-                        lifted.entry(key.clone()).or_insert_with(|| annotation.clone());
-                    }
-                    false
-                });
-            }
-            for (key, annotation) in lifted {
-                map.entry(key).or_insert(annotation);
+                let (notes, kept): (Vec<Value>, Vec<Value>) = std::mem::take(branches)
+                    .into_iter()
+                    .partition(only_annotates);
+                *branches = kept;
+                for (key, note) in notes.iter().filter_map(Value::as_object).flatten() {
+                    map.entry(key.clone()).or_insert_with(|| note.clone());
+                }
             }
             map.values_mut().for_each(lift_annotations);
         }
         Value::Array(items) => items.iter_mut().for_each(lift_annotations),
         _ => {}
     }
+}
+
+fn only_annotates(schema: &Value) -> bool {
+    schema.as_object().is_some_and(|keywords| {
+        keywords
+            .keys()
+            .all(|key| ANNOTATIONS.contains(&key.as_str()))
+    })
 }
 
 /// poem-openapi leaves a plain `Json<T>` response undescribed; say what it is.
