@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Generates typed clients from the served OpenAPI document, as an API consumer would, and drives the
 # live service with them: openapi-python-client and openapi-typescript must generate without a
-# single warning, the TypeScript must type-check, and both example programs (examples/python,
-# examples/typescript) must walk a customer's path on a scratch SQLite database.
+# single warning, both example programs (examples/python, examples/typescript) must type-check
+# against what was generated (mypy --strict, tsc --noEmit) and must walk a customer's path on a
+# scratch SQLite database.
 #
 #   scripts/clients.sh
 #
@@ -64,6 +65,8 @@ PATH="$venv/bin:$PATH" openapi-python-client generate --path "$work/openapi.json
   --output-path "$work/python/storefront_client" --fail-on-warning >"$work/python.log" 2>&1 ||
   { cat "$work/python.log" >&2; exit 1; }
 quiet_or_fail openapi-python-client "$work/python.log" '^Generating '
+MYPYPATH="$work/python" "$venv/bin/mypy" --strict --follow-imports=silent \
+  --cache-dir "$work/mypy-cache" examples/python/walk.py
 PYTHONPATH="$work/python" PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" examples/python/walk.py
 
 echo "== TypeScript: openapi-typescript, openapi-fetch"

@@ -72,10 +72,11 @@ def main() -> None:
     email, password = f"ada-{run}@example.com", "correct horse battery"
     body = CreateUser(name="Ada", email=email, password=password)
     # Signing up takes no token. openapi-python-client 0.29 still types the operation for an
-    # AuthenticatedClient, as it does not yet read the spec's `security: [{}, …]` as "anonymous
-    # allowed" (openapi-python-client#1372); a plain Client is what it means.
+    # AuthenticatedClient only: it does not yet read the document's `security: [{}, …]` as
+    # "anonymous allowed" (openapi-python-client#1372). A plain Client is what it means.
     anonymous = Client(base_url=BASE_URL)
-    user: User = expect(create_user.sync_detailed(client=anonymous, body=body), 201)
+    signed_up = create_user.sync_detailed(client=anonymous, body=body)  # type: ignore[arg-type]
+    user: User = expect(signed_up, 201)
     print(f"signed up {user.email} ({user.id})")
 
     customer = log_in(email, password)
