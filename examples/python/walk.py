@@ -2,7 +2,7 @@
 document: sign up, log in, list products page by page, place an order (and retry it), read it
 back, meet a typed problem, cancel the order.
 
-    pip install -r requirements.txt
+    python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt
     openapi-python-client generate --url http://127.0.0.1:8080/openapi.json \\
         --config openapi-python-client.yaml --meta none --output-path storefront_client
     STOREFRONT_URL=http://127.0.0.1:8080 ADMIN_EMAIL=… ADMIN_PASSWORD=… python walk.py
