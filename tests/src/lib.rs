@@ -243,6 +243,17 @@ impl Reply {
         body
     }
 
+    /// Asserts the status and an empty body (204, 304).
+    #[track_caller]
+    pub fn expect_empty(&self, status: u16) {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        assert!(self.text.is_empty(), "a body with {status}: {}", self.text);
+    }
+
     /// Asserts the status and returns the JSON body.
     #[track_caller]
     pub fn expect(&self, status: u16) -> Value {
@@ -288,7 +299,10 @@ impl TestApp {
         assert_eq!(login.status().as_u16(), 201, "the admin logs in");
         let session: Value = login.json().await.expect("a session");
         let admin_token = session["token"].as_str().expect("a token").to_owned();
-        let admin_id = session["user"]["id"].as_str().expect("a user id").to_owned();
+        let admin_id = session["user"]["id"]
+            .as_str()
+            .expect("a user id")
+            .to_owned();
         Self {
             addr,
             base,
@@ -308,9 +322,11 @@ impl TestApp {
     /// Signs up a customer and logs them in.
     pub async fn sign_up(&self, name: &str, email: &str) -> Customer {
         let reply = self
-            .send(self.anonymous.post(self.url("/v1/users")).json(
-                &json!({"name": name, "email": email, "password": USER_PASSWORD}),
-            ))
+            .send(
+                self.anonymous
+                    .post(self.url("/v1/users"))
+                    .json(&json!({"name": name, "email": email, "password": USER_PASSWORD})),
+            )
             .await;
         let user = reply.expect(201);
         let token = self.log_in(email, USER_PASSWORD).await;

@@ -13,9 +13,9 @@ use uuid::Uuid;
 use super::batch::{self, Batcher};
 use super::error::{Conflict, OnViolation, RepoError, Resource};
 use super::page::{self, CursorKey, Indexed, ListOrder, PageOf, PageRequest};
+use super::sessions::{self, Session};
 use crate::cache::EntityCache;
 use crate::cache::peers::{self, Topic};
-use super::sessions::{self, Session};
 use crate::domain::{Email, PasswordHash, UserName, UserRole, UserStatus};
 
 /// A user as the service shows it: the stored row without its password hash, which never leaves
@@ -270,7 +270,10 @@ impl UserRepo {
         let keep = changes.keep_session.clone();
         let mut update = users::Entity::update_many()
             .col_expr(users::Column::UpdatedAt, Expr::value(super::now()))
-            .col_expr(users::Column::Version, Expr::col(users::Column::Version).add(1))
+            .col_expr(
+                users::Column::Version,
+                Expr::col(users::Column::Version).add(1),
+            )
             .filter(users::Column::Id.eq(id));
         if let Some(name) = changes.name {
             update = update.col_expr(users::Column::Name, Expr::value(name.into_string()));
@@ -293,6 +296,7 @@ impl UserRepo {
         if let Some(versions) = expected {
             update = update.filter(users::Column::Version.is_in(versions.iter().copied()));
         }
+        let acknowledgements = self.sessions.acknowledgements();
         let txn = self.db.begin().await?;
         let written = update.exec(&txn).await.on_unique(Conflict::EmailTaken)?;
         let Some(row) = users::Entity::find_by_id(id).one(&txn).await? else {
@@ -306,11 +310,11 @@ impl UserRepo {
         } else {
             Vec::new()
         };
-        sessions::delete_in(&txn, &revoked).await?;
+        let revoked = sessions::delete_in(&txn, revoked).await?;
         peers::announce(&txn, Topic::Users, &[id]).await?;
         txn.commit().await?;
         self.cache.invalidate(id).await;
-        self.forget_sessions(&revoked).await;
+        sessions::forget(&self.sessions, acknowledgements, &revoked).await;
         User::from_row(row)
     }
 
@@ -318,6 +322,7 @@ impl UserRepo {
     /// with them.
     #[tracing::instrument(skip_all, fields(%id))]
     pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
+        let acknowledgements = self.sessions.acknowledgements();
         let txn = self.db.begin().await?;
         let mut delete = users::Entity::delete_many().filter(users::Column::Id.eq(id));
         if let Some(versions) = expected {
@@ -336,11 +341,11 @@ impl UserRepo {
                 RepoError::not_found(Resource::User, id)
             });
         }
-        sessions::delete_in(&txn, &revoked).await?;
+        let revoked = sessions::delete_in(&txn, revoked).await?;
         peers::announce(&txn, Topic::Users, &[id]).await?;
         txn.commit().await?;
         self.cache.invalidate(id).await;
-        self.forget_sessions(&revoked).await;
+        sessions::forget(&self.sessions, acknowledgements, &revoked).await;
         Ok(())
     }
 
@@ -365,9 +370,8 @@ impl UserRepo {
             }
             let created = self
                 .create(NewUser {
-                    name: UserName::parse("Administrator").map_err(|why| {
-                        RepoError::Internal(DbErr::Custom(why))
-                    })?,
+                    name: UserName::parse("Administrator")
+                        .map_err(|why| RepoError::Internal(DbErr::Custom(why)))?,
                     email: email.clone(),
                     password: password().await?,
                     status: UserStatus::Active,
@@ -382,11 +386,5 @@ impl UserRepo {
         Err(RepoError::Internal(DbErr::Custom(
             "the admin account kept changing while it was being made sure of".into(),
         )))
-    }
-
-    async fn forget_sessions(&self, hashes: &[String]) {
-        for hash in hashes {
-            self.sessions.invalidate(sessions::cache_key(hash)).await;
-        }
     }
 }
