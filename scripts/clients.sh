@@ -77,7 +77,7 @@ cp examples/typescript/src/*.ts "$work/typescript/src/"
 rm -f "$work/typescript/src/schema.d.ts"
 (
   cd "$work/typescript"
-  npm ci --silent --no-audit --no-fund
+  npm ci --silent --prefer-offline --no-audit --no-fund
   status=0
   npx --no-install openapi-typescript "$work/openapi.json" -o src/schema.d.ts \
     >"$work/typescript.log" 2>&1 || status=$?
