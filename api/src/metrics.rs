@@ -139,6 +139,9 @@ impl Metrics {
                 .register(collector)
                 .expect("metric names are unique");
         }
+        for kind in crate::db::DbFailure::ALL {
+            db_errors.with_label_values(&[kind.label()]);
+        }
         Self {
             registry,
             http_requests,
