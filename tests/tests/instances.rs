@@ -12,12 +12,14 @@ use tests::{Backend, TestDb};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 7] = [
     "users",
     "products",
     "orders",
     "order_items",
     "idempotency_keys",
+    "sessions",
+    "login_failures",
 ];
 
 /// Guards against a hung process only; nothing here depends on how fast anything is.

@@ -2,12 +2,15 @@
 //! the middleware every request passes through.
 
 pub mod body;
+pub mod conditional;
+mod consistency;
 pub mod error;
 mod middleware;
 pub mod ops;
 pub mod orders;
 pub mod pagination;
 pub mod products;
+pub mod sessions;
 mod spec;
 pub mod timestamp;
 pub mod users;
@@ -20,10 +23,12 @@ use sea_orm::DatabaseConnection;
 
 use crate::cache::EntityCache;
 use crate::config::Config;
+use crate::domain::Hasher;
 use crate::metrics::Metrics;
 use crate::repo::products::Product;
+use crate::repo::sessions::Session;
 use crate::repo::users::User;
-use crate::repo::{OrderRepo, ProductRepo, UserRepo};
+use crate::repo::{OrderRepo, ProductRepo, SessionRepo, UserRepo};
 
 /// Everything a request handler may use.
 pub struct AppState {
@@ -33,8 +38,12 @@ pub struct AppState {
     pub users: UserRepo,
     pub products: ProductRepo,
     pub orders: OrderRepo,
+    pub sessions: SessionRepo,
+    /// Every password hash and verification, on a bounded queue.
+    pub hasher: Hasher,
     pub user_cache: Arc<EntityCache<User>>,
     pub product_cache: Arc<EntityCache<Product>>,
+    pub session_cache: Arc<EntityCache<Session>>,
     /// The `application_name` of this instance's cache-invalidation listener (PostgreSQL).
     pub listener_name: String,
 }
@@ -43,7 +52,10 @@ impl AppState {
     pub fn new(config: Config, db: DatabaseConnection, metrics: Arc<Metrics>) -> Self {
         let user_cache = Arc::new(EntityCache::new("users", &config.cache, metrics.clone()));
         let product_cache = Arc::new(EntityCache::new("products", &config.cache, metrics.clone()));
-        let users = UserRepo::new(db.clone(), user_cache.clone());
+        let session_cache = Arc::new(EntityCache::new("sessions", &config.cache, metrics.clone()));
+        let users = UserRepo::new(db.clone(), user_cache.clone(), session_cache.clone());
+        let sessions = SessionRepo::new(db.clone(), session_cache.clone());
+        let hasher = Hasher::new(config.auth.hash_queue_limit);
         let products = ProductRepo::new(db.clone(), product_cache.clone());
         let orders = OrderRepo::new(db.clone(), products.clone(), metrics.clone());
         Self {
@@ -53,8 +65,11 @@ impl AppState {
             users,
             products,
             orders,
+            sessions,
+            hasher,
             user_cache,
             product_cache,
+            session_cache,
             listener_name: format!("storefront-cache-{}", uuid::Uuid::now_v7().simple()),
         }
     }
@@ -62,6 +77,8 @@ impl AppState {
 
 #[derive(Tags)]
 pub enum Tag {
+    /// Logging in and out: bearer tokens.
+    Sessions,
     /// Customers.
     Users,
     /// The catalogue and its stock.
@@ -73,6 +90,7 @@ pub enum Tag {
 }
 
 type Apis = (
+    sessions::SessionsApi,
     users::UsersApi,
     products::ProductsApi,
     orders::OrdersApi,
@@ -81,6 +99,7 @@ type Apis = (
 
 fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
     let apis = (
+        sessions::SessionsApi(state.clone()),
         users::UsersApi(state.clone()),
         products::ProductsApi(state.clone()),
         orders::OrdersApi(state.clone()),
@@ -121,6 +140,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint + 'static {
         )
         .at("/docs", get(spec::serve(docs, "text/html; charset=utf-8")))
         .data(body::BodyLimit(state.config.max_body_bytes))
+        .data(state.clone())
         .around(move |next, request| {
             middleware::observe(state.clone(), templates.clone(), next, request)
         })
