@@ -150,7 +150,7 @@ impl TestDb {
             pooler.stop();
         }
         if let Some(file) = &self.file {
-            for suffix in ["", "-wal", "-shm"] {
+            for suffix in ["", "-wal", "-shm", ".migration-lock"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
             }
             return;
