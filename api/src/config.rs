@@ -56,6 +56,9 @@ pub struct DatabaseConfig {
     /// PostgreSQL behind a transaction pooler: the database itself, for migrations, the migration
     /// lock and LISTEN. When set, `url` is taken to be the pooler (see `db::connect`).
     pub direct_url: Option<String>,
+    /// Names this instance's pooled PostgreSQL sessions (`application_name`), so that it can tell
+    /// its own cache invalidations from other instances' (`cache::peers`).
+    pub application_name: String,
     pub max_connections: u32,
     pub min_connections: u32,
     pub connect_timeout: Duration,
@@ -136,6 +139,7 @@ impl Config {
         let database = DatabaseConfig {
             url,
             direct_url,
+            application_name: format!("storefront-{}", uuid::Uuid::now_v7().simple()),
             max_connections,
             min_connections,
             connect_timeout: millis(positive(

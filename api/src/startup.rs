@@ -123,6 +123,7 @@ async fn listen_to_peers(state: &Arc<AppState>) -> Option<tokio::task::JoinHandl
         users: state.user_cache.clone(),
         products: state.product_cache.clone(),
         sessions: state.session_cache.clone(),
+        sender: state.config.database.application_name.clone(),
     };
     // LISTEN holds a session: a transaction pooler cannot carry it.
     let database = &state.config.database;

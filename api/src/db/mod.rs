@@ -73,9 +73,12 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conn
         .test_before_acquire(true);
     // A pooler refuses start-up options (PgBouncer: "unsupported startup parameter: options"),
     // so behind one the timeout is the role's default instead (`apply_statement_timeout`).
-    if behind_pooler(config) {
-        options.map_sqlx_postgres_opts(|pg| pooler_safe(pg, true));
-    } else {
+    let behind = behind_pooler(config);
+    let application_name = config.application_name.clone();
+    options.map_sqlx_postgres_opts(move |pg| {
+        pooler_safe(pg, behind).application_name(&application_name)
+    });
+    if !behind {
         options.statement_timeout(config.statement_timeout);
     }
     configure_mysql(&mut options, config.statement_timeout);
