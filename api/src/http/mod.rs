@@ -70,7 +70,11 @@ impl AppState {
             user_cache,
             product_cache,
             session_cache,
-            listener_name: format!("storefront-cache-{}", uuid::Uuid::now_v7().simple()),
+            listener_name: format!(
+                "{}{}",
+                crate::cache::peers::LISTENER_PREFIX,
+                uuid::Uuid::now_v7().simple()
+            ),
         }
     }
 }
