@@ -4,6 +4,7 @@
 pub mod body;
 pub mod conditional;
 mod consistency;
+mod enums;
 pub mod error;
 mod middleware;
 pub mod ops;
