@@ -21,6 +21,7 @@ pub enum ConfigError {
 #[derive(Debug, Deserialize)]
 struct Env {
     database_url: Option<String>,
+    database_direct_url: Option<String>,
     db_host: Option<String>,
     db_port: Option<u16>,
     db_name: Option<String>,
@@ -37,6 +38,7 @@ struct Env {
     host: Option<IpAddr>,
     port: Option<u16>,
     auto_migrate: Option<bool>,
+    migration_lock_timeout_secs: Option<u64>,
     max_body_bytes: Option<usize>,
     request_timeout_ms: Option<u64>,
     session_ttl_secs: Option<u64>,
@@ -51,6 +53,12 @@ struct Env {
 #[derive(Clone, Debug)]
 pub struct DatabaseConfig {
     pub url: String,
+    /// PostgreSQL behind a transaction pooler: the database itself, for migrations, the migration
+    /// lock and LISTEN. When set, `url` is taken to be the pooler (see `db::connect`).
+    pub direct_url: Option<String>,
+    /// Names this instance's pooled PostgreSQL sessions (`application_name`), so that it can tell
+    /// its own cache invalidations from other instances' (`cache::peers`).
+    pub application_name: String,
     pub max_connections: u32,
     pub min_connections: u32,
     pub connect_timeout: Duration,
@@ -94,6 +102,8 @@ pub struct Config {
     pub host: IpAddr,
     pub port: u16,
     pub auto_migrate: bool,
+    /// How long a start-up waits for another instance's migrations before giving up.
+    pub migration_lock_timeout: Duration,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub auth: AuthConfig,
@@ -124,8 +134,12 @@ impl Config {
                 "must not exceed DB_MAX_CONNECTIONS",
             ));
         }
+        let url = database_url(&env)?;
+        let direct_url = direct_url(&env, &url)?;
         let database = DatabaseConfig {
-            url: database_url(&env)?,
+            url,
+            direct_url,
+            application_name: format!("storefront-{}", uuid::Uuid::now_v7().simple()),
             max_connections,
             min_connections,
             connect_timeout: millis(positive(
@@ -158,6 +172,11 @@ impl Config {
             host: env.host.unwrap_or(IpAddr::from([127, 0, 0, 1])),
             port: env.port.unwrap_or(8080),
             auto_migrate: env.auto_migrate.unwrap_or(true),
+            migration_lock_timeout: Duration::from_secs(positive(
+                migration::lock::TIMEOUT_VARIABLE,
+                env.migration_lock_timeout_secs,
+                migration::lock::DEFAULT_TIMEOUT.as_secs(),
+            )?),
             max_body_bytes: positive_usize("MAX_BODY_BYTES", env.max_body_bytes, 1024 * 1024)?,
             request_timeout: millis(positive(
                 "REQUEST_TIMEOUT_MS",
@@ -240,6 +259,21 @@ fn database_url(env: &Env) -> Result<String, ConfigError> {
     let _ = url.set_password(env.db_password.as_deref());
     url.set_path(env.db_name.as_deref().unwrap_or("postgres"));
     Ok(url.into())
+}
+
+/// `DATABASE_DIRECT_URL` only makes sense for PostgreSQL, next to a PostgreSQL `DATABASE_URL`.
+fn direct_url(env: &Env, url: &str) -> Result<Option<String>, ConfigError> {
+    let Some(direct) = &env.database_direct_url else {
+        return Ok(None);
+    };
+    let postgres = |url: &str| url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if !postgres(direct) || !postgres(url) {
+        return Err(invalid(
+            "DATABASE_DIRECT_URL",
+            "is for PostgreSQL only: it and DATABASE_URL must both start with postgres://",
+        ));
+    }
+    Ok(Some(direct.clone()))
 }
 
 fn positive(name: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigError> {
@@ -333,6 +367,45 @@ mod tests {
         assert!(err.to_string().contains("DB_ACQUIRE_TIMEOUT_MS"), "{err}");
         let err = Config::from_vars(vars(&[("DATABASE_URL", "oracle://x")])).unwrap_err();
         assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn a_direct_url_goes_with_a_postgres_url_only() {
+        let config = Config::from_vars(vars(&[
+            ("DATABASE_URL", "postgres://app:pw@pgbouncer:6432/shop"),
+            ("DATABASE_DIRECT_URL", "postgres://app:pw@db:5432/shop"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.database.direct_url.as_deref(),
+            Some("postgres://app:pw@db:5432/shop")
+        );
+        assert_eq!(
+            Config::from_vars(vars(&[])).unwrap().database.direct_url,
+            None
+        );
+        let err = Config::from_vars(vars(&[
+            ("DATABASE_URL", "mysql://app:pw@db/shop"),
+            ("DATABASE_DIRECT_URL", "postgres://app:pw@db:5432/shop"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("DATABASE_DIRECT_URL"), "{err}");
+    }
+
+    #[test]
+    fn the_migration_lock_wait_is_configurable() {
+        let config = Config::from_vars(vars(&[])).unwrap();
+        assert_eq!(
+            config.migration_lock_timeout,
+            migration::lock::DEFAULT_TIMEOUT
+        );
+        let config = Config::from_vars(vars(&[("MIGRATION_LOCK_TIMEOUT_SECS", "5")])).unwrap();
+        assert_eq!(config.migration_lock_timeout, Duration::from_secs(5));
+        let err = Config::from_vars(vars(&[("MIGRATION_LOCK_TIMEOUT_SECS", "0")])).unwrap_err();
+        assert!(
+            err.to_string().contains("MIGRATION_LOCK_TIMEOUT_SECS"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use migration::{Migrator, MigratorTrait};
 use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use sea_orm::DatabaseConnection;
@@ -45,6 +44,9 @@ pub struct Application {
 impl Application {
     /// Connects (failing fast), migrates when asked to, and binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        if let Some(direct) = &config.database.direct_url {
+            prepare_for_pooler(direct, &config).await?;
+        }
         let mut db = db::connect(&config.database).await?;
         let metrics = Arc::new(Metrics::new());
         let queries = metrics.db_queries.clone();
@@ -121,8 +123,15 @@ async fn listen_to_peers(state: &Arc<AppState>) -> Option<tokio::task::JoinHandl
         users: state.user_cache.clone(),
         products: state.product_cache.clone(),
         sessions: state.session_cache.clone(),
+        sender: state.config.database.application_name.clone(),
     };
-    let url = state.config.database.url.clone();
+    // LISTEN holds a session: a transaction pooler cannot carry it.
+    let database = &state.config.database;
+    let url = database
+        .direct_url
+        .as_ref()
+        .unwrap_or(&database.url)
+        .clone();
     Some(peers::start_listener(url, state.listener_name.clone(), caches).await)
 }
 
@@ -153,14 +162,59 @@ async fn ensure_admin(state: &AppState) -> Result<(), StartupError> {
     Ok(())
 }
 
+/// Behind a pooler: the direct URL must answer (it carries migrations and LISTEN), and the
+/// statement timeout becomes the role's default there before any pooled session starts.
+async fn prepare_for_pooler(direct: &str, config: &Config) -> Result<(), StartupError> {
+    let direct_config = crate::config::DatabaseConfig {
+        url: direct.to_owned(),
+        ..config.database.clone()
+    };
+    db::probe(&direct_config).await?;
+    let timeout = config.database.statement_timeout;
+    match db::apply_statement_timeout(direct, timeout).await {
+        Ok(()) => tracing::info!(
+            statement_timeout_ms = timeout.as_millis(),
+            "statement timeout set as this role's default in the database (behind a pooler)"
+        ),
+        Err(err) => tracing::warn!(
+            error = %err,
+            "cannot set the statement timeout as this role's default; statements through the \
+             pooler run without one unless the role or the pooler sets it (see the README)"
+        ),
+    }
+    Ok(())
+}
+
+/// Applies pending migrations under the database-wide migration lock, so that any number of
+/// instances may start at once: one migrates, the others wait for it and find nothing to do.
+/// Behind a pooler both the lock and the migrations use the direct URL.
 async fn migrate(db: &DatabaseConnection, config: &Config) -> Result<(), StartupError> {
-    Migrator::up(db, None)
-        .await
-        .map_err(|err| StartupError::Migrations {
-            url: mask_password(&config.database.url),
-            reason: err.to_string(),
-        })?;
-    tracing::info!("migrations are up to date");
+    let database = &config.database;
+    let lock_url = database.direct_url.as_deref().unwrap_or(&database.url);
+    let failed = |reason: String| StartupError::Migrations {
+        url: mask_password(lock_url),
+        reason,
+    };
+    let direct = match &database.direct_url {
+        Some(url) => Some(db::connect_direct(url, database).await?),
+        None => None,
+    };
+    let conn = direct.as_ref().unwrap_or(db);
+    let timeout = config.migration_lock_timeout;
+    let notice = || {
+        tracing::info!(
+            timeout_secs = timeout.as_secs(),
+            "another instance is migrating the database; waiting for its migration lock"
+        )
+    };
+    let outcome = migration::up_locked(conn, lock_url, timeout, notice).await;
+    if let Some(direct) = direct {
+        let _ = direct.close().await;
+    }
+    match outcome.map_err(|err| failed(err.to_string()))? {
+        0 => tracing::info!("migrations are up to date; nothing to apply"),
+        applied => tracing::info!(applied, "migrations applied"),
+    }
     Ok(())
 }
 

@@ -3,6 +3,9 @@
 
 pub use sea_orm_migration::prelude::*;
 
+pub mod command;
+pub mod lock;
+
 mod columns;
 mod m20261124_000001_create_users;
 mod m20261124_000002_create_products;
@@ -31,4 +34,36 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000009_create_login_failures::Migration),
         ]
     }
+}
+
+/// Why a locked migration run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    #[error(transparent)]
+    Migration(#[from] DbErr),
+}
+
+/// Applies pending migrations to `db` while holding the migration lock of the database at
+/// `lock_url` (the same database: `db` may reach it through a pool of its own). Returns how many
+/// migrations this run applied: none when another process applied them while this one waited.
+pub async fn up_locked(
+    db: &sea_orm_migration::sea_orm::DatabaseConnection,
+    lock_url: &str,
+    timeout: std::time::Duration,
+    on_wait: impl FnOnce(),
+) -> Result<usize, RunError> {
+    let held = lock::MigrationLock::acquire(lock_url, timeout, on_wait).await?;
+    let outcome = async {
+        Migrator::install(db).await?;
+        let pending = Migrator::get_pending_migrations(db).await?.len();
+        if pending > 0 {
+            Migrator::up(db, None).await?;
+        }
+        Ok::<_, DbErr>(pending)
+    }
+    .await;
+    held.release().await;
+    Ok(outcome?)
 }

@@ -2,10 +2,11 @@
 //! own (a new, uniquely named database on PostgreSQL and MariaDB, a temporary file on SQLite) and
 //! drops that database afterwards. `on_every_backend!` runs one test body on each backend.
 //!
-//! Backends: SQLite always; PostgreSQL when `TEST_POSTGRES_URL` is set; MariaDB/MySQL when
-//! `TEST_MYSQL_URL` is set. With `REQUIRE_ALL_BACKENDS=1` a missing or unreachable backend fails
-//! the test instead of skipping it.
+//! Backends: SQLite always; PostgreSQL when `TEST_POSTGRES_URL` is set, directly and behind a
+//! PgBouncer of the test's own (`pgbouncer`); MariaDB/MySQL when `TEST_MYSQL_URL` is set. With
+//! `REQUIRE_ALL_BACKENDS=1` a missing or unreachable backend fails the test instead of skipping it.
 
+pub mod pgbouncer;
 pub mod proxy;
 
 use std::future::Future;
@@ -46,7 +47,7 @@ fn all_backends_required() -> bool {
     std::env::var("REQUIRE_ALL_BACKENDS").is_ok_and(|v| v == "1")
 }
 
-fn skip(backend: Backend, why: &str) -> Option<TestDb> {
+fn skip(backend: impl std::fmt::Debug, why: &str) -> Option<TestDb> {
     if all_backends_required() {
         panic!("{backend:?} is required (REQUIRE_ALL_BACKENDS=1) but {why}");
     }
@@ -60,9 +61,12 @@ pub struct TestDb {
     pub backend: Backend,
     /// The URL the service connects with.
     pub url: String,
+    /// Behind PgBouncer: the database itself (`DATABASE_DIRECT_URL`); `url` is then PgBouncer.
+    pub direct_url: Option<String>,
     admin_url: Option<String>,
     name: String,
     file: Option<PathBuf>,
+    pooler: Option<Arc<pgbouncer::PgBouncer>>,
 }
 
 impl TestDb {
@@ -74,9 +78,11 @@ impl TestDb {
             return Some(Self {
                 backend,
                 url: format!("sqlite://{}?mode=rwc", file.display()),
+                direct_url: None,
                 admin_url: None,
                 name,
                 file: Some(file),
+                pooler: None,
             });
         }
         let Some(admin_url) = backend.admin_url() else {
@@ -96,22 +102,55 @@ impl TestDb {
         Some(Self {
             backend,
             url: url.into(),
+            direct_url: None,
             admin_url: Some(admin_url),
             name,
             file: None,
+            pooler: None,
         })
     }
 
-    /// A connection of the test's own (for arranging data, holding locks, reading plans).
+    /// A new, empty PostgreSQL database reached through a PgBouncer of its own (`url`), with
+    /// `direct_url` naming the database itself.
+    pub async fn behind_pgbouncer() -> Option<Self> {
+        let mut db = Self::create(Backend::Postgres).await?;
+        let direct: url::Url = db.url.parse().expect("a valid database URL");
+        let pooler = match pgbouncer::PgBouncer::start(&direct, &db.name).await {
+            Ok(pooler) => pooler,
+            Err(pgbouncer::Unavailable(why)) => {
+                db.drop_database().await;
+                return skip("PgBouncer", &why);
+            }
+        };
+        let mut through = direct.clone();
+        through.set_host(Some("127.0.0.1")).expect("a host");
+        through.set_port(Some(pooler.port)).expect("a port");
+        db.url = through.into();
+        db.direct_url = Some(direct.into());
+        db.pooler = Some(Arc::new(pooler));
+        Some(db)
+    }
+
+    /// PgBouncer's pool mode when the database is behind one.
+    pub fn pool_mode(&self) -> Option<&'static str> {
+        self.pooler.as_ref().map(|pooler| pooler.pool_mode)
+    }
+
+    /// A connection of the test's own (for arranging data, holding locks, reading plans), straight
+    /// to the database.
     pub async fn connect(&self) -> DatabaseConnection {
-        Database::connect(self.url.as_str())
+        let url = self.direct_url.as_ref().unwrap_or(&self.url);
+        Database::connect(url.as_str())
             .await
             .expect("connect to the test database")
     }
 
     pub async fn drop_database(&self) {
+        if let Some(pooler) = &self.pooler {
+            pooler.stop();
+        }
         if let Some(file) = &self.file {
-            for suffix in ["", "-wal", "-shm"] {
+            for suffix in ["", "-wal", "-shm", ".migration-lock"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
             }
             return;
@@ -157,6 +196,7 @@ pub fn test_config(db: &TestDb) -> Config {
     ])
     .expect("default configuration");
     config.database.url = db.url.clone();
+    config.database.direct_url = db.direct_url.clone();
     config.port = 0;
     config
 }
@@ -275,9 +315,14 @@ impl TestApp {
     /// Starts a server after `configure` has adjusted its configuration.
     pub async fn spawn_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Option<Self> {
         let db = TestDb::create(backend).await?;
+        Some(Self::spawn_on(db, configure).await)
+    }
+
+    /// Starts a server on `db` after `configure` has adjusted its configuration.
+    pub async fn spawn_on(db: TestDb, configure: impl FnOnce(&mut Config)) -> Self {
         let mut config = test_config(&db);
         configure(&mut config);
-        Some(Self::start(db, config).await)
+        Self::start(db, config).await
     }
 
     pub async fn start(db: TestDb, config: Config) -> Self {
@@ -450,9 +495,28 @@ where
     F: FnOnce(TestApp) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let Some(app) = TestApp::spawn_with(backend, configure).await else {
+    run_on(TestDb::create(backend).await, configure, body).await
+}
+
+/// `run` behind a PgBouncer of the test's own (see `pgbouncer`).
+pub async fn run_behind_pgbouncer<F, Fut>(body: F)
+where
+    F: FnOnce(TestApp) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    run_on(TestDb::behind_pgbouncer().await, |_| {}, body).await
+}
+
+/// `run_with` on a database made by the caller (`None`: skipped).
+pub async fn run_on<F, Fut>(db: Option<TestDb>, configure: impl FnOnce(&mut Config), body: F)
+where
+    F: FnOnce(TestApp) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(db) = db else {
         return;
     };
+    let app = TestApp::spawn_on(db, configure).await;
     let outcome = tokio::spawn(body(app.clone())).await;
     app.teardown().await;
     if let Err(err) = outcome {
@@ -502,7 +566,8 @@ pub fn fields_of(problem: &Value) -> Vec<String> {
 /// }
 /// ```
 ///
-/// Each becomes a module with one `#[tokio::test]` per backend (`sqlite`, `postgres`, `mysql`).
+/// Each becomes a module with one `#[tokio::test]` per backend (`sqlite`, `postgres`, `mysql`, and
+/// `pgbouncer`: PostgreSQL behind PgBouncer).
 #[macro_export]
 macro_rules! on_every_backend {
     ($($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
@@ -526,6 +591,11 @@ macro_rules! on_every_backend {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn mysql() {
                 $crate::run($crate::Backend::MySql, body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn pgbouncer() {
+                $crate::run_behind_pgbouncer(body).await
             }
         }
     )*};

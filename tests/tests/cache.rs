@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use tests::{Backend, TestApp, json, on_every_backend, run_with, test_config};
+use tests::{Backend, TestApp, TestDb, json, on_every_backend, run_on, run_with, test_config};
 
 fn queries(app: &TestApp) -> u64 {
     app.state.metrics.db_queries.get()
@@ -195,8 +195,18 @@ async fn listener_pids(app: &TestApp, name: &str) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_on_postgres_stay_coherent() {
-    run_with(
-        Backend::Postgres,
+    two_instances_stay_coherent(TestDb::create(Backend::Postgres).await).await;
+}
+
+/// Behind PgBouncer each instance LISTENs over its direct URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_behind_pgbouncer_stay_coherent() {
+    two_instances_stay_coherent(TestDb::behind_pgbouncer().await).await;
+}
+
+async fn two_instances_stay_coherent(db: Option<TestDb>) {
+    run_on(
+        db,
         |_| {},
         |a: TestApp| async move {
             let b = TestApp::start(a.db.clone(), test_config(&a.db)).await;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
 use tests::proxy::Proxy;
-use tests::{Backend, TestApp, TestDb, json, on_every_backend, run_with, test_config};
+use tests::{Backend, TestApp, TestDb, json, on_every_backend, run_on, run_with, test_config};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A literal for `id` in this backend's SQL (test-side statements only).
@@ -263,11 +263,11 @@ async fn an_exhausted_pool_answers_503_within_the_acquire_timeout() {
     .await;
 }
 
-async fn statement_timeout(backend: Backend) {
+async fn statement_timeout(db: Option<TestDb>) {
     let configure = |config: &mut api::config::Config| {
         config.database.statement_timeout = Duration::from_millis(300);
     };
-    run_with(backend, configure, |app: TestApp| async move {
+    run_on(db, configure, |app: TestApp| async move {
         let user = app.create_user("Slow", "slow@example.com").await;
         let product = app.create_product("SLOW-2", 100, 10).await;
         let id = product["id"].as_str().unwrap().to_owned();
@@ -302,12 +302,18 @@ async fn statement_timeout(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_statement_timeout_answers_504_and_writes_nothing_on_postgres() {
-    statement_timeout(Backend::Postgres).await;
+    statement_timeout(TestDb::create(Backend::Postgres).await).await;
+}
+
+/// Behind PgBouncer the timeout cannot be a start-up option; it is the role's default instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_statement_timeout_answers_504_and_writes_nothing_behind_pgbouncer() {
+    statement_timeout(TestDb::behind_pgbouncer().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_statement_timeout_answers_504_and_writes_nothing_on_mysql() {
-    statement_timeout(Backend::MySql).await;
+    statement_timeout(TestDb::create(Backend::MySql).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,6 +6,12 @@
 //! what it missed: it stops serving from its cache and empties it until it listens again, then
 //! empties it once more (writes may have committed while it was reconnecting).
 //!
+//! A message names its sender (the `application_name` of the writing instance's pool), and an
+//! instance skips its own user and product messages: the writer has already invalidated locally
+//! after committing, and a late second eviction would only throw away a value it has since read
+//! afresh. Session revocations are heard by every instance, the revoking one included, since each
+//! acknowledges them.
+//!
 //! On SQLite and MariaDB/MySQL there is no such channel: run a single instance there.
 
 use std::sync::Arc;
@@ -55,7 +61,7 @@ pub async fn announce<C: ConnectionTrait>(
         let payload = format!("{}:{id}", topic.as_str());
         let statement = Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT pg_notify($1, $2)",
+            "SELECT pg_notify($1, $2 || '@' || current_setting('application_name'))",
             [CHANNEL.into(), payload.into()],
         );
         conn.execute_raw(statement).await?;
@@ -69,6 +75,8 @@ pub struct Caches {
     pub users: Arc<EntityCache<User>>,
     pub products: Arc<EntityCache<Product>>,
     pub sessions: Arc<EntityCache<Session>>,
+    /// This instance's pool `application_name`: messages it sent itself are skipped.
+    pub sender: String,
 }
 
 /// What one message on the channel asks of a listener.
@@ -90,13 +98,19 @@ impl Caches {
             }
             return Heard::Done;
         }
-        let Some((topic, id)) = payload.split_once(':') else {
+        let (key, own) = match payload.rsplit_once('@') {
+            Some((key, sender)) => (key, sender == self.sender),
+            None => (payload, false),
+        };
+        let Some((topic, id)) = key.split_once(':') else {
             return Heard::Done;
         };
         let Ok(id) = Uuid::parse_str(id) else {
             return Heard::Done;
         };
         match topic {
+            // The writer evicted these itself once it had committed.
+            "users" | "products" if own => {}
             "users" => self.users.invalidate(id).await,
             "products" => self.products.invalidate(id).await,
             "sessions" => {

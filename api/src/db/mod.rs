@@ -7,6 +7,7 @@ pub mod retry;
 
 use std::time::Duration;
 
+use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::{self, Connection as _};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
@@ -31,7 +32,11 @@ pub async fn probe(config: &DatabaseConfig) -> Result<(), ConnectError> {
     let url = &config.url;
     let attempt = async {
         if url.starts_with("postgres") {
-            sqlx::PgConnection::connect(url).await?.close().await
+            let options = pooler_safe(url.parse()?, behind_pooler(config));
+            sqlx::PgConnection::connect_with(&options)
+                .await?
+                .close()
+                .await
         } else if url.starts_with("mysql") {
             sqlx::MySqlConnection::connect(url).await?.close().await
         } else {
@@ -65,8 +70,17 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conn
         // Every checkout is pinged (SeaORM's default, kept on purpose): a connection the server
         // dropped (restart, failover, pg_terminate_backend) is replaced before it can fail a
         // request. It costs one round trip per checkout; see BENCHMARKS.md.
-        .test_before_acquire(true)
-        .statement_timeout(config.statement_timeout);
+        .test_before_acquire(true);
+    // A pooler refuses start-up options (PgBouncer: "unsupported startup parameter: options"),
+    // so behind one the timeout is the role's default instead (`apply_statement_timeout`).
+    let behind = behind_pooler(config);
+    let application_name = config.application_name.clone();
+    options.map_sqlx_postgres_opts(move |pg| {
+        pooler_safe(pg, behind).application_name(&application_name)
+    });
+    if !behind {
+        options.statement_timeout(config.statement_timeout);
+    }
     configure_mysql(&mut options, config.statement_timeout);
     options.map_sqlx_sqlite_opts(|opts| {
         opts.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
@@ -88,6 +102,65 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conn
         .map_err(unreachable)?;
     db.ping().await.map_err(unreachable)?;
     Ok(db)
+}
+
+/// `DATABASE_URL` names a pooler (PgBouncer) when a direct URL is configured beside it.
+fn behind_pooler(config: &DatabaseConfig) -> bool {
+    config.direct_url.is_some()
+}
+
+/// Start-up parameters a pooler does not know are refused by it (PgBouncer: "unsupported startup
+/// parameter"), so behind one the driver sends only those poolers track. `extra_float_digits`
+/// changes nothing here: values travel in binary.
+///
+/// The driver's prepared-statement cache stays on. Behind a pooler in transaction mode
+/// protocol-level prepared statements need the pooler to carry them across server connections
+/// (PgBouncer 1.21 or later with `max_prepared_statements`); turning the cache off would not
+/// avoid them, since sqlx 0.9 still names, and never closes, every statement it prepares. See
+/// the README, "Running several instances".
+fn pooler_safe(options: PgConnectOptions, behind_pooler: bool) -> PgConnectOptions {
+    if behind_pooler {
+        options.extra_float_digits(None)
+    } else {
+        options
+    }
+}
+
+/// A small pool straight to the database, bypassing any pooler: for migrations.
+pub async fn connect_direct(
+    url: &str,
+    config: &DatabaseConfig,
+) -> Result<DatabaseConnection, ConnectError> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(2)
+        .min_connections(0)
+        .connect_timeout(config.connect_timeout)
+        .acquire_timeout(config.connect_timeout)
+        .sqlx_logging(false);
+    let db = Database::connect(options)
+        .await
+        .map_err(|err| ConnectError::Unreachable {
+            url: mask_password(url),
+            reason: err.to_string(),
+        })?;
+    Ok(db)
+}
+
+/// Behind a transaction pooler the statement timeout cannot travel as a start-up option, and a
+/// `SET` would stay behind on whichever server connection ran it. It becomes this role's default
+/// in this database instead, which PostgreSQL applies to every session the pooler opens from now
+/// on. Run over the direct connection, before the pool connects through the pooler.
+pub async fn apply_statement_timeout(direct_url: &str, timeout: Duration) -> Result<(), DbErr> {
+    let millis = timeout.as_millis();
+    let conn = Database::connect(direct_url).await?;
+    let sql = format!(
+        "DO $$ BEGIN EXECUTE format('ALTER ROLE CURRENT_USER IN DATABASE %I \
+         SET statement_timeout = %L', current_database(), '{millis}ms'); END $$"
+    );
+    let outcome = conn.execute_unprepared(&sql).await.map(|_| ());
+    let _ = conn.close().await;
+    outcome
 }
 
 /// MySQL and MariaDB get the statement limit per session, and READ COMMITTED so that a locking
