@@ -8,13 +8,14 @@ use std::time::Duration;
 use migration::{Migrator, MigratorTrait};
 use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpListener};
-use sea_orm::DatabaseConnection;
 
 use crate::cache::peers;
 use crate::config::{Config, mask_password};
 use crate::db;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::store::Engine;
+use crate::store::mongo::{self, Mongo};
 
 /// Why the service could not start; each renders as one line for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +35,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Application {
     state: Arc<AppState>,
-    /// Hears other instances' cache invalidations (PostgreSQL with caching on).
+    /// Hears other instances' cache invalidations (PostgreSQL and MongoDB, with caching on).
     listener: Option<tokio::task::JoinHandle<()>>,
     acceptor: poem::listener::TcpAcceptor,
     addr: SocketAddr,
@@ -43,13 +44,10 @@ pub struct Application {
 impl Application {
     /// Connects (failing fast), migrates when asked to, and binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let mut db = db::connect(&config.database).await?;
         let metrics = Arc::new(Metrics::new());
-        let queries = metrics.db_queries.clone();
-        // Every statement through the pool is counted (and only counted: no SQL is logged).
-        db.set_metric_callback(move |_| queries.inc());
+        let db = connect(&config, &metrics).await?;
         tracing::info!(
-            backend = db::backend_name(&db),
+            backend = db.backend_name(),
             url = %mask_password(&config.database.url),
             max_connections = config.database.max_connections,
             "connected to the database"
@@ -101,17 +99,42 @@ impl Application {
             listener.abort();
         }
         tracing::info!("shutting down: closing the database pool");
-        let db: DatabaseConnection = self.state.db.clone();
-        if let Err(err) = db.close_by_ref().await {
+        if let Err(err) = self.state.db.close_by_ref().await {
             tracing::warn!(error = %err, "closing the pool failed");
         }
         served
     }
 }
 
+/// Every statement or command sent to the database is counted (and only counted: none is
+/// logged).
+async fn connect(config: &Config, metrics: &Metrics) -> Result<Engine, StartupError> {
+    let queries = metrics.db_queries.clone();
+    if mongo::is_mongo_url(&config.database.url) {
+        let mongo = Mongo::connect(&config.database, queries).await?;
+        return Ok(Engine::Mongo(mongo));
+    }
+    let mut db = db::connect(&config.database).await?;
+    db.set_metric_callback(move |_| queries.inc());
+    Ok(Engine::Sql(db))
+}
+
 async fn listen_to_peers(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<()>> {
-    let postgres = state.db.get_database_backend() == sea_orm::DbBackend::Postgres;
-    if !postgres || !state.user_cache.is_enabled() {
+    if !state.user_cache.is_enabled() {
+        return None;
+    }
+    if let Some(mongo) = state.db.mongo() {
+        let caches = mongo::watch::Caches {
+            users: state.user_cache.clone(),
+            products: state.product_cache.clone(),
+        };
+        return Some(mongo::watch::start(mongo.clone(), caches).await);
+    }
+    let postgres = state
+        .db
+        .sql()
+        .is_some_and(|db| db.get_database_backend() == sea_orm::DbBackend::Postgres);
+    if !postgres {
         return None;
     }
     let caches = peers::Caches {
@@ -122,15 +145,29 @@ async fn listen_to_peers(state: &Arc<AppState>) -> Option<tokio::task::JoinHandl
     Some(peers::start_listener(url, state.listener_name.clone(), caches).await)
 }
 
-async fn migrate(db: &DatabaseConnection, config: &Config) -> Result<(), StartupError> {
-    Migrator::up(db, None)
-        .await
-        .map_err(|err| StartupError::Migrations {
-            url: mask_password(&config.database.url),
-            reason: err.to_string(),
-        })?;
+/// Applies pending migrations: SeaORM's on SQL, the collection and index steps on MongoDB.
+pub async fn migrate(db: &Engine, config: &Config) -> Result<(), StartupError> {
+    let failed = |reason: String| StartupError::Migrations {
+        url: mask_password(&config.database.url),
+        reason,
+    };
+    match db {
+        Engine::Sql(db) => Migrator::up(db, None)
+            .await
+            .map_err(|err| failed(err.to_string()))?,
+        Engine::Mongo(mongo) => {
+            mongo::schema::up(mongo)
+                .await
+                .map_err(|err| failed(err.to_string()))?;
+        }
+    }
     tracing::info!("migrations are up to date");
     Ok(())
+}
+
+/// Connects for a maintenance command (`api migrate …`), without starting the service.
+pub async fn connect_only(config: &Config) -> Result<Engine, StartupError> {
+    connect(config, &Metrics::new()).await
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -168,6 +205,8 @@ pub async fn openapi_yaml() -> Result<String, StartupError> {
     let db = db::connect(&config.database).await?;
     let metrics = Arc::new(Metrics::new());
     Ok(http::openapi_yaml(Arc::new(AppState::new(
-        config, db, metrics,
+        config,
+        Engine::Sql(db),
+        metrics,
     ))))
 }

@@ -3,8 +3,8 @@
 //! drops that database afterwards. `on_every_backend!` runs one test body on each backend.
 //!
 //! Backends: SQLite always; PostgreSQL when `TEST_POSTGRES_URL` is set; MariaDB/MySQL when
-//! `TEST_MYSQL_URL` is set. With `REQUIRE_ALL_BACKENDS=1` a missing or unreachable backend fails
-//! the test instead of skipping it.
+//! `TEST_MYSQL_URL` is set; MongoDB when `TEST_MONGODB_URL` is set. With `REQUIRE_ALL_BACKENDS=1`
+//! a missing or unreachable backend fails the test instead of skipping it.
 
 pub mod proxy;
 
@@ -29,6 +29,7 @@ pub enum Backend {
     Sqlite,
     Postgres,
     MySql,
+    Mongo,
 }
 
 impl Backend {
@@ -37,6 +38,7 @@ impl Backend {
             Backend::Sqlite => return None,
             Backend::Postgres => "TEST_POSTGRES_URL",
             Backend::MySql => "TEST_MYSQL_URL",
+            Backend::Mongo => "TEST_MONGODB_URL",
         };
         std::env::var(var).ok().filter(|url| !url.is_empty())
     }
@@ -82,6 +84,9 @@ impl TestDb {
         let Some(admin_url) = backend.admin_url() else {
             return skip(backend, "its URL variable is not set");
         };
+        if backend == Backend::Mongo {
+            return Self::create_mongo(admin_url, name).await;
+        }
         let admin = match Database::connect(admin_url.as_str()).await {
             Ok(admin) => admin,
             Err(err) => return skip(backend, &format!("it is unreachable: {err}")),
@@ -102,7 +107,34 @@ impl TestDb {
         })
     }
 
-    /// A connection of the test's own (for arranging data, holding locks, reading plans).
+    /// MongoDB creates a database on its first write, so there is nothing to create: the test's
+    /// database is a fresh name on a server that answers.
+    async fn create_mongo(admin_url: String, name: String) -> Option<Self> {
+        let client = match mongo_client(&admin_url).await {
+            Ok(client) => client,
+            Err(err) => return skip(Backend::Mongo, &format!("it is unreachable: {err}")),
+        };
+        client.shutdown().await;
+        let mut url = url::Url::parse(&admin_url).expect("a valid admin URL");
+        url.set_path(&name);
+        Some(Self {
+            backend: Backend::Mongo,
+            url: url.into(),
+            admin_url: Some(admin_url),
+            name,
+            file: None,
+        })
+    }
+
+    /// The test's MongoDB database, through a client of the test's own.
+    pub async fn mongo(&self) -> mongodb::Database {
+        assert_eq!(self.backend, Backend::Mongo, "not a MongoDB test database");
+        let client = mongo_client(&self.url).await.expect("connect to MongoDB");
+        client.database(&self.name)
+    }
+
+    /// A connection of the test's own (for arranging data, holding locks, reading plans). SQL
+    /// backends only: tests that need it run through `on_sql_backends!`.
     pub async fn connect(&self) -> DatabaseConnection {
         Database::connect(self.url.as_str())
             .await
@@ -119,6 +151,15 @@ impl TestDb {
         let Some(admin_url) = &self.admin_url else {
             return;
         };
+        if self.backend == Backend::Mongo {
+            if let Ok(client) = mongo_client(admin_url).await {
+                if let Err(err) = client.database(&self.name).drop().await {
+                    eprintln!("could not drop {}: {err}", self.name);
+                }
+                client.shutdown().await;
+            }
+            return;
+        }
         let Ok(admin) = Database::connect(admin_url.as_str()).await else {
             return;
         };
@@ -132,13 +173,53 @@ impl TestDb {
         let _ = admin.close().await;
     }
 
+    /// The password hash stored for the database's only user, read around the service.
+    pub async fn stored_password_hash(&self) -> String {
+        if self.backend == Backend::Mongo {
+            let user = self
+                .mongo()
+                .await
+                .collection::<bson::Document>("users")
+                .find_one(bson::doc! {})
+                .await
+                .expect("read the hash")
+                .expect("one user");
+            return user.get_str("password_hash").expect("a text hash").to_owned();
+        }
+        let conn = self.connect().await;
+        let row = conn
+            .query_one_raw(sea_orm::Statement::from_string(
+                conn.get_database_backend(),
+                "SELECT password_hash FROM users",
+            ))
+            .await
+            .expect("read the hash")
+            .expect("one user");
+        let hash = row.try_get_by_index::<String>(0).expect("a text hash");
+        let _ = conn.close().await;
+        hash
+    }
+
     pub fn db_backend(&self) -> DbBackend {
         match self.backend {
             Backend::Sqlite => DbBackend::Sqlite,
             Backend::Postgres => DbBackend::Postgres,
             Backend::MySql => DbBackend::MySql,
+            Backend::Mongo => panic!("MongoDB has no SQL backend"),
         }
     }
+}
+
+/// A client that has answered a ping.
+async fn mongo_client(url: &str) -> mongodb::error::Result<mongodb::Client> {
+    let mut options = mongodb::options::ClientOptions::parse(url).await?;
+    options.server_selection_timeout = Some(std::time::Duration::from_secs(3));
+    let client = mongodb::Client::with_options(options)?;
+    client
+        .database("admin")
+        .run_command(bson::doc! {"ping": 1})
+        .await?;
+    Ok(client)
 }
 
 /// The configuration a test server starts with: defaults, its database, a random port.
@@ -393,7 +474,7 @@ pub fn fields_of(problem: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Declares each test once and runs it on SQLite, PostgreSQL and MariaDB/MySQL:
+/// Declares each test once and runs it on SQLite, PostgreSQL, MariaDB/MySQL and MongoDB:
 ///
 /// ```ignore
 /// on_every_backend! {
@@ -401,9 +482,45 @@ pub fn fields_of(problem: &Value) -> Vec<String> {
 /// }
 /// ```
 ///
-/// Each becomes a module with one `#[tokio::test]` per backend (`sqlite`, `postgres`, `mysql`).
+/// Each becomes a module with one `#[tokio::test]` per backend (`sqlite`, `postgres`, `mysql`,
+/// `mongo`).
 #[macro_export]
 macro_rules! on_every_backend {
+    ($($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($app: $crate::TestApp) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                $crate::run($crate::Backend::Sqlite, body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                $crate::run($crate::Backend::Postgres, body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn mysql() {
+                $crate::run($crate::Backend::MySql, body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn mongo() {
+                $crate::run($crate::Backend::Mongo, body).await
+            }
+        }
+    )*};
+}
+
+/// Like `on_every_backend!`, for tests that reach into the database through SQL (fault injection,
+/// seeding with SQL, query plans): SQLite, PostgreSQL and MariaDB/MySQL.
+#[macro_export]
+macro_rules! on_sql_backends {
     ($($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
         $(#[$meta])*
         mod $name {
@@ -440,6 +557,19 @@ macro_rules! on_postgres {
         async fn $name() {
             async fn body($app: $crate::TestApp) $body
             $crate::run($crate::Backend::Postgres, body).await
+        }
+    )*};
+}
+
+/// Like `on_postgres!`, for tests of what only MongoDB has (its transactions, its query plans).
+#[macro_export]
+macro_rules! on_mongo {
+    ($($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
+        $(#[$meta])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            async fn body($app: $crate::TestApp) $body
+            $crate::run($crate::Backend::Mongo, body).await
         }
     )*};
 }

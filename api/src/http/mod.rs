@@ -16,23 +16,22 @@ use std::sync::Arc;
 
 use poem::{Endpoint, EndpointExt, Route, get};
 use poem_openapi::{OpenApiService, Tags};
-use sea_orm::DatabaseConnection;
 
 use crate::cache::EntityCache;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::repo::products::Product;
 use crate::repo::users::User;
-use crate::repo::{OrderRepo, ProductRepo, UserRepo};
+use crate::store::{Engine, Orders, Products, Repositories, Users};
 
 /// Everything a request handler may use.
 pub struct AppState {
     pub config: Config,
-    pub db: DatabaseConnection,
+    pub db: Engine,
     pub metrics: Arc<Metrics>,
-    pub users: UserRepo,
-    pub products: ProductRepo,
-    pub orders: OrderRepo,
+    pub users: Users,
+    pub products: Products,
+    pub orders: Orders,
     pub user_cache: Arc<EntityCache<User>>,
     pub product_cache: Arc<EntityCache<Product>>,
     /// The `application_name` of this instance's cache-invalidation listener (PostgreSQL).
@@ -40,12 +39,19 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, db: DatabaseConnection, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: Config, db: Engine, metrics: Arc<Metrics>) -> Self {
         let user_cache = Arc::new(EntityCache::new("users", &config.cache, metrics.clone()));
         let product_cache = Arc::new(EntityCache::new("products", &config.cache, metrics.clone()));
-        let users = UserRepo::new(db.clone(), user_cache.clone());
-        let products = ProductRepo::new(db.clone(), product_cache.clone());
-        let orders = OrderRepo::new(db.clone(), products.clone(), metrics.clone());
+        let Repositories {
+            users,
+            products,
+            orders,
+        } = Repositories::new(
+            &db,
+            user_cache.clone(),
+            product_cache.clone(),
+            metrics.clone(),
+        );
         Self {
             config,
             db,

@@ -1,0 +1,219 @@
+//! Users on MongoDB. The password hash is stored and never read back out of this module.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bson::{Document, doc};
+use futures::TryStreamExt;
+use mongodb::options::ReturnDocument;
+use sea_orm::DbErr;
+use uuid::Uuid;
+
+use super::document::{self, read_flag, read_id, read_str, read_time};
+use super::schema::USERS;
+use super::{Mongo, page, settle};
+use crate::cache::EntityCache;
+use crate::db::{RetryPolicy, with_retry};
+use crate::domain::{Email, UserStatus};
+use crate::metrics::Metrics;
+use crate::repo::batch::{self, Batcher};
+use crate::repo::users::{NewUser, User, UserChanges, UserFilter};
+use crate::repo::{Conflict, PageOf, PageRequest, RepoError, Resource};
+
+/// Set by the first order placed for the user, inside that order's transaction; never cleared.
+pub const HAS_ORDERS: &str = "has_orders";
+
+fn user_from(doc: &Document) -> Result<User, RepoError> {
+    let status = read_str(doc, "status")?;
+    let status = UserStatus::from_db(&status).ok_or_else(|| {
+        RepoError::Internal(DbErr::Type(format!("unknown user status {status:?}")))
+    })?;
+    Ok(User {
+        id: read_id(doc, "_id")?,
+        name: read_str(doc, "name")?,
+        email: read_str(doc, "email")?,
+        status,
+        created_at: read_time(doc, "created_at")?,
+        updated_at: read_time(doc, "updated_at")?,
+    })
+}
+
+async fn load_users(mongo: Mongo, ids: Vec<Uuid>) -> Result<HashMap<Uuid, User>, RepoError> {
+    let docs: Vec<Document> = mongo
+        .collection(USERS)
+        .find(doc! {"_id": {"$in": document::ids(ids)}})
+        .max_time(mongo.max_time)
+        .await?
+        .try_collect()
+        .await?;
+    docs.iter()
+        .map(|doc| user_from(doc).map(|user| (user.id, user)))
+        .collect()
+}
+
+#[derive(Clone)]
+pub struct UserRepo {
+    mongo: Mongo,
+    cache: Arc<EntityCache<User>>,
+    by_id: Batcher<Uuid, User, RepoError>,
+    metrics: Arc<Metrics>,
+}
+
+impl UserRepo {
+    pub fn new(mongo: Mongo, cache: Arc<EntityCache<User>>, metrics: Arc<Metrics>) -> Self {
+        let by_id = {
+            let mongo = mongo.clone();
+            Batcher::new(batch::MAX_KEYS, batch::MAX_IN_FLIGHT, move |ids| {
+                load_users(mongo.clone(), ids)
+            })
+        };
+        Self {
+            mongo,
+            cache,
+            by_id,
+            metrics,
+        }
+    }
+
+    /// Read through the cache; misses for different ids at once share one query.
+    pub async fn get(&self, id: Uuid) -> Result<User, RepoError> {
+        let user = self
+            .cache
+            .get_or_load(id, || async {
+                self.by_id
+                    .load(id)
+                    .await?
+                    .ok_or(RepoError::not_found(Resource::User, id))
+            })
+            .await?;
+        Ok(User::clone(&user))
+    }
+
+    pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, RepoError> {
+        self.mongo
+            .collection(USERS)
+            .find_one(doc! {"email": email.as_str()})
+            .max_time(self.mongo.max_time)
+            .await?
+            .as_ref()
+            .map(user_from)
+            .transpose()
+    }
+
+    pub async fn list(
+        &self,
+        filter: UserFilter,
+        request: PageRequest,
+    ) -> Result<PageOf<User>, RepoError> {
+        let mut query = Document::new();
+        page::set_if(&mut query, "status", filter.status.map(UserStatus::as_str));
+        page::set_if(
+            &mut query,
+            "email",
+            filter.email.as_deref().map(Email::normalize_for_lookup),
+        );
+        let page = page::list(
+            &self.mongo.collection(USERS),
+            query,
+            request,
+            self.mongo.max_time,
+        )
+        .await?;
+        Ok(PageOf {
+            items: page.items.iter().map(user_from).collect::<Result<_, _>>()?,
+            total: page.total,
+            next: page.next,
+        })
+    }
+
+    pub async fn create(&self, new: NewUser) -> Result<User, RepoError> {
+        let now = document::now();
+        let user = User {
+            id: Uuid::now_v7(),
+            name: new.name.into_string(),
+            email: new.email.into_string(),
+            status: new.status,
+            created_at: now,
+            updated_at: now,
+        };
+        self.mongo
+            .collection(USERS)
+            .insert_one(doc! {
+                "_id": document::id(user.id),
+                "name": &user.name,
+                "email": &user.email,
+                "password_hash": new.password.into_string(),
+                "status": user.status.as_str(),
+                "version": 1_i64,
+                "created_at": document::time(now),
+                "updated_at": document::time(now),
+            })
+            .await?;
+        self.cache.inserted();
+        Ok(user)
+    }
+
+    /// Changes the fields sent; `updated_at` moves whenever any is. No fields: the user as is.
+    pub async fn update(&self, id: Uuid, changes: UserChanges) -> Result<User, RepoError> {
+        if changes.is_empty() {
+            return self.get(id).await;
+        }
+        let mut set = doc! {"updated_at": document::time(document::now())};
+        page::set_if(&mut set, "name", changes.name.map(|name| name.into_string()));
+        page::set_if(&mut set, "email", changes.email.map(Email::into_string));
+        page::set_if(
+            &mut set,
+            "password_hash",
+            changes.password.map(|hash| hash.into_string()),
+        );
+        page::set_if(&mut set, "status", changes.status.map(UserStatus::as_str));
+        let updated = self
+            .mongo
+            .collection(USERS)
+            .find_one_and_update(
+                doc! {"_id": document::id(id)},
+                doc! {"$set": set, "$inc": {"version": 1_i64}},
+            )
+            .return_document(ReturnDocument::After)
+            .max_time(self.mongo.max_time)
+            .await;
+        // Whatever the outcome, a cached copy may be stale now.
+        self.cache.invalidate(id).await;
+        match updated? {
+            Some(doc) => user_from(&doc),
+            None => Err(RepoError::not_found(Resource::User, id)),
+        }
+    }
+
+    /// Orders are records: a user who has any, even cancelled ones, stays. The check and the
+    /// delete run in one transaction that conflicts with any order placed for the user
+    /// meanwhile (placing one writes the user's document), so neither can miss the other.
+    pub async fn delete(&self, id: Uuid) -> Result<(), RepoError> {
+        let retries = &self.metrics.transaction_retries;
+        let outcome = with_retry(RetryPolicy::default(), |_| retries.inc(), || async {
+            let mut session = self.mongo.begin().await?;
+            let users = self.mongo.collection(USERS);
+            let attempt = async {
+                let user = users
+                    .find_one(doc! {"_id": document::id(id)})
+                    .max_time(self.mongo.max_time)
+                    .session(&mut session)
+                    .await?
+                    .ok_or(RepoError::not_found(Resource::User, id))?;
+                if read_flag(&user, HAS_ORDERS) {
+                    return Err(RepoError::Conflict(Conflict::UserHasOrders));
+                }
+                users
+                    .delete_one(doc! {"_id": document::id(id)})
+                    .session(&mut session)
+                    .await?;
+                Ok(())
+            }
+            .await;
+            settle(&mut session, attempt).await
+        })
+        .await;
+        self.cache.invalidate(id).await;
+        outcome
+    }
+}
