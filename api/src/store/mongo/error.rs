@@ -1,6 +1,8 @@
 //! MongoDB errors, classified once into the service's `RepoError`: by server error code and error
 //! label, never by message text. A duplicate key is told apart by the key pattern of the unique
-//! index it hit (the server's structured `keyPattern`), as SQL is by constraint name.
+//! index it hit (the server's structured `keyPattern`), as SQL is by constraint name. The driver
+//! keeps that reply for commands such as findAndModify but drops it from `insert_one`'s error, so
+//! an insert says which unique index it can hit besides its fresh `_id` (`on_duplicate`).
 
 use bson::Document;
 use mongodb::error::{Error, ErrorKind, TRANSIENT_TRANSACTION_ERROR, WriteFailure};
@@ -33,11 +35,9 @@ pub fn server_code(err: &Error) -> Option<i32> {
 }
 
 /// The fields of the unique index a duplicate-key error hit, from the server's reply (top level
-/// for findAndModify, per write error for inserts and updates).
-fn duplicate_key_fields(err: &Error) -> Vec<String> {
-    let Some(reply) = err.server_response().and_then(|raw| raw.to_document().ok()) else {
-        return Vec::new();
-    };
+/// for findAndModify, per write error for updates), when the driver kept the reply.
+fn duplicate_key_fields(err: &Error) -> Option<Vec<String>> {
+    let reply = err.server_response()?.to_document().ok()?;
     let pattern = reply.get_document("keyPattern").ok().cloned().or_else(|| {
         reply
             .get_array("writeErrors")
@@ -47,14 +47,23 @@ fn duplicate_key_fields(err: &Error) -> Vec<String> {
             .and_then(|first| first.get_document("keyPattern").ok())
             .cloned()
     });
-    pattern
-        .map(|pattern: Document| pattern.keys().cloned().collect())
-        .unwrap_or_default()
+    pattern.map(|pattern: Document| pattern.keys().cloned().collect())
 }
 
-/// Whether `err` is a duplicate key on the unique index over exactly `field`.
+/// Whether `err` is a duplicate key on the unique index over exactly `field` — or, when the
+/// driver did not keep the server's reply, on the one unique index the caller knows it can hit.
 pub fn is_duplicate_on(err: &Error, field: &str) -> bool {
-    server_code(err) == Some(code::DUPLICATE_KEY) && duplicate_key_fields(err) == [field]
+    server_code(err) == Some(code::DUPLICATE_KEY)
+        && duplicate_key_fields(err).is_none_or(|fields| fields == [field])
+}
+
+/// For an insert whose only possible duplicate (its `_id` being fresh) is on `field`'s unique
+/// index: that duplicate is `conflict`; anything else is classified as usual.
+pub fn on_duplicate(err: Error, field: &str, conflict: Conflict) -> RepoError {
+    if is_duplicate_on(&err, field) {
+        return RepoError::Conflict(conflict);
+    }
+    classify(&err)
 }
 
 /// Whether `err` is a write conflict (another transaction wrote the document first).
@@ -112,7 +121,7 @@ pub fn classify(err: &Error) -> RepoError {
     }
     match server_code(err) {
         Some(code::DUPLICATE_KEY) => {
-            let fields = duplicate_key_fields(err);
+            let fields = duplicate_key_fields(err).unwrap_or_default();
             match fields.iter().map(String::as_str).collect::<Vec<_>>()[..] {
                 ["email"] => RepoError::Conflict(Conflict::EmailTaken),
                 ["sku"] => RepoError::Conflict(Conflict::SkuTaken),

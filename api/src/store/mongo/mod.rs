@@ -45,6 +45,9 @@ const COMMIT_ATTEMPTS: u32 = 5;
 pub struct Mongo {
     client: Client,
     db: Database,
+    /// A client of its own for the change stream, so that its polling is neither counted as
+    /// the service's queries nor shown in its pool gauges.
+    watcher: Database,
     pool: Arc<PoolGauge>,
     /// `DB_STATEMENT_TIMEOUT_MS`, sent as `maxTimeMS` with every read and find-and-modify, and
     /// as the transactions' `maxCommitTimeMS`.
@@ -121,6 +124,9 @@ impl Mongo {
         options.server_selection_timeout = Some(config.connect_timeout);
         options.max_idle_time = Some(config.idle_timeout);
         options.app_name.get_or_insert_with(|| "storefront".to_owned());
+        let mut watch_options = options.clone();
+        watch_options.max_pool_size = Some(1);
+        watch_options.min_pool_size = None;
         let pool = Arc::new(PoolGauge::default());
         let gauge = Arc::clone(&pool);
         options.cmap_event_handler = Some(EventHandler::callback(move |event| {
@@ -135,9 +141,13 @@ impl Mongo {
         let db = client
             .default_database()
             .unwrap_or_else(|| client.database(DEFAULT_DATABASE));
+        let watcher = Client::with_options(watch_options)
+            .map_err(|err| unreachable(error::describe(&err)))?
+            .database(db.name());
         let mongo = Self {
             client,
             db,
+            watcher,
             pool,
             max_time: config.statement_timeout,
             max_connections: config.max_connections,
@@ -182,10 +192,15 @@ impl Mongo {
     /// Ends every connection; later operations fail.
     pub async fn close(&self) {
         self.client.clone().shutdown().immediate(true).await;
+        self.watcher.client().clone().shutdown().immediate(true).await;
     }
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    pub(crate) fn watcher(&self) -> &Database {
+        &self.watcher
     }
 
     pub(crate) fn collection(&self, name: &str) -> Collection<bson::Document> {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bson::{Bson, Document, doc};
-use chrono::Timelike;
+use chrono::{DateTime, FixedOffset, TimeZone, Timelike, Utc};
 use futures::TryStreamExt;
 use mongodb::Collection;
 
@@ -21,6 +21,15 @@ fn newest_first() -> Document {
 /// index. A cursor made elsewhere may carry sub-millisecond digits no stored date has: then every
 /// row in its millisecond is older than it.
 pub fn older_than(after: CursorKey) -> Document {
+    // Dates outside years 1–9999 name no stored row, and not every server compares them: past
+    // the last one everything is older, before the first nothing is.
+    let (first, last) = dates_stored();
+    if after.created_at > last {
+        return Document::new();
+    }
+    if after.created_at < first {
+        return doc! {"created_at": {"$lt": document::time(first)}};
+    }
     let at = document::time(after.created_at);
     if after.created_at.nanosecond() % 1_000_000 != 0 {
         return doc! {"created_at": {"$lte": at}};
@@ -32,6 +41,17 @@ pub fn older_than(after: CursorKey) -> Document {
             {"_id": {"$lt": document::id(after.id)}},
         ],
     }
+}
+
+fn dates_stored() -> (DateTime<FixedOffset>, DateTime<FixedOffset>) {
+    let utc = |year, month, day, h, m, s, ms| {
+        Utc.with_ymd_and_hms(year, month, day, h, m, s)
+            .single()
+            .map(|at| (at + chrono::Duration::milliseconds(ms)).fixed_offset())
+    };
+    let first = utc(1, 1, 1, 0, 0, 0, 0).unwrap_or_default();
+    let last = utc(9999, 12, 31, 23, 59, 59, 999).unwrap_or_default();
+    (first, last)
 }
 
 pub fn key_of(doc: &Document) -> Result<CursorKey, RepoError> {

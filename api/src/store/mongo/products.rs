@@ -8,6 +8,7 @@ use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
 use uuid::Uuid;
 
+use super::error::on_duplicate;
 use super::document::{self, read_flag, read_i32, read_i64, read_id, read_str, read_time};
 use super::schema::PRODUCTS;
 use super::{Mongo, page, settle};
@@ -135,7 +136,8 @@ impl ProductRepo {
                 "created_at": document::time(now),
                 "updated_at": document::time(now),
             })
-            .await?;
+            .await
+            .map_err(|err| on_duplicate(err, "sku", Conflict::SkuTaken))?;
         self.cache.inserted();
         Ok(product)
     }

@@ -9,6 +9,7 @@ use mongodb::options::ReturnDocument;
 use sea_orm::DbErr;
 use uuid::Uuid;
 
+use super::error::on_duplicate;
 use super::document::{self, read_flag, read_id, read_str, read_time};
 use super::schema::USERS;
 use super::{Mongo, page, settle};
@@ -148,7 +149,8 @@ impl UserRepo {
                 "created_at": document::time(now),
                 "updated_at": document::time(now),
             })
-            .await?;
+            .await
+            .map_err(|err| on_duplicate(err, "email", Conflict::EmailTaken))?;
         self.cache.inserted();
         Ok(user)
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bson::doc;
 use futures::StreamExt;
 use mongodb::change_stream::ChangeStream;
-use mongodb::change_stream::event::ChangeStreamEvent;
+use mongodb::change_stream::event::{ChangeStreamEvent, OperationType};
 
 use super::Mongo;
 use super::document::read_id;
@@ -36,6 +36,15 @@ impl Caches {
             .document_key
             .as_ref()
             .and_then(|key| read_id(key, "_id").ok());
+        // A new document was cached nowhere (a miss caches nothing): only listings change.
+        if event.operation_type == OperationType::Insert {
+            match collection {
+                Some(USERS) => self.users.inserted(),
+                Some(PRODUCTS) => self.products.inserted(),
+                _ => {}
+            }
+            return;
+        }
         match (collection, id) {
             (Some(USERS), Some(id)) => self.users.invalidate(id).await,
             (Some(PRODUCTS), Some(id)) => self.products.invalidate(id).await,
@@ -63,7 +72,7 @@ impl Caches {
 
 async fn open(mongo: &Mongo) -> mongodb::error::Result<Events> {
     mongo
-        .database()
+        .watcher()
         .watch()
         .pipeline([doc! {"$match": {"ns.coll": {"$in": [USERS, PRODUCTS]}}}])
         .await
