@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::domain::{Email, Password};
+
 /// Where the service keeps its data when nothing else is configured: a file next to it, so that
 /// `cargo run -p api` works on a fresh machine.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data.db?mode=rwc";
@@ -37,6 +39,13 @@ struct Env {
     auto_migrate: Option<bool>,
     max_body_bytes: Option<usize>,
     request_timeout_ms: Option<u64>,
+    session_ttl_secs: Option<u64>,
+    admin_email: Option<String>,
+    admin_password: Option<String>,
+    login_max_failures: Option<u32>,
+    login_window_secs: Option<u64>,
+    login_max_failures_per_address: Option<u32>,
+    hash_queue_limit: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -57,6 +66,27 @@ pub struct CacheConfig {
     pub max_entries: u64,
 }
 
+/// The account `ADMIN_EMAIL`/`ADMIN_PASSWORD` make sure of at start-up.
+#[derive(Clone, Debug)]
+pub struct AdminAccount {
+    pub email: Email,
+    /// `Debug` shows no password.
+    pub password: Password,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub session_ttl: Duration,
+    pub admin: Option<AdminAccount>,
+    /// Failed logins allowed per email within `login_window`.
+    pub max_failures_per_email: u32,
+    /// Failed logins allowed per client address within `login_window` (many users may share one).
+    pub max_failures_per_address: u32,
+    pub login_window: Duration,
+    /// Password hashes that may wait for a core; beyond it, 503 `busy`.
+    pub hash_queue_limit: usize,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub database: DatabaseConfig,
@@ -66,6 +96,7 @@ pub struct Config {
     pub auto_migrate: bool,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -133,8 +164,49 @@ impl Config {
                 env.request_timeout_ms,
                 30_000,
             )?),
+            auth: auth_config(&env)?,
         })
     }
+}
+
+/// Defaults from API.md: sessions last a week; 5 failures per email and 100 per address (an
+/// office or a carrier NAT shares one) within 5 minutes; 64 hashes queued, about a second of
+/// work for 2 cores at OWASP's Argon2id cost.
+fn auth_config(env: &Env) -> Result<AuthConfig, ConfigError> {
+    let admin = match (&env.admin_email, &env.admin_password) {
+        (None, None) => None,
+        (Some(email), Some(password)) => Some(AdminAccount {
+            email: Email::parse(email).map_err(|why| invalid("ADMIN_EMAIL", &why))?,
+            password: Password::parse(password.clone())
+                .map_err(|why| invalid("ADMIN_PASSWORD", &why))?,
+        }),
+        (Some(_), None) => return Err(invalid("ADMIN_PASSWORD", "is required with ADMIN_EMAIL")),
+        (None, Some(_)) => return Err(invalid("ADMIN_EMAIL", "is required with ADMIN_PASSWORD")),
+    };
+    Ok(AuthConfig {
+        session_ttl: Duration::from_secs(positive(
+            "SESSION_TTL_SECS",
+            env.session_ttl_secs,
+            7 * 24 * 3_600,
+        )?),
+        admin,
+        max_failures_per_email: positive(
+            "LOGIN_MAX_FAILURES",
+            env.login_max_failures.map(u64::from),
+            5,
+        )? as u32,
+        max_failures_per_address: positive(
+            "LOGIN_MAX_FAILURES_PER_ADDRESS",
+            env.login_max_failures_per_address.map(u64::from),
+            100,
+        )? as u32,
+        login_window: Duration::from_secs(positive(
+            "LOGIN_WINDOW_SECS",
+            env.login_window_secs,
+            300,
+        )?),
+        hash_queue_limit: env.hash_queue_limit.unwrap_or(64),
+    })
 }
 
 /// `DATABASE_URL` wins; else a PostgreSQL URL from `DB_HOST` and friends; else the SQLite file.

@@ -1,5 +1,6 @@
 //! Storefront: users, products and orders over HTTP, on SQLite, PostgreSQL, MariaDB/MySQL or MongoDB.
 
+pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -26,6 +26,8 @@ pub enum StartupError {
     Database(#[from] db::ConnectError),
     #[error("cannot apply migrations to {url}: {reason}")]
     Migrations { url: String, reason: String },
+    #[error("cannot make sure of the admin account {email}: {reason}")]
+    Admin { email: String, reason: String },
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
 }
@@ -69,6 +71,7 @@ impl Application {
             .and_then(|addr| addr.as_socket_addr().copied())
             .unwrap_or(addr);
         let state = Arc::new(AppState::new(config, db, metrics));
+        ensure_admin(&state).await?;
         let listener = listen_to_peers(&state).await;
         Ok(Self {
             state,
@@ -140,9 +143,35 @@ async fn listen_to_peers(state: &Arc<AppState>) -> Option<tokio::task::JoinHandl
     let caches = peers::Caches {
         users: state.user_cache.clone(),
         products: state.product_cache.clone(),
+        sessions: state.session_cache.clone(),
     };
     let url = state.config.database.url.clone();
     Some(peers::start_listener(url, state.listener_name.clone(), caches).await)
+}
+
+/// `ADMIN_EMAIL`/`ADMIN_PASSWORD`: that user exists with role admin (created with the password
+/// when absent; promoted, password untouched, when present).
+async fn ensure_admin(state: &AppState) -> Result<(), StartupError> {
+    let Some(admin) = &state.config.auth.admin else {
+        return Ok(());
+    };
+    let password = || async {
+        state
+            .hasher
+            .hash(admin.password.clone())
+            .await
+            .map_err(|err| crate::repo::RepoError::Internal(sea_orm::DbErr::Custom(err.to_string())))
+    };
+    let user = state
+        .users
+        .ensure_admin(&admin.email, password)
+        .await
+        .map_err(|err| StartupError::Admin {
+            email: admin.email.as_str().to_owned(),
+            reason: err.to_string(),
+        })?;
+    tracing::info!(user_id = %user.id, "the admin account is in place");
+    Ok(())
 }
 
 /// Applies pending migrations: SeaORM's on SQL, the collection and index steps on MongoDB.

@@ -3,7 +3,9 @@
 pub mod prelude;
 
 pub mod idempotency_keys;
+pub mod login_failures;
 pub mod order_items;
 pub mod orders;
 pub mod products;
+pub mod sessions;
 pub mod users;

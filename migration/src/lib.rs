@@ -9,6 +9,10 @@ mod m20261124_000002_create_products;
 mod m20261124_000003_create_orders;
 mod m20261124_000004_create_order_items;
 mod m20261124_000005_create_idempotency_keys;
+mod m20261127_000006_add_user_roles;
+mod m20261127_000007_add_versions;
+mod m20261127_000008_create_sessions;
+mod m20261127_000009_create_login_failures;
 
 pub struct Migrator;
 
@@ -21,6 +25,10 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_create_orders::Migration),
             Box::new(m20261124_000004_create_order_items::Migration),
             Box::new(m20261124_000005_create_idempotency_keys::Migration),
+            Box::new(m20261127_000006_add_user_roles::Migration),
+            Box::new(m20261127_000007_add_versions::Migration),
+            Box::new(m20261127_000008_create_sessions::Migration),
+            Box::new(m20261127_000009_create_login_failures::Migration),
         ]
     }
 }

@@ -173,14 +173,14 @@ impl TestDb {
         let _ = admin.close().await;
     }
 
-    /// The password hash stored for the database's only user, read around the service.
-    pub async fn stored_password_hash(&self) -> String {
+    /// The password hash stored for the user with this email, read around the service.
+    pub async fn stored_password_hash(&self, email: &str) -> String {
         if self.backend == Backend::Mongo {
             let user = self
                 .mongo()
                 .await
                 .collection::<bson::Document>("users")
-                .find_one(bson::doc! {})
+                .find_one(bson::doc! {"email": email})
                 .await
                 .expect("read the hash")
                 .expect("one user");
@@ -188,9 +188,13 @@ impl TestDb {
         }
         let conn = self.connect().await;
         let row = conn
-            .query_one_raw(sea_orm::Statement::from_string(
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
                 conn.get_database_backend(),
-                "SELECT password_hash FROM users",
+                match self.backend {
+                    Backend::Postgres => "SELECT password_hash FROM users WHERE email = $1",
+                    _ => "SELECT password_hash FROM users WHERE email = ?",
+                },
+                [email.into()],
             ))
             .await
             .expect("read the hash")
@@ -222,9 +226,21 @@ async fn mongo_client(url: &str) -> mongodb::error::Result<mongodb::Client> {
     Ok(client)
 }
 
-/// The configuration a test server starts with: defaults, its database, a random port.
+/// The admin every test server makes sure of (`ADMIN_EMAIL`/`ADMIN_PASSWORD`); the harness logs
+/// in as them, so `app.get(…)` and friends act as an admin unless a test says otherwise.
+pub const ADMIN_EMAIL: &str = "admin@storefront.test";
+pub const ADMIN_PASSWORD: &str = "admin password 1";
+
+/// The password `create_user` and `sign_up` give their users.
+pub const USER_PASSWORD: &str = "correct horse battery";
+
+/// The configuration a test server starts with: defaults, its database, a random port, an admin.
 pub fn test_config(db: &TestDb) -> Config {
-    let mut config = Config::from_vars(Vec::new()).expect("default configuration");
+    let mut config = Config::from_vars(vec![
+        ("ADMIN_EMAIL".to_owned(), ADMIN_EMAIL.to_owned()),
+        ("ADMIN_PASSWORD".to_owned(), ADMIN_PASSWORD.to_owned()),
+    ])
+    .expect("default configuration");
     config.database.url = db.url.clone();
     config.port = 0;
     config
@@ -242,8 +258,35 @@ pub struct TestApp {
     pub base: String,
     pub db: TestDb,
     pub state: Arc<AppState>,
+    /// Sends the admin's bearer token with every request.
     pub client: reqwest::Client,
+    /// Sends no token.
+    pub anonymous: reqwest::Client,
+    /// The admin's user id (the admin is a user too: listings include them).
+    pub admin_id: String,
+    pub admin_token: String,
     running: Arc<Mutex<Running>>,
+}
+
+/// A signed-up, logged-in customer.
+#[derive(Clone)]
+pub struct Customer {
+    pub id: String,
+    pub token: String,
+    /// Sends this customer's bearer token with every request.
+    pub client: reqwest::Client,
+}
+
+/// A client that sends `token` as its bearer token with every request.
+pub fn authorized_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .expect("a valid header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
 }
 
 /// A response, read whole.
@@ -319,17 +362,63 @@ impl TestApp {
         let server = tokio::spawn(app.run_until(async {
             let _ = stop.await;
         }));
+        let base = format!("http://{addr}");
+        let anonymous = reqwest::Client::new();
+        let login = anonymous
+            .post(format!("{base}/v1/sessions"))
+            .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+            .send()
+            .await
+            .expect("the admin login is answered");
+        assert_eq!(login.status().as_u16(), 201, "the admin logs in");
+        let session: Value = login.json().await.expect("a session");
+        let admin_token = session["token"].as_str().expect("a token").to_owned();
+        let admin_id = session["user"]["id"].as_str().expect("a user id").to_owned();
         Self {
             addr,
-            base: format!("http://{addr}"),
+            base,
             db,
             state,
-            client: reqwest::Client::new(),
+            client: authorized_client(&admin_token),
+            anonymous,
+            admin_id,
+            admin_token,
             running: Arc::new(Mutex::new(Running {
                 shutdown: Some(shutdown),
                 server: Some(server),
             })),
         }
+    }
+
+    /// Signs up a customer and logs them in.
+    pub async fn sign_up(&self, name: &str, email: &str) -> Customer {
+        let reply = self
+            .send(self.anonymous.post(self.url("/v1/users")).json(
+                &json!({"name": name, "email": email, "password": USER_PASSWORD}),
+            ))
+            .await;
+        let user = reply.expect(201);
+        let token = self.log_in(email, USER_PASSWORD).await;
+        Customer {
+            id: id_of(&user),
+            client: authorized_client(&token),
+            token,
+        }
+    }
+
+    /// Logs in and returns the bearer token.
+    pub async fn log_in(&self, email: &str, password: &str) -> String {
+        let reply = self
+            .send(
+                self.anonymous
+                    .post(self.url("/v1/sessions"))
+                    .json(&json!({"email": email, "password": password})),
+            )
+            .await;
+        reply.expect(201)["token"]
+            .as_str()
+            .expect("a token")
+            .to_owned()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -379,7 +468,7 @@ impl TestApp {
     pub async fn create_user(&self, name: &str, email: &str) -> Value {
         self.post(
             "/v1/users",
-            &json!({"name": name, "email": email, "password": "correct horse battery"}),
+            &json!({"name": name, "email": email, "password": USER_PASSWORD}),
         )
         .await
         .expect(201)

@@ -190,7 +190,8 @@ on_sql_backends! {
         let deleted = &all[100];
         app.delete(&format!("/v1/users/{deleted}")).await;
         let all = walk(&app, &[]).await;
-        assert_eq!(all.len(), USERS);
+        // The seeded users, the new one and the admin, less the deleted one.
+        assert_eq!(all.len(), USERS + 1);
         assert!(!all.contains(deleted));
         assert_page(&page(&app, &[], 40, 7).await, &all, 40, 7);
 

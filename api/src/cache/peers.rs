@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::EntityCache;
 use crate::repo::products::Product;
+use crate::repo::sessions::Session;
 use crate::repo::users::User;
 
 pub const CHANNEL: &str = "storefront_cache";
@@ -26,6 +27,8 @@ pub const CHANNEL: &str = "storefront_cache";
 pub enum Topic {
     Users,
     Products,
+    /// Keyed by `repo::sessions::cache_key` of the token hash.
+    Sessions,
 }
 
 impl Topic {
@@ -33,6 +36,7 @@ impl Topic {
         match self {
             Topic::Users => "users",
             Topic::Products => "products",
+            Topic::Sessions => "sessions",
         }
     }
 }
@@ -64,6 +68,7 @@ pub async fn announce<C: ConnectionTrait>(
 pub struct Caches {
     pub users: Arc<EntityCache<User>>,
     pub products: Arc<EntityCache<Product>>,
+    pub sessions: Arc<EntityCache<Session>>,
 }
 
 impl Caches {
@@ -77,6 +82,7 @@ impl Caches {
         match topic {
             "users" => self.users.invalidate(id).await,
             "products" => self.products.invalidate(id).await,
+            "sessions" => self.sessions.invalidate(id).await,
             _ => {}
         }
     }
@@ -84,11 +90,13 @@ impl Caches {
     fn suspend(&self) {
         self.users.suspend();
         self.products.suspend();
+        self.sessions.suspend();
     }
 
     fn resume(&self) {
         self.users.resume();
         self.products.resume();
+        self.sessions.resume();
     }
 }
 

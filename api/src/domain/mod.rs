@@ -10,10 +10,10 @@ mod user;
 
 pub use email::Email;
 pub use order::{IdempotencyKey, OrderLine, OrderLines, OrderStatus, Quantity};
-pub use password::{Password, PasswordHash};
+pub use password::{HashError, Hasher, Password, PasswordHash};
 pub use product::{Cents, ProductName, Sku, Stock};
 pub use text::Text;
-pub use user::{UserName, UserStatus};
+pub use user::{UserName, UserRole, UserStatus};
 
 /// One field's problem, reported in a 422's `errors`.
 #[derive(Clone, Debug, PartialEq, Eq)]

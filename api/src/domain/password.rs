@@ -4,6 +4,7 @@ use std::sync::{Mutex, OnceLock};
 use argon2::password_hash::{self, Output, ParamsString, SaltString, rand_core::OsRng};
 use argon2::{ARGON2ID_IDENT, Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::Semaphore;
+use uuid::Uuid;
 
 /// OWASP's Argon2id parameters: 19 MiB, 2 passes, 1 lane, 32-byte output.
 const MEMORY_KIB: u32 = 19 * 1024;
@@ -20,16 +21,107 @@ pub struct Password(String);
 /// allocated once and reused. Letting every request allocate its own area on whichever blocking
 /// thread it lands on made the allocator keep gigabytes under a burst of sign-ups.
 struct Workspace {
+    cores: usize,
     permits: Semaphore,
     areas: Mutex<Vec<Vec<Block>>>,
 }
 
 fn workspace() -> &'static Workspace {
     static WORKSPACE: OnceLock<Workspace> = OnceLock::new();
-    WORKSPACE.get_or_init(|| Workspace {
-        permits: Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from)),
-        areas: Mutex::new(Vec::new()),
+    WORKSPACE.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Workspace {
+            cores,
+            permits: Semaphore::new(cores),
+            areas: Mutex::new(Vec::new()),
+        }
     })
+}
+
+/// Why a hash was not computed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum HashError {
+    /// The queue is full: the request is refused at once rather than left waiting.
+    #[error("the password hashing queue is full")]
+    Busy,
+    #[error("password hashing failed: {0}")]
+    Failed(String),
+}
+
+/// The bounded queue every password hash and verification goes through: one per core runs, up
+/// to `queue_limit` more wait, and any beyond that are refused with `HashError::Busy` — a burst of
+/// sign-ups or logins then costs a quick 503, not a pile of requests that all time out.
+pub struct Hasher {
+    admission: Semaphore,
+}
+
+impl Hasher {
+    pub fn new(queue_limit: usize) -> Self {
+        Self {
+            admission: Semaphore::new(workspace().cores.saturating_add(queue_limit)),
+        }
+    }
+
+    pub async fn hash(&self, password: Password) -> Result<PasswordHash, HashError> {
+        self.run(move |area| password.hash_in(area))
+            .await?
+            .map_err(HashError::Failed)
+    }
+
+    /// Whether `candidate` is the password `hash` was made from (compared in constant time).
+    pub async fn verify(&self, hash: &PasswordHash, candidate: &str) -> Result<bool, HashError> {
+        let hash = hash.clone();
+        let candidate = candidate.to_owned();
+        self.run(move |area| hash.matches(&candidate, area)).await
+    }
+
+    /// A hash of a password nobody knows, for logins naming an unknown email: verifying against
+    /// it costs what verifying a real one does, so the answer's timing says nothing.
+    pub async fn dummy(&self) -> Result<PasswordHash, HashError> {
+        static DUMMY: tokio::sync::OnceCell<PasswordHash> = tokio::sync::OnceCell::const_new();
+        DUMMY
+            .get_or_try_init(|| async {
+                let random = Uuid::new_v4().to_string();
+                self.hash(Password(random)).await
+            })
+            .await
+            .cloned()
+    }
+
+    /// Argon2 costs tens of milliseconds of CPU, which must never stall an async worker: it runs
+    /// on the blocking pool, in a reused work area, under the request's tracing span.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut [Block]) -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let _admitted = self.admission.try_acquire().map_err(|_| HashError::Busy)?;
+        let workspace = workspace();
+        let _permit = workspace
+            .permits
+            .acquire()
+            .await
+            .map_err(|err| HashError::Failed(err.to_string()))?;
+        let area = workspace
+            .areas
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop()
+            .unwrap_or_else(|| vec![Block::default(); MEMORY_KIB as usize]);
+        let span = tracing::Span::current();
+        let (outcome, area) = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let mut area = area;
+            (work(&mut area), area)
+        })
+        .await
+        .map_err(|err| HashError::Failed(err.to_string()))?;
+        workspace
+            .areas
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(area);
+        Ok(outcome)
+    }
 }
 
 impl Password {
@@ -44,38 +136,13 @@ impl Password {
         Ok(Self(raw))
     }
 
-    /// Argon2id, on the blocking pool (it costs tens of milliseconds of CPU, which must never
-    /// stall an async worker), one hash per core at a time.
-    pub async fn hash(self) -> Result<PasswordHash, String> {
-        let workspace = workspace();
-        let _permit = workspace
-            .permits
-            .acquire()
-            .await
-            .map_err(|err| err.to_string())?;
-        let area = workspace
-            .areas
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop()
-            .unwrap_or_else(|| vec![Block::default(); MEMORY_KIB as usize]);
-        let (hash, area) = tokio::task::spawn_blocking(move || {
-            let mut area = area;
-            (self.hash_in(&mut area), area)
-        })
-        .await
-        .map_err(|err| err.to_string())?;
-        workspace
-            .areas
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(area);
-        hash
+    /// The text as sent (for verifying a login; never logged).
+    pub fn expose(&self) -> &str {
+        &self.0
     }
 
     fn hash_in(&self, area: &mut [Block]) -> Result<PasswordHash, String> {
-        let params = Params::new(MEMORY_KIB, PASSES, LANES, Some(OUTPUT_LEN))
-            .map_err(|err| err.to_string())?;
+        let params = params()?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
         let salt = SaltString::generate(&mut OsRng);
         let mut salt_bytes = [0u8; 64];
@@ -97,6 +164,11 @@ impl Password {
     }
 }
 
+/// The Argon2id parameters every new hash is made with.
+pub fn params() -> Result<Params, String> {
+    Params::new(MEMORY_KIB, PASSES, LANES, Some(OUTPUT_LEN)).map_err(|err| err.to_string())
+}
+
 impl fmt::Debug for Password {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Password(<redacted>)")
@@ -112,13 +184,35 @@ impl PasswordHash {
         self.0
     }
 
-    pub fn verify(&self, candidate: &str) -> bool {
-        use argon2::password_hash::PasswordVerifier;
-        argon2::password_hash::PasswordHash::new(&self.0).is_ok_and(|parsed| {
-            Argon2::default()
-                .verify_password(candidate.as_bytes(), &parsed)
-                .is_ok()
-        })
+    /// A hash as stored.
+    pub fn from_stored(stored: String) -> Self {
+        Self(stored)
+    }
+
+    /// Recomputes the hash of `candidate` with this hash's own parameters and salt, in `area`
+    /// when the parameters are the current ones, and compares the outputs in constant time.
+    fn matches(&self, candidate: &str, area: &mut [Block]) -> bool {
+        let Ok(parsed) = argon2::password_hash::PasswordHash::new(&self.0) else {
+            return false;
+        };
+        let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+            return false;
+        };
+        let Ok(params) = Params::try_from(&parsed) else {
+            return false;
+        };
+        let mut salt_bytes = [0u8; 64];
+        let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+            return false;
+        };
+        let mut output = vec![0u8; expected.len()];
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+        let computed = if params.m_cost() == MEMORY_KIB && params.p_cost() == LANES {
+            argon2.hash_password_into_with_memory(candidate.as_bytes(), salt, &mut output, area)
+        } else {
+            argon2.hash_password_into(candidate.as_bytes(), salt, &mut output)
+        };
+        computed.is_ok() && Output::new(&output).is_ok_and(|output| output == expected)
     }
 }
 
@@ -142,9 +236,9 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_are_argon2id_and_verify() {
-        let hash = Password::parse("correct horse".into())
-            .unwrap()
-            .hash()
+        let hasher = Hasher::new(4);
+        let hash = hasher
+            .hash(Password::parse("correct horse".into()).unwrap())
             .await
             .unwrap();
         assert!(
@@ -152,8 +246,8 @@ mod tests {
             "{}",
             hash.0
         );
-        assert!(hash.verify("correct horse"));
-        assert!(!hash.verify("wrong horse"));
+        assert!(hasher.verify(&hash, "correct horse").await.unwrap());
+        assert!(!hasher.verify(&hash, "wrong horse").await.unwrap());
     }
 
     #[test]

@@ -30,3 +30,29 @@ impl UserStatus {
         }
     }
 }
+
+/// What a user may do: a customer acts on their own account and orders; an admin on everything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, poem_openapi::Enum)]
+#[serde(rename_all = "lowercase")]
+#[oai(rename_all = "lowercase")]
+pub enum UserRole {
+    Customer,
+    Admin,
+}
+
+impl UserRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Customer => "customer",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn from_db(value: &str) -> Option<Self> {
+        match value {
+            "customer" => Some(Self::Customer),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}

@@ -67,6 +67,21 @@ pub enum ApiError {
     },
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// No, a malformed, unknown, expired or revoked bearer token.
+    #[error("unauthenticated")]
+    Unauthenticated,
+    /// A login with an unknown email or a wrong password (the same answer for both).
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("precondition failed")]
+    PreconditionFailed,
+    #[error("too many failed logins")]
+    TooManyAttempts { retry_after: u64 },
+    /// The password-hashing queue is full.
+    #[error("busy")]
+    Busy,
     #[error("conflict")]
     Conflict(Conflict),
     #[error("payload too large")]
@@ -117,6 +132,11 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthenticated | Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -154,6 +174,27 @@ impl ApiError {
             Self::MethodNotAllowed => (
                 "method_not_allowed",
                 "this path does not support that method".to_owned(),
+            ),
+            Self::Unauthenticated => (
+                "unauthenticated",
+                "a valid bearer token is required (Authorization: Bearer <token>)".to_owned(),
+            ),
+            Self::InvalidCredentials => (
+                "invalid_credentials",
+                "the email or the password is wrong".to_owned(),
+            ),
+            Self::Forbidden(why) => ("forbidden", why.clone()),
+            Self::PreconditionFailed => (
+                "precondition_failed",
+                "the resource has changed since the version named in If-Match".to_owned(),
+            ),
+            Self::TooManyAttempts { retry_after } => (
+                "too_many_attempts",
+                format!("too many failed logins; retry in {retry_after} s"),
+            ),
+            Self::Busy => (
+                "busy",
+                "too many password operations are waiting; retry shortly".to_owned(),
             ),
             Self::Conflict(conflict) => conflict_problem(conflict, &mut problem),
             Self::PayloadTooLarge { limit } => (
@@ -294,10 +335,24 @@ impl ResponseError for ApiError {
             .status(self.status())
             .content_type(PROBLEM_JSON)
             .body(body);
-        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        match self {
+            Self::TooManyAttempts { retry_after } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, (*retry_after).into());
+            }
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+            }
+            Self::Unauthenticated | Self::InvalidCredentials => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    poem::http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            _ => {}
         }
         if let Some(note) = self.failure_note() {
             response.extensions_mut().insert(note);
@@ -314,6 +369,7 @@ impl From<RepoError> for ApiError {
                 reference: Some((resource.as_str(), id)),
             },
             RepoError::Conflict(conflict) => Self::Conflict(conflict),
+            RepoError::PreconditionFailed => Self::PreconditionFailed,
             RepoError::Unavailable { failure, source } => Self::Unavailable {
                 code: "database_unavailable",
                 detail: source.to_string(),
@@ -341,6 +397,18 @@ impl From<RepoError> for ApiError {
     }
 }
 
+impl From<crate::domain::HashError> for ApiError {
+    fn from(err: crate::domain::HashError) -> Self {
+        match err {
+            crate::domain::HashError::Busy => Self::Busy,
+            crate::domain::HashError::Failed(detail) => Self::Internal {
+                failure: None,
+                detail,
+            },
+        }
+    }
+}
+
 /// Which statuses an operation can fail with, for its OpenAPI description.
 pub trait Failures: Send + Sync + 'static {
     const STATUSES: &'static [u16];
@@ -360,20 +428,30 @@ macro_rules! failures {
 }
 
 failures! {
-    /// Reading one resource by id.
-    ReadFailures => [404];
-    /// Listing with page or cursor parameters.
-    ListFailures => [422];
+    /// Reading one resource by id (as its owner or an admin).
+    ReadFailures => [401, 404];
+    /// Reading a public resource by id.
+    PublicReadFailures => [404];
+    /// Listing with page or cursor parameters, admins only.
+    ListFailures => [401, 403, 422];
+    /// Listing public resources.
+    PublicListFailures => [422];
     /// Listing a user's orders.
-    NestedListFailures => [404, 422];
-    /// Creating from a JSON body.
-    CreateFailures => [400, 409, 413, 415, 422];
+    NestedListFailures => [401, 404, 422];
+    /// Signing up (anonymous, or an admin with any fields).
+    SignUpFailures => [400, 401, 403, 409, 413, 415, 422];
+    /// Creating from a JSON body, admins only.
+    CreateFailures => [400, 401, 403, 409, 413, 415, 422];
     /// Creating an order (referenced user or product may not exist).
-    PlaceFailures => [400, 404, 409, 413, 415, 422];
-    /// Changing a resource from a JSON body.
-    UpdateFailures => [400, 404, 409, 413, 415, 422];
-    /// Deleting.
-    DeleteFailures => [404, 409];
+    PlaceFailures => [400, 401, 403, 404, 409, 413, 415, 422];
+    /// Changing a resource from a JSON body, with an optional `If-Match`.
+    UpdateFailures => [400, 401, 403, 404, 409, 412, 413, 415, 422];
+    /// Deleting, with an optional `If-Match`.
+    DeleteFailures => [401, 403, 404, 409, 412];
+    /// Logging in.
+    LoginFailures => [400, 401, 403, 413, 415, 422, 429];
+    /// Logging out.
+    LogoutFailures => [401];
 }
 
 /// An `ApiError` as an operation's failure response, documented with the statuses `F` lists.
@@ -387,6 +465,12 @@ impl<F> From<ApiError> for Failure<F> {
 
 impl<F> From<RepoError> for Failure<F> {
     fn from(err: RepoError) -> Self {
+        Self(err.into(), PhantomData)
+    }
+}
+
+impl<F> From<crate::domain::HashError> for Failure<F> {
+    fn from(err: crate::domain::HashError) -> Self {
         Self(err.into(), PhantomData)
     }
 }
@@ -421,6 +505,12 @@ impl<F: Failures> ApiResponse for Failure<F> {
 fn problem_response(status: u16) -> MetaResponse {
     let description = match status {
         400 => "Malformed JSON, invalid UTF-8, or an empty body (`bad_request`)",
+        401 => {
+            "No, a malformed, unknown, expired or revoked bearer token (`unauthenticated`); for a login, a wrong email or password (`invalid_credentials`)"
+        }
+        403 => "The caller's role may not do this (`forbidden`)",
+        412 => "`If-Match` names a version that is no longer current (`precondition_failed`)",
+        429 => "Too many failed logins for this email or from this address (`too_many_attempts`); see `Retry-After`",
         404 => "The resource, or a resource it references, does not exist (`not_found`)",
         409 => "The request conflicts with the current state",
         413 => "The body exceeds the size limit (`payload_too_large`)",
@@ -428,23 +518,29 @@ fn problem_response(status: u16) -> MetaResponse {
         422 => "A field or parameter is invalid; `errors` names each (`validation_failed`)",
         500 => "An unexpected error; details are only in the server log (`internal`)",
         503 => {
-            "The database is unavailable or has no free connection (`database_unavailable`, `pool_exhausted`); see `Retry-After`"
+            "The database is unavailable or has no free connection (`database_unavailable`, `pool_exhausted`), or the password-hashing queue is full (`busy`); see `Retry-After`"
         }
         504 => {
             "The statement timeout fired (`query_timeout`) or the request deadline passed (`request_timeout`)"
         }
         _ => "Error",
     };
-    let headers = if status == 503 {
-        vec![MetaHeader {
+    let headers = match status {
+        503 | 429 => vec![MetaHeader {
             name: "Retry-After".to_owned(),
             description: Some("Seconds to wait before retrying".to_owned()),
             required: true,
             deprecated: false,
             schema: u32::schema_ref(),
-        }]
-    } else {
-        Vec::new()
+        }],
+        401 => vec![MetaHeader {
+            name: "WWW-Authenticate".to_owned(),
+            description: Some("`Bearer`".to_owned()),
+            required: true,
+            deprecated: false,
+            schema: String::schema_ref(),
+        }],
+        _ => Vec::new(),
     };
     MetaResponse {
         description,

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::AppState;
+use super::consistency;
 use super::error::{ApiError, FailureNote};
 use crate::db::DbFailure;
 use crate::domain::FieldError;
@@ -39,6 +40,7 @@ pub async fn observe<E: Endpoint>(
         .unwrap_or_else(|| Uuid::now_v7().to_string());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let is_resource_route = path.starts_with("/v1/");
     let span = tracing::info_span!("request", request_id = %request_id, %method, %path);
 
     async move {
@@ -65,6 +67,9 @@ pub async fn observe<E: Endpoint>(
         }
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
+        }
+        if is_resource_route && (status.is_success() || status == StatusCode::NOT_MODIFIED) {
+            consistency::stamp(&mut response);
         }
         let elapsed = started.elapsed();
         let metrics = &state.metrics;
@@ -193,6 +198,8 @@ fn classify_framework_error(err: &poem::Error) -> ApiError {
         return ApiError::BadRequest(payload.reason.clone());
     }
     match err.status() {
+        // poem-openapi's bearer extractor: no `Authorization: Bearer …` header at all.
+        StatusCode::UNAUTHORIZED => ApiError::Unauthenticated,
         StatusCode::NOT_FOUND => ApiError::not_found(),
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit: 0 },

@@ -2,12 +2,15 @@
 //! the middleware every request passes through.
 
 pub mod body;
+pub mod conditional;
+mod consistency;
 pub mod error;
 mod middleware;
 pub mod ops;
 pub mod orders;
 pub mod pagination;
 pub mod products;
+pub mod sessions;
 mod spec;
 pub mod timestamp;
 pub mod users;
@@ -19,10 +22,12 @@ use poem_openapi::{OpenApiService, Tags};
 
 use crate::cache::EntityCache;
 use crate::config::Config;
+use crate::domain::Hasher;
 use crate::metrics::Metrics;
 use crate::repo::products::Product;
+use crate::repo::sessions::Session;
 use crate::repo::users::User;
-use crate::store::{Engine, Orders, Products, Repositories, Users};
+use crate::store::{Engine, Orders, Products, Repositories, Sessions, Users};
 
 /// Everything a request handler may use.
 pub struct AppState {
@@ -32,8 +37,12 @@ pub struct AppState {
     pub users: Users,
     pub products: Products,
     pub orders: Orders,
+    pub sessions: Sessions,
+    /// Every password hash and verification, on a bounded queue.
+    pub hasher: Hasher,
     pub user_cache: Arc<EntityCache<User>>,
     pub product_cache: Arc<EntityCache<Product>>,
+    pub session_cache: Arc<EntityCache<Session>>,
     /// The `application_name` of this instance's cache-invalidation listener (PostgreSQL).
     pub listener_name: String,
 }
@@ -42,16 +51,20 @@ impl AppState {
     pub fn new(config: Config, db: Engine, metrics: Arc<Metrics>) -> Self {
         let user_cache = Arc::new(EntityCache::new("users", &config.cache, metrics.clone()));
         let product_cache = Arc::new(EntityCache::new("products", &config.cache, metrics.clone()));
+        let session_cache = Arc::new(EntityCache::new("sessions", &config.cache, metrics.clone()));
         let Repositories {
             users,
             products,
             orders,
+            sessions,
         } = Repositories::new(
             &db,
             user_cache.clone(),
             product_cache.clone(),
+            session_cache.clone(),
             metrics.clone(),
         );
+        let hasher = Hasher::new(config.auth.hash_queue_limit);
         Self {
             config,
             db,
@@ -59,8 +72,11 @@ impl AppState {
             users,
             products,
             orders,
+            sessions,
+            hasher,
             user_cache,
             product_cache,
+            session_cache,
             listener_name: format!("storefront-cache-{}", uuid::Uuid::now_v7().simple()),
         }
     }
@@ -68,6 +84,8 @@ impl AppState {
 
 #[derive(Tags)]
 pub enum Tag {
+    /// Logging in and out: bearer tokens.
+    Sessions,
     /// Customers.
     Users,
     /// The catalogue and its stock.
@@ -79,6 +97,7 @@ pub enum Tag {
 }
 
 type Apis = (
+    sessions::SessionsApi,
     users::UsersApi,
     products::ProductsApi,
     orders::OrdersApi,
@@ -87,6 +106,7 @@ type Apis = (
 
 fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
     let apis = (
+        sessions::SessionsApi(state.clone()),
         users::UsersApi(state.clone()),
         products::ProductsApi(state.clone()),
         orders::OrdersApi(state.clone()),
@@ -127,6 +147,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint + 'static {
         )
         .at("/docs", get(spec::serve(docs, "text/html; charset=utf-8")))
         .data(body::BodyLimit(state.config.max_body_bytes))
+        .data(state.clone())
         .around(move |next, request| {
             middleware::observe(state.clone(), templates.clone(), next, request)
         })

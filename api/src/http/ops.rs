@@ -69,6 +69,10 @@ impl OpsApi {
                 state.product_cache.name(),
                 state.product_cache.entry_count(),
             ),
+            (
+                state.session_cache.name(),
+                state.session_cache.entry_count(),
+            ),
         ] {
             metrics
                 .cache_entries

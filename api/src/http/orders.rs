@@ -5,12 +5,13 @@ use std::sync::Arc;
 use poem::Request;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::{Object, OpenApi};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::body::JsonBody;
+use super::body::{JsonBody, present};
+use super::conditional::{self, resource_responses};
 use super::error::{
     ApiError, Failure, NestedListFailures, PlaceFailures, ReadFailures, UpdateFailures,
 };
@@ -18,6 +19,7 @@ use super::pagination::{page_of, page_request};
 use super::timestamp::Timestamp;
 use super::users::default_per_page;
 use super::{AppState, Tag};
+use crate::auth::{BearerAuth, Caller, access};
 use crate::domain::{IdempotencyKey, OrderLines, OrderStatus, Quantity, Validator};
 use crate::repo::orders::{Idempotency, Order, OrderFilter, PlaceOrder, Placed};
 
@@ -90,7 +92,10 @@ pub struct OrderLineRequest {
 #[serde(deny_unknown_fields)]
 #[oai(rename = "PlaceOrder")]
 pub struct PlaceOrderRequest {
-    pub user_id: Uuid,
+    /// Whom the order is for: a customer may omit it (themself) or name themself; an admin
+    /// names the customer.
+    #[serde(default, deserialize_with = "present")]
+    pub user_id: Option<Uuid>,
     /// 1–100 lines.
     #[oai(validator(min_items = 1, max_items = 100))]
     pub items: Vec<OrderLineRequest>,
@@ -104,18 +109,7 @@ pub struct UpdateOrderRequest {
     pub status: OrderStatus,
 }
 
-#[derive(ApiResponse)]
-pub enum OrderPlaced {
-    /// The order was placed — or, for a repeated `Idempotency-Key` with the same body, the
-    /// order the first request placed.
-    #[oai(status = 201)]
-    Created(
-        Json<OrderDto>,
-        /// The order's URL.
-        #[oai(header = "Location")]
-        String,
-    ),
-}
+resource_responses!(OrderRead, OrderWritten, OrderPlaced, OrderDto);
 
 const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
@@ -130,6 +124,7 @@ impl OrdersApi {
     #[oai(path = "/v1/orders", method = "post", operation_id = "placeOrder")]
     async fn place(
         &self,
+        auth: BearerAuth,
         /// Makes retries safe: the same key with the same body answers the first order again
         /// (kept at least 24 hours); with a different body, 409. 1–255 visible ASCII characters.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
@@ -138,6 +133,7 @@ impl OrdersApi {
         body: JsonBody<PlaceOrderRequest>,
     ) -> Result<OrderPlaced, Failure<PlaceFailures>> {
         let request = body.0;
+        let user_id = access::place_order(&auth.0, request.user_id)?;
         let mut v = Validator::default();
         // The header extractor takes a value with bytes outside visible ASCII for an absent
         // header; such a key must be refused, not ignored, so it is parsed from the raw bytes.
@@ -166,13 +162,13 @@ impl OrdersApi {
         let key = v.finish(|| key).map_err(ApiError::Validation)?;
         let idempotency = key.map(|key| Idempotency {
             key,
-            request_hash: fingerprint(&request),
+            request_hash: fingerprint(user_id, &request),
         });
         let placed = self
             .0
             .orders
             .place(PlaceOrder {
-                user_id: request.user_id,
+                user_id,
                 lines: OrderLines::merge(lines),
                 idempotency,
             })
@@ -181,13 +177,26 @@ impl OrdersApi {
             Placed::New(order) | Placed::Replayed(order) => order,
         };
         let location = format!("/v1/orders/{}", order.order.id);
-        Ok(OrderPlaced::Created(Json(order.into()), location))
+        let tag = conditional::etag(order.order.version);
+        Ok(OrderPlaced::Created(Json(order.into()), location, tag))
     }
 
     /// Get an order with its items
     #[oai(path = "/v1/orders/:id", method = "get", operation_id = "getOrder")]
-    async fn get(&self, id: Path<Uuid>) -> Result<Json<OrderDto>, Failure<ReadFailures>> {
-        Ok(Json(self.0.orders.get(id.0).await?.into()))
+    async fn get(
+        &self,
+        auth: BearerAuth,
+        id: Path<Uuid>,
+        /// Answers 304 when it names the current `ETag`.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> Result<OrderRead, Failure<ReadFailures>> {
+        let order = self.visible_order(&auth.0, id.0).await?;
+        Ok(OrderRead::of(
+            order.order.version,
+            if_none_match.0.as_deref(),
+            || order.into(),
+        ))
     }
 
     /// Change an order's status
@@ -201,12 +210,24 @@ impl OrdersApi {
     )]
     async fn update(
         &self,
+        auth: BearerAuth,
         id: Path<Uuid>,
+        /// Applies the change only if it names the current `ETag` (else 412).
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
         body: JsonBody<UpdateOrderRequest>,
-    ) -> Result<Json<OrderDto>, Failure<UpdateFailures>> {
-        Ok(Json(
-            self.0.orders.transition(id.0, body.0.status).await?.into(),
-        ))
+    ) -> Result<OrderWritten, Failure<UpdateFailures>> {
+        let to = body.0.status;
+        let current = self.0.orders.get(id.0).await?;
+        access::change_order(&auth.0, current.order.user_id, to)?;
+        let expected = conditional::if_match(if_match.0.as_deref());
+        let order = self
+            .0
+            .orders
+            .transition(id.0, to, expected.as_deref())
+            .await?;
+        let tag = conditional::etag(order.order.version);
+        Ok(OrderWritten::Ok(Json(order.into()), tag))
     }
 
     /// List a user's orders, newest first
@@ -217,6 +238,7 @@ impl OrdersApi {
     )]
     async fn list_for_user(
         &self,
+        auth: BearerAuth,
         id: Path<Uuid>,
         /// 1-based page number (page mode; not with `cursor`).
         #[oai(validator(minimum(value = "1")))]
@@ -232,6 +254,7 @@ impl OrdersApi {
         /// Only orders with this status.
         status: Query<Option<OrderStatus>>,
     ) -> Result<Json<OrderPage>, Failure<NestedListFailures>> {
+        access::see_user(&auth.0, id.0)?;
         let request = page_request("orders", page.0, Some(per_page.0), cursor.0.as_deref())?;
         let filter = OrderFilter { status: status.0 };
         let orders = self.0.orders.list_for_user(id.0, filter, request).await?;
@@ -239,10 +262,19 @@ impl OrdersApi {
     }
 }
 
+impl OrdersApi {
+    /// The order, if the caller may see it; otherwise 404, as if it did not exist.
+    async fn visible_order(&self, caller: &Caller, id: Uuid) -> Result<Order, ApiError> {
+        let order = self.0.orders.get(id).await?;
+        access::see_order(caller, order.order.user_id)?;
+        Ok(order)
+    }
+}
+
 /// What makes two requests "the same" for idempotency: the user and the lines as sent, in order.
-fn fingerprint(request: &PlaceOrderRequest) -> String {
+fn fingerprint(user_id: Uuid, request: &PlaceOrderRequest) -> String {
     let mut hasher = Sha256::new();
-    hasher.update(request.user_id.as_bytes());
+    hasher.update(user_id.as_bytes());
     for line in &request.items {
         hasher.update(line.product_id.as_bytes());
         hasher.update(line.quantity.to_be_bytes());

@@ -2,20 +2,23 @@
 
 use std::sync::Arc;
 
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::{Object, OpenApi};
 use serde::Deserialize;
 use uuid::Uuid;
 
 use super::body::{JsonBody, present};
+use super::conditional::{self, resource_responses};
 use super::error::{
-    ApiError, CreateFailures, DeleteFailures, Failure, ListFailures, ReadFailures, UpdateFailures,
+    ApiError, CreateFailures, DeleteFailures, Failure, PublicListFailures, PublicReadFailures,
+    UpdateFailures,
 };
 use super::pagination::{page_of, page_request};
 use super::timestamp::Timestamp;
 use super::users::{Deleted, default_per_page};
 use super::{AppState, Tag};
+use crate::auth::{BearerAuth, access};
 use crate::domain::{Cents, ProductName, Sku, Stock, Validator};
 use crate::repo::products::{NewProduct, Product, ProductChanges, ProductFilter};
 
@@ -88,28 +91,20 @@ pub struct UpdateProductRequest {
     pub sku: Option<serde_json::Value>,
 }
 
-#[derive(ApiResponse)]
-pub enum ProductCreated {
-    /// The product was created.
-    #[oai(status = 201)]
-    Created(
-        Json<ProductDto>,
-        /// The new product's URL.
-        #[oai(header = "Location")]
-        String,
-    ),
-}
+resource_responses!(ProductRead, ProductWritten, ProductCreated, ProductDto);
 
 pub struct ProductsApi(pub Arc<AppState>);
 
 #[OpenApi(tag = "Tag::Products")]
 impl ProductsApi {
-    /// Create a product
+    /// Create a product (admins)
     #[oai(path = "/v1/products", method = "post", operation_id = "createProduct")]
     async fn create(
         &self,
+        auth: BearerAuth,
         body: JsonBody<CreateProductRequest>,
     ) -> Result<ProductCreated, Failure<CreateFailures>> {
+        access::manage_products(&auth.0)?;
         let request = body.0;
         let mut v = Validator::default();
         let sku = v.check("sku", request.sku.as_str(), Sku::parse);
@@ -128,13 +123,25 @@ impl ProductsApi {
             .map_err(ApiError::Validation)?;
         let product = self.0.products.create(new).await?;
         let location = format!("/v1/products/{}", product.id);
-        Ok(ProductCreated::Created(Json(product.into()), location))
+        let tag = conditional::etag(product.version);
+        Ok(ProductCreated::Created(Json(product.into()), location, tag))
     }
 
     /// Get a product
     #[oai(path = "/v1/products/:id", method = "get", operation_id = "getProduct")]
-    async fn get(&self, id: Path<Uuid>) -> Result<Json<ProductDto>, Failure<ReadFailures>> {
-        Ok(Json(self.0.products.get(id.0).await?.into()))
+    async fn get(
+        &self,
+        id: Path<Uuid>,
+        /// Answers 304 when it names the current `ETag`.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> Result<ProductRead, Failure<PublicReadFailures>> {
+        let product = self.0.products.get(id.0).await?;
+        Ok(ProductRead::of(
+            product.version,
+            if_none_match.0.as_deref(),
+            || product.into(),
+        ))
     }
 
     /// List products, newest first
@@ -156,7 +163,7 @@ impl ProductsApi {
         cursor: Query<Option<String>>,
         /// `true`: only products in stock; `false`: only those out of stock.
         in_stock: Query<Option<bool>>,
-    ) -> Result<Json<ProductPage>, Failure<ListFailures>> {
+    ) -> Result<Json<ProductPage>, Failure<PublicListFailures>> {
         let request = page_request("products", page.0, Some(per_page.0), cursor.0.as_deref())?;
         let filter = ProductFilter {
             in_stock: in_stock.0,
@@ -165,7 +172,7 @@ impl ProductsApi {
         Ok(Json(ProductPage::of("products", request, products)))
     }
 
-    /// Change a product
+    /// Change a product (admins)
     ///
     /// Only the fields sent change; `updated_at` moves when any is sent. `sku` cannot be changed.
     #[oai(
@@ -175,9 +182,14 @@ impl ProductsApi {
     )]
     async fn update(
         &self,
+        auth: BearerAuth,
         id: Path<Uuid>,
+        /// Applies the change only if it names the current `ETag` (else 412).
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
         body: JsonBody<UpdateProductRequest>,
-    ) -> Result<Json<ProductDto>, Failure<UpdateFailures>> {
+    ) -> Result<ProductWritten, Failure<UpdateFailures>> {
+        access::manage_products(&auth.0)?;
         let request = body.0;
         let mut v = Validator::default();
         if request.sku.is_some() {
@@ -195,10 +207,17 @@ impl ProductsApi {
                 })
             })
             .map_err(ApiError::Validation)?;
-        Ok(Json(self.0.products.update(id.0, changes).await?.into()))
+        let expected = conditional::if_match(if_match.0.as_deref());
+        let product = self
+            .0
+            .products
+            .update(id.0, changes, expected.as_deref())
+            .await?;
+        let tag = conditional::etag(product.version);
+        Ok(ProductWritten::Ok(Json(product.into()), tag))
     }
 
-    /// Delete a product
+    /// Delete a product (admins)
     ///
     /// A product that appears in any order cannot be deleted.
     #[oai(
@@ -206,8 +225,17 @@ impl ProductsApi {
         method = "delete",
         operation_id = "deleteProduct"
     )]
-    async fn delete(&self, id: Path<Uuid>) -> Result<Deleted, Failure<DeleteFailures>> {
-        self.0.products.delete(id.0).await?;
+    async fn delete(
+        &self,
+        auth: BearerAuth,
+        id: Path<Uuid>,
+        /// Deletes only if it names the current `ETag` (else 412).
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
+    ) -> Result<Deleted, Failure<DeleteFailures>> {
+        access::manage_products(&auth.0)?;
+        let expected = conditional::if_match(if_match.0.as_deref());
+        self.0.products.delete(id.0, expected.as_deref()).await?;
         Ok(Deleted::NoContent)
     }
 }

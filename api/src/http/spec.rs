@@ -72,7 +72,74 @@ pub fn finish(raw: &str) -> Value {
         }
     }
     describe_responses(&mut document);
+    document_consistency(&mut document);
+    document_optional_sign_in(&mut document);
     document
+}
+
+/// Signing up needs no token, but an admin's token unlocks `status` and `role`: the operation
+/// takes either (poem-openapi can only declare a scheme as required).
+fn document_optional_sign_in(document: &mut Value) {
+    if let Some(create_user) = document.pointer_mut("/paths/~1v1~1users/post") {
+        create_user["security"] = serde_json::json!([{}, {"bearerAuth": []}]);
+    }
+}
+
+/// `Consistency-Token` (API.md, General) is stamped on every `/v1` answer by the middleware and
+/// accepted on every read; declared here once for all of them.
+fn document_consistency(document: &mut Value) {
+    let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let header = serde_json::json!({
+        "description": "Names the database state this answer includes; present it on a later read to see that state or a later one.",
+        "required": true,
+        "schema": {"type": "string"}
+    });
+    let parameter = serde_json::json!({
+        "name": "Consistency-Token",
+        "in": "header",
+        "description": "A token from an earlier answer: this read sees at least the state it names.",
+        "required": false,
+        "deprecated": false,
+        "schema": {"type": "string"},
+        "explode": true
+    });
+    for (path, operations) in paths.iter_mut() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        let Some(operations) = operations.as_object_mut() else {
+            continue;
+        };
+        for (method, operation) in operations.iter_mut() {
+            if method == "get" {
+                let parameters = operation
+                    .as_object_mut()
+                    .map(|operation| operation.entry("parameters").or_insert_with(|| Value::Array(Vec::new())));
+                if let Some(Value::Array(parameters)) = parameters {
+                    parameters.push(parameter.clone());
+                }
+            }
+            let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            for (status, response) in responses.iter_mut() {
+                if !(status.starts_with('2') || status == "304") {
+                    continue;
+                }
+                if let Some(response) = response.as_object_mut() {
+                    let headers = response
+                        .entry("headers")
+                        .or_insert_with(|| Value::Object(Default::default()));
+                    if let Some(headers) = headers.as_object_mut() {
+                        headers.insert("Consistency-Token".to_owned(), header.clone());
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// poem-openapi leaves a plain `Json<T>` response undescribed; say what it is.

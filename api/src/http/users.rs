@@ -2,20 +2,24 @@
 
 use std::sync::Arc;
 
-use poem_openapi::param::{Path, Query};
+use poem::Request;
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 use uuid::Uuid;
 
 use super::body::{JsonBody, present};
+use super::conditional::{self, resource_responses};
 use super::error::{
-    ApiError, CreateFailures, DeleteFailures, Failure, ListFailures, ReadFailures, UpdateFailures,
+    ApiError, DeleteFailures, Failure, ListFailures, ReadFailures, SignUpFailures,
+    UpdateFailures,
 };
 use super::pagination::{page_of, page_request};
 use super::timestamp::Timestamp;
 use super::{AppState, Tag};
-use crate::domain::{Email, Password, UserName, UserStatus, Validator};
+use crate::auth::{self, BearerAuth, access};
+use crate::domain::{Email, Password, UserName, UserRole, UserStatus, Validator};
 use crate::repo::users::{NewUser, User, UserChanges, UserFilter};
 
 /// A user. The password is never returned.
@@ -28,6 +32,8 @@ pub struct UserDto {
     /// Lower-cased as stored.
     pub email: String,
     pub status: UserStatus,
+    /// `customer` or `admin`; only an admin may set it.
+    pub role: UserRole,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -39,6 +45,7 @@ impl From<User> for UserDto {
             name: user.name,
             email: user.email,
             status: user.status,
+            role: user.role,
             created_at: user.created_at.into(),
             updated_at: user.updated_at.into(),
         }
@@ -60,9 +67,12 @@ pub struct CreateUserRequest {
     /// 8–128 characters; stored only as an Argon2id hash.
     #[oai(validator(min_length = 8, max_length = 128), write_only)]
     pub password: String,
-    /// Defaults to `active`.
+    /// Defaults to `active`; only an admin may set it.
     #[serde(default, deserialize_with = "present")]
     pub status: Option<UserStatus>,
+    /// Defaults to `customer`; only an admin may set it.
+    #[serde(default, deserialize_with = "present")]
+    pub role: Option<UserRole>,
 }
 
 /// Any subset of the fields; `{}` changes nothing.
@@ -79,21 +89,19 @@ pub struct UpdateUserRequest {
     #[serde(default, deserialize_with = "present")]
     #[oai(validator(min_length = 8, max_length = 128), write_only)]
     pub password: Option<String>,
+    /// The user's current password: required when users change their own password.
+    #[serde(default, deserialize_with = "present")]
+    #[oai(validator(max_length = 1024), write_only)]
+    pub current_password: Option<String>,
+    /// Admins only.
     #[serde(default, deserialize_with = "present")]
     pub status: Option<UserStatus>,
+    /// Admins only.
+    #[serde(default, deserialize_with = "present")]
+    pub role: Option<UserRole>,
 }
 
-#[derive(ApiResponse)]
-pub enum UserCreated {
-    /// The user was created.
-    #[oai(status = 201)]
-    Created(
-        Json<UserDto>,
-        /// The new user's URL.
-        #[oai(header = "Location")]
-        String,
-    ),
-}
+resource_responses!(UserRead, UserWritten, UserCreated, UserDto);
 
 #[derive(ApiResponse)]
 pub enum Deleted {
@@ -106,13 +114,21 @@ pub struct UsersApi(pub Arc<AppState>);
 
 #[OpenApi(tag = "Tag::Users")]
 impl UsersApi {
-    /// Create a user
+    /// Sign up, or create a user (admins)
+    ///
+    /// Anyone may sign up; `status` and `role` may be sent only with an admin's token.
     #[oai(path = "/v1/users", method = "post", operation_id = "createUser")]
     async fn create(
         &self,
+        raw: &Request,
         body: JsonBody<CreateUserRequest>,
-    ) -> Result<UserCreated, Failure<CreateFailures>> {
+    ) -> Result<UserCreated, Failure<SignUpFailures>> {
         let request = body.0;
+        let caller = auth::optional_caller(&self.0, raw).await?;
+        access::create_user(
+            caller.as_ref(),
+            request.status.is_some() || request.role.is_some(),
+        )?;
         let mut v = Validator::default();
         let name = v.check("name", request.name.as_str(), UserName::parse);
         let email = v.check("email", request.email.as_str(), Email::parse);
@@ -120,7 +136,7 @@ impl UsersApi {
         let (name, email, password) = v
             .finish(|| Some((name?, email?, password?)))
             .map_err(ApiError::Validation)?;
-        let password = password.hash().await.map_err(internal)?;
+        let password = self.0.hasher.hash(password).await.map_err(ApiError::from)?;
         let user = self
             .0
             .users
@@ -129,24 +145,40 @@ impl UsersApi {
                 email,
                 password,
                 status: request.status.unwrap_or(UserStatus::Active),
+                role: request.role.unwrap_or(UserRole::Customer),
             })
             .await?;
         let location = format!("/v1/users/{}", user.id);
-        Ok(UserCreated::Created(Json(user.into()), location))
+        let tag = conditional::etag(user.version);
+        Ok(UserCreated::Created(Json(user.into()), location, tag))
     }
 
     /// Get a user
+    ///
+    /// Users see themselves; admins see everyone.
     #[oai(path = "/v1/users/:id", method = "get", operation_id = "getUser")]
-    async fn get(&self, id: Path<Uuid>) -> Result<Json<UserDto>, Failure<ReadFailures>> {
-        Ok(Json(self.0.users.get(id.0).await?.into()))
+    async fn get(
+        &self,
+        auth: BearerAuth,
+        id: Path<Uuid>,
+        /// Answers 304 when it names the current `ETag`.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> Result<UserRead, Failure<ReadFailures>> {
+        access::see_user(&auth.0, id.0)?;
+        let user = self.0.users.get(id.0).await?;
+        Ok(UserRead::of(user.version, if_none_match.0.as_deref(), || {
+            user.into()
+        }))
     }
 
-    /// List users, newest first
+    /// List users, newest first (admins)
     ///
     /// Page mode (`page`, with totals) or keyset mode (`cursor` from a previous `next_cursor`).
     #[oai(path = "/v1/users", method = "get", operation_id = "listUsers")]
     async fn list(
         &self,
+        auth: BearerAuth,
         /// 1-based page number (page mode; not with `cursor`).
         #[oai(validator(minimum(value = "1")))]
         page: Query<Option<u64>>,
@@ -163,6 +195,7 @@ impl UsersApi {
         /// Only the user with this email (exact, case-insensitive).
         email: Query<Option<String>>,
     ) -> Result<Json<UserPage>, Failure<ListFailures>> {
+        access::list_users(&auth.0)?;
         let request = page_request("users", page.0, Some(per_page.0), cursor.0.as_deref())?;
         let filter = UserFilter {
             status: status.0,
@@ -175,23 +208,44 @@ impl UsersApi {
     /// Change a user
     ///
     /// Only the fields sent change; `updated_at` moves when any is sent. `{}` returns the user
-    /// unchanged. On any error nothing changes.
+    /// unchanged. On any error nothing changes. Users change themselves (a new `password` needs
+    /// `current_password`); only admins change `status` or `role`. A password, status or role
+    /// change ends the user's other sessions.
     #[oai(path = "/v1/users/:id", method = "patch", operation_id = "updateUser")]
     async fn update(
         &self,
+        auth: BearerAuth,
         id: Path<Uuid>,
+        /// Applies the change only if it names the current `ETag` (else 412).
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
         body: JsonBody<UpdateUserRequest>,
-    ) -> Result<Json<UserDto>, Failure<UpdateFailures>> {
+    ) -> Result<UserWritten, Failure<UpdateFailures>> {
         let request = body.0;
+        let rules = access::change_user(
+            &auth.0,
+            id.0,
+            &access::UserChange {
+                password: request.password.is_some(),
+                status_or_role: request.status.is_some() || request.role.is_some(),
+            },
+        )?;
         let mut v = Validator::default();
         let name = v.check_opt("name", request.name.as_deref(), UserName::parse);
         let email = v.check_opt("email", request.email.as_deref(), Email::parse);
         let password = v.check_opt("password", request.password, Password::parse);
+        if rules.needs_current_password && request.current_password.is_none() {
+            v.push("current_password", "is required to change your password");
+        }
         let (name, email, password) = v
             .finish(|| Some((name?, email?, password?)))
             .map_err(ApiError::Validation)?;
+        if rules.needs_current_password {
+            let current = request.current_password.unwrap_or_default();
+            self.check_current_password(id.0, &current).await?;
+        }
         let password = match password {
-            Some(password) => Some(password.hash().await.map_err(internal)?),
+            Some(password) => Some(self.0.hasher.hash(password).await.map_err(ApiError::from)?),
             None => None,
         };
         let changes = UserChanges {
@@ -199,27 +253,58 @@ impl UsersApi {
             email,
             password,
             status: request.status,
+            role: request.role,
+            keep_session: rules.keep_session,
         };
-        Ok(Json(self.0.users.update(id.0, changes).await?.into()))
+        let expected = conditional::if_match(if_match.0.as_deref());
+        let user = self
+            .0
+            .users
+            .update(id.0, changes, expected.as_deref())
+            .await?;
+        let tag = conditional::etag(user.version);
+        Ok(UserWritten::Ok(Json(user.into()), tag))
     }
 
     /// Delete a user
     ///
-    /// A user who has orders (even cancelled ones) cannot be deleted: orders are records.
+    /// A user who has orders (even cancelled ones) cannot be deleted: orders are records. Their
+    /// sessions end with them.
     #[oai(path = "/v1/users/:id", method = "delete", operation_id = "deleteUser")]
-    async fn delete(&self, id: Path<Uuid>) -> Result<Deleted, Failure<DeleteFailures>> {
-        self.0.users.delete(id.0).await?;
+    async fn delete(
+        &self,
+        auth: BearerAuth,
+        id: Path<Uuid>,
+        /// Deletes only if it names the current `ETag` (else 412).
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
+    ) -> Result<Deleted, Failure<DeleteFailures>> {
+        access::see_user(&auth.0, id.0)?;
+        let expected = conditional::if_match(if_match.0.as_deref());
+        self.0.users.delete(id.0, expected.as_deref()).await?;
         Ok(Deleted::NoContent)
+    }
+}
+
+impl UsersApi {
+    /// A wrong or missing `current_password` is a 422 naming it (API.md, Users).
+    async fn check_current_password(&self, id: Uuid, current: &str) -> Result<(), ApiError> {
+        let user = self.0.users.get(id).await?;
+        let email = Email::parse(&user.email).map_err(|why| ApiError::Internal {
+            failure: None,
+            detail: why,
+        })?;
+        let Some((_, hash)) = self.0.users.credentials(&email).await? else {
+            return Err(ApiError::not_found());
+        };
+        if self.0.hasher.verify(&hash, current).await? {
+            Ok(())
+        } else {
+            Err(ApiError::validation("current_password", "is not the current password"))
+        }
     }
 }
 
 pub fn default_per_page() -> u64 {
     super::pagination::DEFAULT_PER_PAGE
-}
-
-fn internal(detail: String) -> ApiError {
-    ApiError::Internal {
-        failure: None,
-        detail,
-    }
 }

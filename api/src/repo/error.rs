@@ -49,6 +49,9 @@ pub enum RepoError {
     NotFound { resource: Resource, id: Uuid },
     #[error("conflict: {0:?}")]
     Conflict(Conflict),
+    /// `If-Match` named a version that is no longer current; nothing was written.
+    #[error("the resource has changed since the version the request names")]
+    PreconditionFailed,
     /// The database is down, unreachable, or lacks the schema; `failure` says which.
     #[error("database unavailable ({})", failure.label())]
     Unavailable { failure: DbFailure, source: DbErr },
@@ -85,7 +88,7 @@ impl RepoError {
             Self::Timeout => Some(DbFailure::StatementTimeout),
             Self::Contended { .. } => Some(DbFailure::Contention),
             Self::Internal(err) => Some(classify(err)),
-            Self::NotFound { .. } | Self::Conflict(_) => None,
+            Self::NotFound { .. } | Self::Conflict(_) | Self::PreconditionFailed => None,
         }
     }
 }

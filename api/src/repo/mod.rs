@@ -6,6 +6,7 @@ pub mod error;
 pub mod orders;
 pub mod page;
 pub mod products;
+pub mod sessions;
 pub mod users;
 
 use chrono::{DateTime, FixedOffset, SubsecRound, Utc};
@@ -14,6 +15,7 @@ pub use error::{Conflict, RepoError, Resource};
 pub use orders::OrderRepo;
 pub use page::{CursorKey, PageOf, PageRequest, Total};
 pub use products::ProductRepo;
+pub use sessions::SessionRepo;
 pub use users::UserRepo;
 
 /// The current time as stored: UTC, truncated to the microseconds every backend keeps, so that a

@@ -204,11 +204,19 @@ impl OrderRepo {
 
     /// Moves an order along the transition table; cancelling gives the stock back in the same
     /// transaction.
-    pub async fn transition(&self, id: Uuid, to: OrderStatus) -> Result<Order, RepoError> {
+    /// With `expected`, only when the order's version is one of those (`If-Match`), checked
+    /// under the row lock the transition holds.
+    #[tracing::instrument(skip_all, fields(%id, to = to.as_str()))]
+    pub async fn transition(
+        &self,
+        id: Uuid,
+        to: OrderStatus,
+        expected: Option<&[i64]>,
+    ) -> Result<Order, RepoError> {
         let order = self
             .retrying(|| async {
                 let txn = self.begin().await?;
-                let outcome = transition_in(&txn, id, to).await;
+                let outcome = transition_in(&txn, id, to, expected).await;
                 settle(txn, outcome).await
             })
             .await?;
@@ -318,6 +326,10 @@ async fn place_in(
                 Expr::col(products::Column::Stock).sub(line.quantity),
             )
             .col_expr(products::Column::UpdatedAt, Expr::value(now))
+            .col_expr(
+                products::Column::Version,
+                Expr::col(products::Column::Version).add(1),
+            )
             .filter(products::Column::Id.eq(line.product_id))
             .filter(products::Column::Stock.gte(line.quantity))
             .exec(txn)
@@ -345,6 +357,7 @@ async fn place_in(
         total_cents: Set(total),
         created_at: Set(now),
         updated_at: Set(now),
+        version: Set(1),
     }
     .insert(txn)
     .await
@@ -370,6 +383,7 @@ async fn transition_in(
     txn: &DatabaseTransaction,
     id: Uuid,
     to: OrderStatus,
+    expected: Option<&[i64]>,
 ) -> Result<Order, RepoError> {
     let mut query = orders::Entity::find_by_id(id);
     if txn.get_database_backend() != DbBackend::Sqlite {
@@ -379,6 +393,9 @@ async fn transition_in(
         .one(txn)
         .await?
         .ok_or(RepoError::not_found(Resource::Order, id))?;
+    if expected.is_some_and(|versions| !versions.contains(&order.version)) {
+        return Err(RepoError::PreconditionFailed);
+    }
     let from = OrderStatus::from_db(&order.status).ok_or_else(|| {
         RepoError::Internal(sea_orm::DbErr::Type(format!(
             "unknown order status {:?}",
@@ -392,9 +409,11 @@ async fn transition_in(
         }));
     }
     let now = super::now();
+    let order_version = order.version;
     let mut row: orders::ActiveModel = order.into();
     row.status = Set(to.as_str().to_owned());
     row.updated_at = Set(now);
+    row.version = Set(order_version + 1);
     let order = row.update(txn).await?;
 
     let mut items = items_of(txn, &[id]).await?.remove(&id).unwrap_or_default();
@@ -408,6 +427,10 @@ async fn transition_in(
                     Expr::col(products::Column::Stock).add(item.quantity),
                 )
                 .col_expr(products::Column::UpdatedAt, Expr::value(now))
+                .col_expr(
+                    products::Column::Version,
+                    Expr::col(products::Column::Version).add(1),
+                )
                 .filter(products::Column::Id.eq(item.product_id))
                 .exec(txn)
                 .await?;

@@ -2,9 +2,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use entity::products;
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -116,35 +117,56 @@ impl ProductRepo {
             stock: Set(new.stock.get()),
             created_at: Set(now),
             updated_at: Set(now),
+            version: Set(1),
         }
         .insert(&self.db)
         .await
         .on_unique(Conflict::SkuTaken)
     }
 
-    pub async fn update(&self, id: Uuid, changes: ProductChanges) -> Result<Product, RepoError> {
+    /// Changes the fields sent; `version` goes up with every write. With `expected`, only when
+    /// the stored version is one of those (`If-Match`), checked in the writing statement.
+    #[tracing::instrument(skip_all, fields(%id))]
+    pub async fn update(
+        &self,
+        id: Uuid,
+        changes: ProductChanges,
+        expected: Option<&[i64]>,
+    ) -> Result<Product, RepoError> {
         if changes.name.is_none() && changes.price.is_none() && changes.stock.is_none() {
-            return self.get(id).await;
+            let product = self.get(id).await?;
+            if expected.is_some_and(|versions| !versions.contains(&product.version)) {
+                return Err(RepoError::PreconditionFailed);
+            }
+            return Ok(product);
         }
-        let mut row = products::ActiveModel {
-            id: sea_orm::ActiveValue::Unchanged(id),
-            updated_at: Set(super::now()),
-            ..Default::default()
-        };
+        let mut update = products::Entity::update_many()
+            .col_expr(products::Column::UpdatedAt, Expr::value(super::now()))
+            .col_expr(
+                products::Column::Version,
+                Expr::col(products::Column::Version).add(1),
+            )
+            .filter(products::Column::Id.eq(id));
         if let Some(name) = changes.name {
-            row.name = Set(name.into_string());
+            update = update.col_expr(products::Column::Name, Expr::value(name.into_string()));
         }
         if let Some(price) = changes.price {
-            row.price_cents = Set(price.get());
+            update = update.col_expr(products::Column::PriceCents, Expr::value(price.get()));
         }
         if let Some(stock) = changes.stock {
-            row.stock = Set(stock.get());
+            update = update.col_expr(products::Column::Stock, Expr::value(stock.get()));
+        }
+        if let Some(versions) = expected {
+            update = update.filter(products::Column::Version.is_in(versions.iter().copied()));
         }
         let txn = self.db.begin().await?;
-        let updated = match row.update(&txn).await {
-            Err(DbErr::RecordNotUpdated) => Err(RepoError::not_found(Resource::Product, id)),
-            other => other.map_err(RepoError::from),
-        }?;
+        let written = update.exec(&txn).await?;
+        let Some(updated) = products::Entity::find_by_id(id).one(&txn).await? else {
+            return Err(RepoError::not_found(Resource::Product, id));
+        };
+        if written.rows_affected == 0 {
+            return Err(RepoError::PreconditionFailed);
+        }
         peers::announce(&txn, Topic::Products, &[id]).await?;
         txn.commit().await?;
         self.cache.invalidate(id).await;
@@ -152,18 +174,28 @@ impl ProductRepo {
     }
 
     /// A product that was ever ordered stays: its order items refer to it.
-    pub async fn delete(&self, id: Uuid) -> Result<(), RepoError> {
+    #[tracing::instrument(skip_all, fields(%id))]
+    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
+        let mut delete = products::Entity::delete_many().filter(products::Column::Id.eq(id));
+        if let Some(versions) = expected {
+            delete = delete.filter(products::Column::Version.is_in(versions.iter().copied()));
+        }
         let txn = self.db.begin().await?;
-        let result = products::Entity::delete_by_id(id)
+        let result = delete
             .exec(&txn)
             .await
             .on_foreign_key(Conflict::ProductHasOrders)?;
+        if result.rows_affected == 0 {
+            let exists = products::Entity::find_by_id(id).one(&txn).await?.is_some();
+            return Err(if exists {
+                RepoError::PreconditionFailed
+            } else {
+                RepoError::not_found(Resource::Product, id)
+            });
+        }
         peers::announce(&txn, Topic::Products, &[id]).await?;
         txn.commit().await?;
         self.cache.invalidate(id).await;
-        if result.rows_affected == 0 {
-            return Err(RepoError::not_found(Resource::Product, id));
-        }
         Ok(())
     }
 

@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, FixedOffset};
 use entity::users;
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait,
     QueryFilter, TransactionTrait,
@@ -14,7 +15,8 @@ use super::error::{Conflict, OnViolation, RepoError, Resource};
 use super::page::{self, CursorKey, Indexed, ListOrder, PageOf, PageRequest};
 use crate::cache::EntityCache;
 use crate::cache::peers::{self, Topic};
-use crate::domain::{Email, PasswordHash, UserName, UserStatus};
+use super::sessions::{self, Session};
+use crate::domain::{Email, PasswordHash, UserName, UserRole, UserStatus};
 
 /// A user as the service shows it: the stored row without its password hash, which never leaves
 /// the repository.
@@ -24,6 +26,9 @@ pub struct User {
     pub name: String,
     pub email: String,
     pub status: UserStatus,
+    pub role: UserRole,
+    /// Incremented by every write: the `ETag`.
+    pub version: i64,
     pub created_at: DateTime<FixedOffset>,
     pub updated_at: DateTime<FixedOffset>,
 }
@@ -33,11 +38,16 @@ impl User {
         let status = UserStatus::from_db(&row.status).ok_or_else(|| {
             RepoError::Internal(DbErr::Type(format!("unknown user status {:?}", row.status)))
         })?;
+        let role = UserRole::from_db(&row.role).ok_or_else(|| {
+            RepoError::Internal(DbErr::Type(format!("unknown user role {:?}", row.role)))
+        })?;
         Ok(Self {
             id: row.id,
             name: row.name,
             email: row.email,
             status,
+            role,
+            version: row.version,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -49,6 +59,7 @@ pub struct NewUser {
     pub email: Email,
     pub password: PasswordHash,
     pub status: UserStatus,
+    pub role: UserRole,
 }
 
 /// A partial update: only the fields that are `Some` change.
@@ -58,6 +69,9 @@ pub struct UserChanges {
     pub email: Option<Email>,
     pub password: Option<PasswordHash>,
     pub status: Option<UserStatus>,
+    pub role: Option<UserRole>,
+    /// The session making a password change, which survives it (every other one is revoked).
+    pub keep_session: Option<String>,
 }
 
 impl UserChanges {
@@ -66,6 +80,12 @@ impl UserChanges {
             && self.email.is_none()
             && self.password.is_none()
             && self.status.is_none()
+            && self.role.is_none()
+    }
+
+    /// A password, status or role change ends the user's sessions.
+    fn revokes_sessions(&self) -> bool {
+        self.password.is_some() || self.status.is_some() || self.role.is_some()
     }
 }
 
@@ -93,18 +113,28 @@ async fn load_users(
 pub struct UserRepo {
     db: DatabaseConnection,
     cache: Arc<EntityCache<User>>,
+    sessions: Arc<EntityCache<Session>>,
     by_id: Batcher<Uuid, User, RepoError>,
 }
 
 impl UserRepo {
-    pub fn new(db: DatabaseConnection, cache: Arc<EntityCache<User>>) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        cache: Arc<EntityCache<User>>,
+        sessions: Arc<EntityCache<Session>>,
+    ) -> Self {
         let by_id = {
             let db = db.clone();
             Batcher::new(batch::MAX_KEYS, batch::MAX_IN_FLIGHT, move |ids| {
                 load_users(db.clone(), ids)
             })
         };
-        Self { db, cache, by_id }
+        Self {
+            db,
+            cache,
+            sessions,
+            by_id,
+        }
     }
 
     /// Read through the cache; misses for different ids at once share one query.
@@ -128,6 +158,22 @@ impl UserRepo {
             .await?
             .map(User::from_row)
             .transpose()
+    }
+
+    /// The user with this email and their stored password hash, for a login.
+    pub async fn credentials(
+        &self,
+        email: &Email,
+    ) -> Result<Option<(User, PasswordHash)>, RepoError> {
+        let Some(row) = users::Entity::find()
+            .filter(users::Column::Email.eq(email.as_str()))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let hash = PasswordHash::from_stored(row.password_hash.clone());
+        Ok(Some((User::from_row(row)?, hash)))
     }
 
     pub async fn list(
@@ -187,6 +233,8 @@ impl UserRepo {
             email: Set(new.email.into_string()),
             password_hash: Set(new.password.into_string()),
             status: Set(new.status.as_str().to_owned()),
+            role: Set(new.role.as_str().to_owned()),
+            version: Set(1),
             created_at: Set(now),
             updated_at: Set(now),
         }
@@ -201,52 +249,144 @@ impl UserRepo {
         User::from_row(row)
     }
 
-    /// Changes the fields sent; `updated_at` moves whenever any is. No fields: the user as is.
-    pub async fn update(&self, id: Uuid, changes: UserChanges) -> Result<User, RepoError> {
+    /// Changes the fields sent; `updated_at` moves and `version` goes up whenever any is. No
+    /// fields: the user as is. With `expected`, only when the stored version is one of those
+    /// (`If-Match`), checked in the same statement as the write.
+    #[tracing::instrument(skip_all, fields(%id))]
+    pub async fn update(
+        &self,
+        id: Uuid,
+        changes: UserChanges,
+        expected: Option<&[i64]>,
+    ) -> Result<User, RepoError> {
         if changes.is_empty() {
-            return self.get(id).await;
+            let user = self.get(id).await?;
+            if expected.is_some_and(|versions| !versions.contains(&user.version)) {
+                return Err(RepoError::PreconditionFailed);
+            }
+            return Ok(user);
         }
-        let mut row = users::ActiveModel {
-            id: sea_orm::ActiveValue::Unchanged(id),
-            updated_at: Set(super::now()),
-            ..Default::default()
-        };
+        let revokes = changes.revokes_sessions();
+        let keep = changes.keep_session.clone();
+        let mut update = users::Entity::update_many()
+            .col_expr(users::Column::UpdatedAt, Expr::value(super::now()))
+            .col_expr(users::Column::Version, Expr::col(users::Column::Version).add(1))
+            .filter(users::Column::Id.eq(id));
         if let Some(name) = changes.name {
-            row.name = Set(name.into_string());
+            update = update.col_expr(users::Column::Name, Expr::value(name.into_string()));
         }
         if let Some(email) = changes.email {
-            row.email = Set(email.into_string());
+            update = update.col_expr(users::Column::Email, Expr::value(email.into_string()));
         }
         if let Some(password) = changes.password {
-            row.password_hash = Set(password.into_string());
+            update = update.col_expr(
+                users::Column::PasswordHash,
+                Expr::value(password.into_string()),
+            );
         }
         if let Some(status) = changes.status {
-            row.status = Set(status.as_str().to_owned());
+            update = update.col_expr(users::Column::Status, Expr::value(status.as_str()));
+        }
+        if let Some(role) = changes.role {
+            update = update.col_expr(users::Column::Role, Expr::value(role.as_str()));
+        }
+        if let Some(versions) = expected {
+            update = update.filter(users::Column::Version.is_in(versions.iter().copied()));
         }
         let txn = self.db.begin().await?;
-        let updated = match row.update(&txn).await {
-            Err(DbErr::RecordNotUpdated) => Err(RepoError::not_found(Resource::User, id)),
-            other => other.on_unique(Conflict::EmailTaken),
-        }?;
+        let written = update.exec(&txn).await.on_unique(Conflict::EmailTaken)?;
+        let Some(row) = users::Entity::find_by_id(id).one(&txn).await? else {
+            return Err(RepoError::not_found(Resource::User, id));
+        };
+        if written.rows_affected == 0 {
+            return Err(RepoError::PreconditionFailed);
+        }
+        let revoked = if revokes {
+            sessions::hashes_of(&txn, id, keep.as_deref()).await?
+        } else {
+            Vec::new()
+        };
+        sessions::delete_in(&txn, &revoked).await?;
         peers::announce(&txn, Topic::Users, &[id]).await?;
         txn.commit().await?;
         self.cache.invalidate(id).await;
-        User::from_row(updated)
+        self.forget_sessions(&revoked).await;
+        User::from_row(row)
     }
 
-    /// Orders are records: a user who has any, even cancelled ones, stays.
-    pub async fn delete(&self, id: Uuid) -> Result<(), RepoError> {
+    /// Orders are records: a user who has any, even cancelled ones, stays. Their sessions end
+    /// with them.
+    #[tracing::instrument(skip_all, fields(%id))]
+    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
         let txn = self.db.begin().await?;
-        let result = users::Entity::delete_by_id(id)
+        let mut delete = users::Entity::delete_many().filter(users::Column::Id.eq(id));
+        if let Some(versions) = expected {
+            delete = delete.filter(users::Column::Version.is_in(versions.iter().copied()));
+        }
+        let revoked = sessions::hashes_of(&txn, id, None).await?;
+        let result = delete
             .exec(&txn)
             .await
             .on_foreign_key(Conflict::UserHasOrders)?;
+        if result.rows_affected == 0 {
+            let exists = users::Entity::find_by_id(id).one(&txn).await?.is_some();
+            return Err(if exists {
+                RepoError::PreconditionFailed
+            } else {
+                RepoError::not_found(Resource::User, id)
+            });
+        }
+        sessions::delete_in(&txn, &revoked).await?;
         peers::announce(&txn, Topic::Users, &[id]).await?;
         txn.commit().await?;
         self.cache.invalidate(id).await;
-        if result.rows_affected == 0 {
-            return Err(RepoError::not_found(Resource::User, id));
-        }
+        self.forget_sessions(&revoked).await;
         Ok(())
+    }
+
+    /// Makes sure the account `email` exists with role admin: created with `password` when
+    /// absent, promoted (password untouched) when present. Several instances starting at once
+    /// may race to create it; the loser finds it and promotes it.
+    pub async fn ensure_admin<F, Fut>(&self, email: &Email, password: F) -> Result<User, RepoError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<PasswordHash, RepoError>>,
+    {
+        for _ in 0..3 {
+            if let Some(user) = self.find_by_email(email).await? {
+                if user.role == UserRole::Admin {
+                    return Ok(user);
+                }
+                let promote = UserChanges {
+                    role: Some(UserRole::Admin),
+                    ..Default::default()
+                };
+                return self.update(user.id, promote, None).await;
+            }
+            let created = self
+                .create(NewUser {
+                    name: UserName::parse("Administrator").map_err(|why| {
+                        RepoError::Internal(DbErr::Custom(why))
+                    })?,
+                    email: email.clone(),
+                    password: password().await?,
+                    status: UserStatus::Active,
+                    role: UserRole::Admin,
+                })
+                .await;
+            match created {
+                Err(RepoError::Conflict(Conflict::EmailTaken)) => continue,
+                other => return other,
+            }
+        }
+        Err(RepoError::Internal(DbErr::Custom(
+            "the admin account kept changing while it was being made sure of".into(),
+        )))
+    }
+
+    async fn forget_sessions(&self, hashes: &[String]) {
+        for hash in hashes {
+            self.sessions.invalidate(sessions::cache_key(hash)).await;
+        }
     }
 }

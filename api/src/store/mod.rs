@@ -11,10 +11,13 @@ use uuid::Uuid;
 
 use crate::cache::EntityCache;
 use crate::db::PoolStats;
-use crate::domain::{Email, OrderStatus};
+use chrono::{DateTime, FixedOffset};
+
+use crate::domain::{Email, OrderStatus, PasswordHash};
 use crate::metrics::Metrics;
 use crate::repo::orders::{Order, OrderFilter, PlaceOrder, Placed};
 use crate::repo::products::{NewProduct, Product, ProductChanges, ProductFilter};
+use crate::repo::sessions::{Failures, Session};
 use crate::repo::users::{NewUser, User, UserChanges, UserFilter};
 use crate::repo::{PageOf, PageRequest, RepoError};
 
@@ -83,6 +86,7 @@ pub struct Repositories {
     pub users: Users,
     pub products: Products,
     pub orders: Orders,
+    pub sessions: Sessions,
 }
 
 impl Repositories {
@@ -90,25 +94,36 @@ impl Repositories {
         engine: &Engine,
         user_cache: Arc<EntityCache<User>>,
         product_cache: Arc<EntityCache<Product>>,
+        session_cache: Arc<EntityCache<Session>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         match engine {
             Engine::Sql(db) => {
                 let products = crate::repo::ProductRepo::new(db.clone(), product_cache);
                 let orders = crate::repo::OrderRepo::new(db.clone(), products.clone(), metrics);
+                let users =
+                    crate::repo::UserRepo::new(db.clone(), user_cache, session_cache.clone());
                 Self {
-                    users: Users::Sql(crate::repo::UserRepo::new(db.clone(), user_cache)),
+                    users: Users::Sql(users),
                     products: Products::Sql(products),
                     orders: Orders::Sql(orders),
+                    sessions: Sessions::Sql(crate::repo::SessionRepo::new(
+                        db.clone(),
+                        session_cache,
+                    )),
                 }
             }
             Engine::Mongo(m) => {
                 let products = mongo::ProductRepo::new(m.clone(), product_cache, metrics.clone());
                 let orders = mongo::OrderRepo::new(m.clone(), products.clone(), metrics.clone());
+                // Sessions are read from the database on every request: a revocation then holds
+                // on every instance the moment it commits, with no cache to reach.
+                drop(session_cache);
                 Self {
                     users: Users::Mongo(mongo::UserRepo::new(m.clone(), user_cache, metrics)),
                     products: Products::Mongo(products),
                     orders: Orders::Mongo(orders),
+                    sessions: Sessions::Mongo(mongo::SessionRepo::new(m.clone())),
                 }
             }
         }
@@ -140,6 +155,21 @@ impl Users {
         delegate!(self.find_by_email(email))
     }
 
+    pub async fn credentials(
+        &self,
+        email: &Email,
+    ) -> Result<Option<(User, PasswordHash)>, RepoError> {
+        delegate!(self.credentials(email))
+    }
+
+    pub async fn ensure_admin<F, Fut>(&self, email: &Email, password: F) -> Result<User, RepoError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<PasswordHash, RepoError>>,
+    {
+        delegate!(self.ensure_admin(email, password))
+    }
+
     pub async fn list(
         &self,
         filter: UserFilter,
@@ -152,12 +182,17 @@ impl Users {
         delegate!(self.create(new))
     }
 
-    pub async fn update(&self, id: Uuid, changes: UserChanges) -> Result<User, RepoError> {
-        delegate!(self.update(id, changes))
+    pub async fn update(
+        &self,
+        id: Uuid,
+        changes: UserChanges,
+        expected: Option<&[i64]>,
+    ) -> Result<User, RepoError> {
+        delegate!(self.update(id, changes, expected))
     }
 
-    pub async fn delete(&self, id: Uuid) -> Result<(), RepoError> {
-        delegate!(self.delete(id))
+    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
+        delegate!(self.delete(id, expected))
     }
 }
 
@@ -184,12 +219,17 @@ impl Products {
         delegate!(self.create(new))
     }
 
-    pub async fn update(&self, id: Uuid, changes: ProductChanges) -> Result<Product, RepoError> {
-        delegate!(self.update(id, changes))
+    pub async fn update(
+        &self,
+        id: Uuid,
+        changes: ProductChanges,
+        expected: Option<&[i64]>,
+    ) -> Result<Product, RepoError> {
+        delegate!(self.update(id, changes, expected))
     }
 
-    pub async fn delete(&self, id: Uuid) -> Result<(), RepoError> {
-        delegate!(self.delete(id))
+    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
+        delegate!(self.delete(id, expected))
     }
 
     pub async fn forget(&self, ids: impl IntoIterator<Item = Uuid>) {
@@ -221,7 +261,57 @@ impl Orders {
         delegate!(self.list_for_user(user_id, filter, request))
     }
 
-    pub async fn transition(&self, id: Uuid, to: OrderStatus) -> Result<Order, RepoError> {
-        delegate!(self.transition(id, to))
+    pub async fn transition(
+        &self,
+        id: Uuid,
+        to: OrderStatus,
+        expected: Option<&[i64]>,
+    ) -> Result<Order, RepoError> {
+        delegate!(self.transition(id, to, expected))
+    }
+}
+
+#[derive(Clone)]
+pub enum Sessions {
+    Sql(crate::repo::SessionRepo),
+    Mongo(mongo::SessionRepo),
+}
+
+impl Sessions {
+    pub async fn create(
+        &self,
+        token_hash: String,
+        user_id: Uuid,
+        expires_at: DateTime<FixedOffset>,
+    ) -> Result<(), RepoError> {
+        delegate!(self.create(token_hash, user_id, expires_at))
+    }
+
+    pub async fn find(&self, token_hash: &str) -> Result<Option<Session>, RepoError> {
+        delegate!(self.find(token_hash))
+    }
+
+    pub async fn revoke(&self, token_hash: &str) -> Result<(), RepoError> {
+        delegate!(self.revoke(token_hash))
+    }
+
+    pub async fn failures(
+        &self,
+        subjects: &[String],
+        since: DateTime<FixedOffset>,
+    ) -> Result<Vec<Failures>, RepoError> {
+        delegate!(self.failures(subjects, since))
+    }
+
+    pub async fn record_failure(
+        &self,
+        subjects: &[String],
+        forget_before: DateTime<FixedOffset>,
+    ) -> Result<(), RepoError> {
+        delegate!(self.record_failure(subjects, forget_before))
+    }
+
+    pub async fn clear_failures(&self, subject: &str) -> Result<(), RepoError> {
+        delegate!(self.clear_failures(subject))
     }
 }

@@ -9,6 +9,7 @@ mod orders;
 pub mod page;
 mod products;
 pub mod schema;
+mod sessions;
 mod users;
 pub mod watch;
 
@@ -30,6 +31,7 @@ use crate::repo::RepoError;
 
 pub use orders::OrderRepo;
 pub use products::ProductRepo;
+pub use sessions::SessionRepo;
 pub use users::UserRepo;
 
 /// The database used when the URL names none (`mongodb://host:27017/`).

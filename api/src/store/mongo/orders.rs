@@ -101,6 +101,7 @@ fn order_from(doc: &Document) -> Result<Order, RepoError> {
             total_cents: read_i64(doc, "total_cents")?,
             created_at: read_time(doc, "created_at")?,
             updated_at: read_time(doc, "updated_at")?,
+            version: read_i64(doc, "version")?,
         },
         items,
     })
@@ -208,6 +209,7 @@ impl OrderRepo {
             total_cents: total,
             created_at: now,
             updated_at: now,
+            version: 1,
         };
         let item_docs: Vec<Bson> = items
             .iter()
@@ -415,7 +417,14 @@ impl OrderRepo {
 
     /// Moves an order along the transition table; cancelling gives the stock back in the same
     /// transaction.
-    pub async fn transition(&self, id: Uuid, to: OrderStatus) -> Result<Order, RepoError> {
+    /// With `expected`, only when the order's version is one of those (`If-Match`), checked in
+    /// the transaction that writes it.
+    pub async fn transition(
+        &self,
+        id: Uuid,
+        to: OrderStatus,
+        expected: Option<&[i64]>,
+    ) -> Result<Order, RepoError> {
         // An order's items never change, so the documents a cancellation writes are known
         // before it starts: it queues with the orders that write them.
         let current = self.get(id).await?;
@@ -427,7 +436,7 @@ impl OrderRepo {
         let order = self
             .retrying(|| async {
                 let mut session = self.mongo.begin().await?;
-                let outcome = self.transition_in(&mut session, id, to).await;
+                let outcome = self.transition_in(&mut session, id, to, expected).await;
                 settle(&mut session, outcome).await
             })
             .await;
@@ -445,6 +454,7 @@ impl OrderRepo {
         session: &mut ClientSession,
         id: Uuid,
         to: OrderStatus,
+        expected: Option<&[i64]>,
     ) -> Result<Order, RepoError> {
         let orders = self.mongo.collection(ORDERS);
         let current = orders
@@ -454,6 +464,9 @@ impl OrderRepo {
             .await?
             .ok_or(RepoError::not_found(Resource::Order, id))?;
         let current = order_from(&current)?;
+        if expected.is_some_and(|versions| !versions.contains(&current.order.version)) {
+            return Err(RepoError::PreconditionFailed);
+        }
         let from = OrderStatus::from_db(&current.order.status)
             .ok_or_else(|| malformed("status"))?;
         if !from.can_move_to(to) {

@@ -32,6 +32,7 @@ pub fn product_from(doc: &Document) -> Result<Product, RepoError> {
         stock: read_i32(doc, "stock")?,
         created_at: read_time(doc, "created_at")?,
         updated_at: read_time(doc, "updated_at")?,
+        version: read_i64(doc, "version")?,
     })
 }
 
@@ -123,6 +124,7 @@ impl ProductRepo {
             stock: new.stock.get(),
             created_at: now,
             updated_at: now,
+            version: 1,
         };
         self.mongo
             .collection(PRODUCTS)
@@ -142,9 +144,24 @@ impl ProductRepo {
         Ok(product)
     }
 
-    pub async fn update(&self, id: Uuid, changes: ProductChanges) -> Result<Product, RepoError> {
+    /// Changes the fields sent; `version` goes up with every write. With `expected`, only when
+    /// the stored version is one of those (`If-Match`), checked in the writing update.
+    pub async fn update(
+        &self,
+        id: Uuid,
+        changes: ProductChanges,
+        expected: Option<&[i64]>,
+    ) -> Result<Product, RepoError> {
         if changes.name.is_none() && changes.price.is_none() && changes.stock.is_none() {
-            return self.get(id).await;
+            let product = self.get(id).await?;
+            if expected.is_some_and(|versions| !versions.contains(&product.version)) {
+                return Err(RepoError::PreconditionFailed);
+            }
+            return Ok(product);
+        }
+        let mut filter = doc! {"_id": document::id(id)};
+        if let Some(versions) = expected {
+            filter.insert("version", doc! {"$in": versions});
         }
         let mut set = doc! {"updated_at": document::time(document::now())};
         page::set_if(&mut set, "name", changes.name.map(|name| name.into_string()));
@@ -157,23 +174,24 @@ impl ProductRepo {
         let updated = self
             .mongo
             .collection(PRODUCTS)
-            .find_one_and_update(
-                doc! {"_id": document::id(id)},
-                doc! {"$set": set, "$inc": {"version": 1_i64}},
-            )
+            .find_one_and_update(filter, doc! {"$set": set, "$inc": {"version": 1_i64}})
             .return_document(ReturnDocument::After)
             .max_time(self.mongo.max_time)
             .await;
         self.cache.invalidate(id).await;
         match updated? {
             Some(doc) => product_from(&doc),
-            None => Err(RepoError::not_found(Resource::Product, id)),
+            // Either it is gone, or its version is not the one expected.
+            None => match self.by_id.load(id).await? {
+                Some(_) => Err(RepoError::PreconditionFailed),
+                None => Err(RepoError::not_found(Resource::Product, id)),
+            },
         }
     }
 
     /// A product that was ever ordered stays. The check and the delete run in one transaction
     /// that conflicts with any order taking the product's stock meanwhile.
-    pub async fn delete(&self, id: Uuid) -> Result<(), RepoError> {
+    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
         let retries = &self.metrics.transaction_retries;
         let outcome = with_retry(RetryPolicy::default(), |_| retries.inc(), || async {
             let mut session = self.mongo.begin().await?;
@@ -185,6 +203,10 @@ impl ProductRepo {
                     .session(&mut session)
                     .await?
                     .ok_or(RepoError::not_found(Resource::Product, id))?;
+                let version = read_i64(&product, "version")?;
+                if expected.is_some_and(|versions| !versions.contains(&version)) {
+                    return Err(RepoError::PreconditionFailed);
+                }
                 if read_flag(&product, ORDERED) {
                     return Err(RepoError::Conflict(Conflict::ProductHasOrders));
                 }

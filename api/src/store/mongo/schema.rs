@@ -24,6 +24,7 @@ pub const PRODUCTS: &str = "products";
 pub const ORDERS: &str = "orders";
 pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
 pub const SESSIONS: &str = "sessions";
+pub const LOGIN_FAILURES: &str = "login_failures";
 /// One document per applied migration: `{_id: version, name, applied_at}`.
 pub const MIGRATIONS: &str = "schema_migrations";
 /// At most one document, `{_id: "lock", owner, expires_at}`, while an instance migrates.
@@ -73,6 +74,11 @@ const MIGRATIONS_LIST: &[Migration] = &[
         version: 5,
         name: "create_sessions",
         apply: |db| Box::pin(create_sessions(db)),
+    },
+    Migration {
+        version: 6,
+        name: "create_login_failures",
+        apply: |db| Box::pin(create_login_failures(db)),
     },
 ];
 
@@ -264,6 +270,7 @@ async fn create_users(db: &Database) -> mongodb::error::Result<()> {
             "email",
             "password_hash",
             "status",
+            "role",
             "version",
             "created_at",
             "updated_at",
@@ -405,6 +412,26 @@ async fn create_sessions(db: &Database) -> mongodb::error::Result<()> {
             expiring(doc! {"expires_at": 1}, "sessions_expiry", Duration::ZERO),
             index(doc! {"user_id": 1}, "sessions_user_id"),
         ])
+        .await
+        .map(drop)
+}
+
+/// Failed logins, by hashed subject (an email or a client address): counted within a window.
+async fn create_login_failures(db: &Database) -> mongodb::error::Result<()> {
+    let schema = required(
+        &["_id", "subject", "failed_at"],
+        doc! {
+            "_id": {"bsonType": "binData"},
+            "subject": {"bsonType": "string"},
+            "failed_at": {"bsonType": "date"},
+        },
+    );
+    collection(db, LOGIN_FAILURES, schema).await?;
+    db.collection::<Document>(LOGIN_FAILURES)
+        .create_indexes([index(
+            doc! {"subject": 1, "failed_at": 1},
+            "login_failures_subject_failed_at",
+        )])
         .await
         .map(drop)
 }

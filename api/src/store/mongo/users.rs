@@ -10,12 +10,12 @@ use sea_orm::DbErr;
 use uuid::Uuid;
 
 use super::error::on_duplicate;
-use super::document::{self, read_flag, read_id, read_str, read_time};
-use super::schema::USERS;
+use super::document::{self, read_flag, read_i64, read_id, read_str, read_time};
+use super::schema::{SESSIONS, USERS};
 use super::{Mongo, page, settle};
 use crate::cache::EntityCache;
 use crate::db::{RetryPolicy, with_retry};
-use crate::domain::{Email, UserStatus};
+use crate::domain::{Email, PasswordHash, UserName, UserRole, UserStatus};
 use crate::metrics::Metrics;
 use crate::repo::batch::{self, Batcher};
 use crate::repo::users::{NewUser, User, UserChanges, UserFilter};
@@ -29,11 +29,17 @@ fn user_from(doc: &Document) -> Result<User, RepoError> {
     let status = UserStatus::from_db(&status).ok_or_else(|| {
         RepoError::Internal(DbErr::Type(format!("unknown user status {status:?}")))
     })?;
+    let role = read_str(doc, "role")?;
+    let role = UserRole::from_db(&role).ok_or_else(|| {
+        RepoError::Internal(DbErr::Type(format!("unknown user role {role:?}")))
+    })?;
     Ok(User {
         id: read_id(doc, "_id")?,
         name: read_str(doc, "name")?,
         email: read_str(doc, "email")?,
         status,
+        role,
+        version: read_i64(doc, "version")?,
         created_at: read_time(doc, "created_at")?,
         updated_at: read_time(doc, "updated_at")?,
     })
@@ -101,6 +107,24 @@ impl UserRepo {
             .transpose()
     }
 
+    /// The user with this email and their stored password hash, for a login.
+    pub async fn credentials(
+        &self,
+        email: &Email,
+    ) -> Result<Option<(User, PasswordHash)>, RepoError> {
+        let Some(doc) = self
+            .mongo
+            .collection(USERS)
+            .find_one(doc! {"email": email.as_str()})
+            .max_time(self.mongo.max_time)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let hash = PasswordHash::from_stored(read_str(&doc, "password_hash")?);
+        Ok(Some((user_from(&doc)?, hash)))
+    }
+
     pub async fn list(
         &self,
         filter: UserFilter,
@@ -134,6 +158,8 @@ impl UserRepo {
             name: new.name.into_string(),
             email: new.email.into_string(),
             status: new.status,
+            role: new.role,
+            version: 1,
             created_at: now,
             updated_at: now,
         };
@@ -145,6 +171,7 @@ impl UserRepo {
                 "email": &user.email,
                 "password_hash": new.password.into_string(),
                 "status": user.status.as_str(),
+                "role": user.role.as_str(),
                 "version": 1_i64,
                 "created_at": document::time(now),
                 "updated_at": document::time(now),
@@ -155,11 +182,26 @@ impl UserRepo {
         Ok(user)
     }
 
-    /// Changes the fields sent; `updated_at` moves whenever any is. No fields: the user as is.
-    pub async fn update(&self, id: Uuid, changes: UserChanges) -> Result<User, RepoError> {
+    /// Changes the fields sent; `updated_at` moves and `version` goes up whenever any is. No
+    /// fields: the user as is. With `expected`, only when the stored version is one of those
+    /// (`If-Match`), checked in the writing update. A new password, status or role ends the
+    /// user's sessions (but the one changing its own password) in the same transaction.
+    pub async fn update(
+        &self,
+        id: Uuid,
+        changes: UserChanges,
+        expected: Option<&[i64]>,
+    ) -> Result<User, RepoError> {
         if changes.is_empty() {
-            return self.get(id).await;
+            let user = self.get(id).await?;
+            if expected.is_some_and(|versions| !versions.contains(&user.version)) {
+                return Err(RepoError::PreconditionFailed);
+            }
+            return Ok(user);
         }
+        let revokes =
+            changes.password.is_some() || changes.status.is_some() || changes.role.is_some();
+        let keep = changes.keep_session.clone();
         let mut set = doc! {"updated_at": document::time(document::now())};
         page::set_if(&mut set, "name", changes.name.map(|name| name.into_string()));
         page::set_if(&mut set, "email", changes.email.map(Email::into_string));
@@ -169,28 +211,63 @@ impl UserRepo {
             changes.password.map(|hash| hash.into_string()),
         );
         page::set_if(&mut set, "status", changes.status.map(UserStatus::as_str));
-        let updated = self
-            .mongo
-            .collection(USERS)
-            .find_one_and_update(
-                doc! {"_id": document::id(id)},
-                doc! {"$set": set, "$inc": {"version": 1_i64}},
-            )
-            .return_document(ReturnDocument::After)
-            .max_time(self.mongo.max_time)
+        page::set_if(&mut set, "role", changes.role.map(UserRole::as_str));
+        let mut filter = doc! {"_id": document::id(id)};
+        if let Some(versions) = expected {
+            filter.insert("version", doc! {"$in": versions});
+        }
+        let update = doc! {"$set": set, "$inc": {"version": 1_i64}};
+        let retries = &self.metrics.transaction_retries;
+        let outcome = with_retry(RetryPolicy::default(), |_| retries.inc(), || async {
+            let mut session = self.mongo.begin().await?;
+            let users = self.mongo.collection(USERS);
+            let attempt = async {
+                let updated = users
+                    .find_one_and_update(filter.clone(), update.clone())
+                    .return_document(ReturnDocument::After)
+                    .max_time(self.mongo.max_time)
+                    .session(&mut session)
+                    .await?;
+                let Some(updated) = updated else {
+                    let exists = users
+                        .find_one(doc! {"_id": document::id(id)})
+                        .projection(doc! {"_id": 1})
+                        .session(&mut session)
+                        .await?
+                        .is_some();
+                    return Err(if exists {
+                        RepoError::PreconditionFailed
+                    } else {
+                        RepoError::not_found(Resource::User, id)
+                    });
+                };
+                if revokes {
+                    let mut sessions = doc! {"user_id": document::id(id)};
+                    if let Some(keep) = &keep {
+                        sessions.insert("_id", doc! {"$ne": keep});
+                    }
+                    self.mongo
+                        .collection(SESSIONS)
+                        .delete_many(sessions)
+                        .session(&mut session)
+                        .await?;
+                }
+                user_from(&updated)
+            }
             .await;
+            settle(&mut session, attempt).await
+        })
+        .await;
         // Whatever the outcome, a cached copy may be stale now.
         self.cache.invalidate(id).await;
-        match updated? {
-            Some(doc) => user_from(&doc),
-            None => Err(RepoError::not_found(Resource::User, id)),
-        }
+        outcome
     }
 
-    /// Orders are records: a user who has any, even cancelled ones, stays. The check and the
-    /// delete run in one transaction that conflicts with any order placed for the user
-    /// meanwhile (placing one writes the user's document), so neither can miss the other.
-    pub async fn delete(&self, id: Uuid) -> Result<(), RepoError> {
+    /// Orders are records: a user who has any, even cancelled ones, stays; their sessions end
+    /// with them. The check and the delete run in one transaction that conflicts with any order
+    /// placed for the user meanwhile (placing one writes the user's document), so neither can
+    /// miss the other.
+    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
         let retries = &self.metrics.transaction_retries;
         let outcome = with_retry(RetryPolicy::default(), |_| retries.inc(), || async {
             let mut session = self.mongo.begin().await?;
@@ -202,11 +279,20 @@ impl UserRepo {
                     .session(&mut session)
                     .await?
                     .ok_or(RepoError::not_found(Resource::User, id))?;
+                let version = read_i64(&user, "version")?;
+                if expected.is_some_and(|versions| !versions.contains(&version)) {
+                    return Err(RepoError::PreconditionFailed);
+                }
                 if read_flag(&user, HAS_ORDERS) {
                     return Err(RepoError::Conflict(Conflict::UserHasOrders));
                 }
                 users
                     .delete_one(doc! {"_id": document::id(id)})
+                    .session(&mut session)
+                    .await?;
+                self.mongo
+                    .collection(SESSIONS)
+                    .delete_many(doc! {"user_id": document::id(id)})
                     .session(&mut session)
                     .await?;
                 Ok(())
@@ -217,5 +303,44 @@ impl UserRepo {
         .await;
         self.cache.invalidate(id).await;
         outcome
+    }
+
+    /// Makes sure the account `email` exists with role admin: created with `password` when
+    /// absent, promoted (password untouched) when present. Several instances starting at once
+    /// may race to create it; the loser finds it and promotes it.
+    pub async fn ensure_admin<F, Fut>(&self, email: &Email, password: F) -> Result<User, RepoError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<PasswordHash, RepoError>>,
+    {
+        for _ in 0..3 {
+            if let Some(user) = self.find_by_email(email).await? {
+                if user.role == UserRole::Admin {
+                    return Ok(user);
+                }
+                let promote = UserChanges {
+                    role: Some(UserRole::Admin),
+                    ..Default::default()
+                };
+                return self.update(user.id, promote, None).await;
+            }
+            let created = self
+                .create(NewUser {
+                    name: UserName::parse("Administrator")
+                        .map_err(|why| RepoError::Internal(DbErr::Custom(why)))?,
+                    email: email.clone(),
+                    password: password().await?,
+                    status: UserStatus::Active,
+                    role: UserRole::Admin,
+                })
+                .await;
+            match created {
+                Err(RepoError::Conflict(Conflict::EmailTaken)) => continue,
+                other => return other,
+            }
+        }
+        Err(RepoError::Internal(DbErr::Custom(
+            "the admin account kept changing while it was being made sure of".into(),
+        )))
     }
 }

@@ -1,0 +1,137 @@
+//! Conditional requests (RFC 9110 §13): strong `ETag`s from each resource's `version`,
+//! `If-None-Match` on reads (304) and `If-Match` on writes (412 unless current).
+
+/// The strong entity tag of a resource at `version`.
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// The versions an `If-Match` header accepts: `None` for no header or `*` (the write applies to
+/// whatever exists); otherwise the versions it names — possibly none of ours, so nothing matches.
+pub fn if_match(header: Option<&str>) -> Option<Vec<i64>> {
+    let header = header?.trim();
+    if header == "*" {
+        return None;
+    }
+    Some(
+        header
+            .split(',')
+            .filter_map(|tag| version_of(tag.trim(), false))
+            .collect(),
+    )
+}
+
+/// Whether `If-None-Match` names the current version (weak comparison, as RFC 9110 asks for GET).
+pub fn none_match(header: Option<&str>, version: i64) -> bool {
+    let Some(header) = header.map(str::trim) else {
+        return false;
+    };
+    header == "*"
+        || header
+            .split(',')
+            .filter_map(|tag| version_of(tag.trim(), true))
+            .any(|named| named == version)
+}
+
+/// The version an entity tag names, if it is one of ours. A weak tag never matches strongly.
+fn version_of(tag: &str, weak_allowed: bool) -> Option<i64> {
+    let tag = match tag.strip_prefix("W/") {
+        Some(weak) if weak_allowed => weak,
+        Some(_) => return None,
+        None => tag,
+    };
+    tag.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_names_versions_or_anything() {
+        assert_eq!(if_match(None), None);
+        assert_eq!(if_match(Some("*")), None);
+        assert_eq!(if_match(Some("\"3\"")), Some(vec![3]));
+        assert_eq!(if_match(Some("\"3\", \"5\"")), Some(vec![3, 5]));
+        // Weak tags and foreign tags match nothing: the write must be refused, not applied.
+        assert_eq!(if_match(Some("W/\"3\"")), Some(vec![]));
+        assert_eq!(if_match(Some("\"abc\"")), Some(vec![]));
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly_and_takes_lists_and_star() {
+        assert!(none_match(Some("\"4\""), 4));
+        assert!(none_match(Some("W/\"4\""), 4));
+        assert!(none_match(Some("\"1\", \"4\""), 4));
+        assert!(none_match(Some("*"), 4));
+        assert!(!none_match(Some("\"3\""), 4));
+        assert!(!none_match(None, 4));
+        assert_eq!(etag(4), "\"4\"");
+    }
+}
+
+/// The responses of a single-resource operation, each carrying the resource's `ETag`: `$read`
+/// (200, or 304 for a matching `If-None-Match`), `$written` (200 after a PATCH) and `$created`
+/// (201 with `Location`).
+macro_rules! resource_responses {
+    ($read:ident, $written:ident, $created:ident, $dto:ty) => {
+        #[derive(poem_openapi::ApiResponse)]
+        pub enum $read {
+            /// The current representation.
+            #[oai(status = 200)]
+            Ok(
+                poem_openapi::payload::Json<$dto>,
+                /// Strong; changes whenever the resource does.
+                #[oai(header = "ETag")]
+                String,
+            ),
+            /// `If-None-Match` names the current version: the copy the client has is current.
+            #[oai(status = 304)]
+            NotModified(
+                /// The current version's tag.
+                #[oai(header = "ETag")]
+                String,
+            ),
+        }
+
+        impl $read {
+            /// 304 when `if_none_match` names `version`, else the representation.
+            pub fn of(version: i64, if_none_match: Option<&str>, dto: impl FnOnce() -> $dto) -> Self {
+                let tag = $crate::http::conditional::etag(version);
+                if $crate::http::conditional::none_match(if_none_match, version) {
+                    Self::NotModified(tag)
+                } else {
+                    Self::Ok(poem_openapi::payload::Json(dto()), tag)
+                }
+            }
+        }
+
+        #[derive(poem_openapi::ApiResponse)]
+        pub enum $written {
+            /// The resource as it now is.
+            #[oai(status = 200)]
+            Ok(
+                poem_openapi::payload::Json<$dto>,
+                /// The new version's tag.
+                #[oai(header = "ETag")]
+                String,
+            ),
+        }
+
+        #[derive(poem_openapi::ApiResponse)]
+        pub enum $created {
+            /// Created.
+            #[oai(status = 201)]
+            Created(
+                poem_openapi::payload::Json<$dto>,
+                /// The new resource's URL.
+                #[oai(header = "Location")]
+                String,
+                /// The new resource's tag.
+                #[oai(header = "ETag")]
+                String,
+            ),
+        }
+    };
+}
+pub(crate) use resource_responses;
