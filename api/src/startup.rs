@@ -130,6 +130,7 @@ async fn listen_to_peers(state: &Arc<AppState>) -> Option<tokio::task::JoinHandl
         let caches = mongo::watch::Caches {
             users: state.user_cache.clone(),
             products: state.product_cache.clone(),
+            sessions: state.session_cache.clone(),
         };
         return Some(mongo::watch::start(mongo.clone(), caches).await);
     }

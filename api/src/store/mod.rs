@@ -116,14 +116,13 @@ impl Repositories {
             Engine::Mongo(m) => {
                 let products = mongo::ProductRepo::new(m.clone(), product_cache, metrics.clone());
                 let orders = mongo::OrderRepo::new(m.clone(), products.clone(), metrics.clone());
-                // Sessions are read from the database on every request: a revocation then holds
-                // on every instance the moment it commits, with no cache to reach.
-                drop(session_cache);
+                let users =
+                    mongo::UserRepo::new(m.clone(), user_cache, session_cache.clone(), metrics);
                 Self {
-                    users: Users::Mongo(mongo::UserRepo::new(m.clone(), user_cache, metrics)),
+                    users: Users::Mongo(users),
                     products: Products::Mongo(products),
                     orders: Orders::Mongo(orders),
-                    sessions: Sessions::Mongo(mongo::SessionRepo::new(m.clone())),
+                    sessions: Sessions::Mongo(mongo::SessionRepo::new(m.clone(), session_cache)),
                 }
             }
         }

@@ -1,7 +1,9 @@
 //! Sessions (bearer tokens, kept only as hashes: the hash is the `_id`) and failed logins on
-//! MongoDB. A session is read from the database on every request rather than cached, so a
-//! revocation holds on every instance from the moment it commits; the TTL index removes expired
-//! sessions, and a lookup refuses one that has expired but not yet been removed.
+//! MongoDB. Sessions are read through the shared cache like SQL's; a revocation evicts here at
+//! once and on other instances through the change stream (see `watch`). The TTL index removes
+//! expired sessions, and a lookup refuses one that has expired but not yet been removed.
+
+use std::sync::Arc;
 
 use bson::{Document, doc};
 use chrono::{DateTime, FixedOffset};
@@ -14,16 +16,19 @@ use super::document::{self, read_id, read_str, read_time};
 use super::schema::{LOGIN_FAILURES, SESSIONS, USERS};
 use crate::domain::UserRole;
 use crate::repo::RepoError;
-use crate::repo::sessions::{Failures, Session};
+use crate::cache::EntityCache;
+use crate::repo::sessions::{Failures, Session, cache_key};
+use crate::repo::{RepoError as Error, Resource};
 
 #[derive(Clone)]
 pub struct SessionRepo {
     mongo: Mongo,
+    cache: Arc<EntityCache<Session>>,
 }
 
 impl SessionRepo {
-    pub fn new(mongo: Mongo) -> Self {
-        Self { mongo }
+    pub fn new(mongo: Mongo, cache: Arc<EntityCache<Session>>) -> Self {
+        Self { mongo, cache }
     }
 
     pub async fn create(
@@ -44,9 +49,27 @@ impl SessionRepo {
         Ok(())
     }
 
-    /// The live session with this token hash and its user's role; expired and unknown sessions
-    /// (and those of a deleted user) are `None`.
+    /// The live session with this token hash, read through the cache (concurrent requests with
+    /// one token share a single load). Expired and unknown sessions (and those of a deleted
+    /// user) are `None`.
     pub async fn find(&self, token_hash: &str) -> Result<Option<Session>, RepoError> {
+        let loaded = self
+            .cache
+            .get_or_load(cache_key(token_hash), || self.load(token_hash))
+            .await;
+        match loaded {
+            Ok(session)
+                if session.token_hash == token_hash && session.expires_at > document::now() =>
+            {
+                Ok(Some(Session::clone(&session)))
+            }
+            Ok(_) | Err(Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn load(&self, token_hash: &str) -> Result<Session, RepoError> {
+        let unknown = || Error::not_found(Resource::User, cache_key(token_hash));
         let Some(session) = self
             .mongo
             .collection(SESSIONS)
@@ -54,12 +77,9 @@ impl SessionRepo {
             .max_time(self.mongo.max_time)
             .await?
         else {
-            return Ok(None);
+            return Err(unknown());
         };
         let expires_at = read_time(&session, "expires_at")?;
-        if expires_at <= document::now() {
-            return Ok(None);
-        }
         let user_id = read_id(&session, "user_id")?;
         let Some(user) = self
             .mongo
@@ -69,18 +89,18 @@ impl SessionRepo {
             .max_time(self.mongo.max_time)
             .await?
         else {
-            return Ok(None);
+            return Err(unknown());
         };
         let role = read_str(&user, "role")?;
         let role = UserRole::from_db(&role).ok_or_else(|| {
             RepoError::Internal(DbErr::Type(format!("unknown user role {role:?}")))
         })?;
-        Ok(Some(Session {
+        Ok(Session {
             token_hash: token_hash.to_owned(),
             user_id,
             role,
             expires_at,
-        }))
+        })
     }
 
     pub async fn revoke(&self, token_hash: &str) -> Result<(), RepoError> {
@@ -88,6 +108,7 @@ impl SessionRepo {
             .collection(SESSIONS)
             .delete_one(doc! {"_id": token_hash})
             .await?;
+        self.cache.invalidate(cache_key(token_hash)).await;
         Ok(())
     }
 

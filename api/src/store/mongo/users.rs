@@ -18,6 +18,7 @@ use crate::db::{RetryPolicy, with_retry};
 use crate::domain::{Email, PasswordHash, UserName, UserRole, UserStatus};
 use crate::metrics::Metrics;
 use crate::repo::batch::{self, Batcher};
+use crate::repo::sessions::{Session, cache_key};
 use crate::repo::users::{NewUser, User, UserChanges, UserFilter};
 use crate::repo::{Conflict, PageOf, PageRequest, RepoError, Resource};
 
@@ -62,12 +63,18 @@ async fn load_users(mongo: Mongo, ids: Vec<Uuid>) -> Result<HashMap<Uuid, User>,
 pub struct UserRepo {
     mongo: Mongo,
     cache: Arc<EntityCache<User>>,
+    sessions: Arc<EntityCache<Session>>,
     by_id: Batcher<Uuid, User, RepoError>,
     metrics: Arc<Metrics>,
 }
 
 impl UserRepo {
-    pub fn new(mongo: Mongo, cache: Arc<EntityCache<User>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        mongo: Mongo,
+        cache: Arc<EntityCache<User>>,
+        sessions: Arc<EntityCache<Session>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let by_id = {
             let mongo = mongo.clone();
             Batcher::new(batch::MAX_KEYS, batch::MAX_IN_FLIGHT, move |ids| {
@@ -77,6 +84,7 @@ impl UserRepo {
         Self {
             mongo,
             cache,
+            sessions,
             by_id,
             metrics,
         }
@@ -241,18 +249,12 @@ impl UserRepo {
                         RepoError::not_found(Resource::User, id)
                     });
                 };
-                if revokes {
-                    let mut sessions = doc! {"user_id": document::id(id)};
-                    if let Some(keep) = &keep {
-                        sessions.insert("_id", doc! {"$ne": keep});
-                    }
-                    self.mongo
-                        .collection(SESSIONS)
-                        .delete_many(sessions)
-                        .session(&mut session)
-                        .await?;
-                }
-                user_from(&updated)
+                let revoked = if revokes {
+                    self.revoke_sessions(&mut session, id, keep.as_deref()).await?
+                } else {
+                    Vec::new()
+                };
+                Ok((user_from(&updated)?, revoked))
             }
             .await;
             settle(&mut session, attempt).await
@@ -260,7 +262,42 @@ impl UserRepo {
         .await;
         // Whatever the outcome, a cached copy may be stale now.
         self.cache.invalidate(id).await;
-        outcome
+        let (user, revoked) = outcome?;
+        self.forget_sessions(&revoked).await;
+        Ok(user)
+    }
+
+    /// Deletes `user_id`'s sessions but `keep` inside the transaction; their hashes, to be
+    /// evicted once it has committed.
+    async fn revoke_sessions(
+        &self,
+        session: &mut mongodb::ClientSession,
+        user_id: Uuid,
+        keep: Option<&str>,
+    ) -> Result<Vec<String>, RepoError> {
+        let mut filter = doc! {"user_id": document::id(user_id)};
+        if let Some(keep) = keep {
+            filter.insert("_id", doc! {"$ne": keep});
+        }
+        let sessions = self.mongo.collection(SESSIONS);
+        let mut cursor = sessions
+            .find(filter.clone())
+            .projection(doc! {"_id": 1})
+            .session(&mut *session)
+            .await?;
+        let found: Vec<Document> = cursor.stream(&mut *session).try_collect().await?;
+        let hashes = found
+            .iter()
+            .filter_map(|doc| doc.get_str("_id").ok().map(str::to_owned))
+            .collect();
+        sessions.delete_many(filter).session(&mut *session).await?;
+        Ok(hashes)
+    }
+
+    async fn forget_sessions(&self, hashes: &[String]) {
+        for hash in hashes {
+            self.sessions.invalidate(cache_key(hash)).await;
+        }
     }
 
     /// Orders are records: a user who has any, even cancelled ones, stays; their sessions end
@@ -290,19 +327,15 @@ impl UserRepo {
                     .delete_one(doc! {"_id": document::id(id)})
                     .session(&mut session)
                     .await?;
-                self.mongo
-                    .collection(SESSIONS)
-                    .delete_many(doc! {"user_id": document::id(id)})
-                    .session(&mut session)
-                    .await?;
-                Ok(())
+                self.revoke_sessions(&mut session, id, None).await
             }
             .await;
             settle(&mut session, attempt).await
         })
         .await;
         self.cache.invalidate(id).await;
-        outcome
+        self.forget_sessions(&outcome?).await;
+        Ok(())
     }
 
     /// Makes sure the account `email` exists with role admin: created with `password` when

@@ -16,9 +16,10 @@ use mongodb::change_stream::event::{ChangeStreamEvent, OperationType};
 
 use super::Mongo;
 use super::document::read_id;
-use super::schema::{PRODUCTS, USERS};
+use super::schema::{PRODUCTS, SESSIONS, USERS};
 use crate::cache::EntityCache;
 use crate::repo::products::Product;
+use crate::repo::sessions::{Session, cache_key};
 use crate::repo::users::User;
 
 type Events = ChangeStream<ChangeStreamEvent<bson::Document>>;
@@ -27,11 +28,28 @@ type Events = ChangeStream<ChangeStreamEvent<bson::Document>>;
 pub struct Caches {
     pub users: Arc<EntityCache<User>>,
     pub products: Arc<EntityCache<Product>>,
+    pub sessions: Arc<EntityCache<Session>>,
 }
 
 impl Caches {
     async fn evict(&self, event: &ChangeStreamEvent<bson::Document>) {
         let collection = event.ns.as_ref().and_then(|ns| ns.coll.as_deref());
+        // A new session was cached nowhere; nothing to evict.
+        if collection == Some(SESSIONS) && event.operation_type == OperationType::Insert {
+            return;
+        }
+        // Sessions are keyed by their token's hash: a revocation evicts it.
+        if collection == Some(SESSIONS) {
+            let hash = event
+                .document_key
+                .as_ref()
+                .and_then(|key| key.get_str("_id").ok());
+            match hash {
+                Some(hash) => self.sessions.invalidate(cache_key(hash)).await,
+                None => self.sessions.clear(),
+            }
+            return;
+        }
         let id = event
             .document_key
             .as_ref()
@@ -57,16 +75,19 @@ impl Caches {
     fn clear(&self) {
         self.users.clear();
         self.products.clear();
+        self.sessions.clear();
     }
 
     fn suspend(&self) {
         self.users.suspend();
         self.products.suspend();
+        self.sessions.suspend();
     }
 
     fn resume(&self) {
         self.users.resume();
         self.products.resume();
+        self.sessions.resume();
     }
 }
 
@@ -74,7 +95,7 @@ async fn open(mongo: &Mongo) -> mongodb::error::Result<Events> {
     mongo
         .watcher()
         .watch()
-        .pipeline([doc! {"$match": {"ns.coll": {"$in": [USERS, PRODUCTS]}}}])
+        .pipeline([doc! {"$match": {"ns.coll": {"$in": [USERS, PRODUCTS, SESSIONS]}}}])
         .await
 }
 
