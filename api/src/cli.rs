@@ -93,7 +93,11 @@ async fn print_status(db: &Engine) -> Result<(), String> {
         }
         Engine::Mongo(mongo) => {
             for migration in schema::status(mongo).await.map_err(|err| err.to_string())? {
-                let state = if migration.applied { "applied" } else { "pending" };
+                let state = if migration.applied {
+                    "applied"
+                } else {
+                    "pending"
+                };
                 println!("{state}  {:03}_{}", migration.version, migration.name);
             }
         }

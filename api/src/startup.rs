@@ -161,7 +161,9 @@ async fn ensure_admin(state: &AppState) -> Result<(), StartupError> {
             .hasher
             .hash(admin.password.clone())
             .await
-            .map_err(|err| crate::repo::RepoError::Internal(sea_orm::DbErr::Custom(err.to_string())))
+            .map_err(|err| {
+                crate::repo::RepoError::Internal(sea_orm::DbErr::Custom(err.to_string()))
+            })
     };
     let user = state
         .users

@@ -184,7 +184,10 @@ impl TestDb {
                 .await
                 .expect("read the hash")
                 .expect("one user");
-            return user.get_str("password_hash").expect("a text hash").to_owned();
+            return user
+                .get_str("password_hash")
+                .expect("a text hash")
+                .to_owned();
         }
         let conn = self.connect().await;
         let row = conn
@@ -373,7 +376,10 @@ impl TestApp {
         assert_eq!(login.status().as_u16(), 201, "the admin logs in");
         let session: Value = login.json().await.expect("a session");
         let admin_token = session["token"].as_str().expect("a token").to_owned();
-        let admin_id = session["user"]["id"].as_str().expect("a user id").to_owned();
+        let admin_id = session["user"]["id"]
+            .as_str()
+            .expect("a user id")
+            .to_owned();
         Self {
             addr,
             base,
@@ -393,9 +399,11 @@ impl TestApp {
     /// Signs up a customer and logs them in.
     pub async fn sign_up(&self, name: &str, email: &str) -> Customer {
         let reply = self
-            .send(self.anonymous.post(self.url("/v1/users")).json(
-                &json!({"name": name, "email": email, "password": USER_PASSWORD}),
-            ))
+            .send(
+                self.anonymous
+                    .post(self.url("/v1/users"))
+                    .json(&json!({"name": name, "email": email, "password": USER_PASSWORD})),
+            )
             .await;
         let user = reply.expect(201);
         let token = self.log_in(email, USER_PASSWORD).await;

@@ -246,3 +246,8 @@ async fn two_instances_on_postgres_stay_coherent() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reads_of_different_users_share_queries_on_mongo() {
+    concurrent_reads_of_different_users_share_queries(Backend::Mongo).await;
+}

@@ -89,7 +89,10 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiEr
 
 /// The caller of a request that may be anonymous (sign-up): a present but invalid token is still
 /// a 401, not silently anonymous.
-pub async fn optional_caller(state: &AppState, request: &Request) -> Result<Option<Caller>, ApiError> {
+pub async fn optional_caller(
+    state: &AppState,
+    request: &Request,
+) -> Result<Option<Caller>, ApiError> {
     let Some(header) = request.headers().get(poem::http::header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -115,12 +118,12 @@ pub async fn optional_caller(state: &AppState, request: &Request) -> Result<Opti
 pub struct BearerAuth(pub Caller);
 
 async fn check_bearer(request: &Request, bearer: Bearer) -> poem::Result<Caller> {
-    let state = request
-        .data::<Arc<AppState>>()
-        .ok_or_else(|| poem::Error::from(ApiError::Internal {
+    let state = request.data::<Arc<AppState>>().ok_or_else(|| {
+        poem::Error::from(ApiError::Internal {
             failure: None,
             detail: "application state missing from the request".to_owned(),
-        }))?;
+        })
+    })?;
     authenticate(state, &bearer.token)
         .await
         .map_err(poem::Error::from)

@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::AuthConfig;
 use crate::http::error::ApiError;
-use crate::store::Sessions;
 use crate::repo::sessions::Failures;
+use crate::store::Sessions;
 
 /// What one login attempt counts against.
 pub struct Subjects {
@@ -47,8 +47,12 @@ pub async fn check(
     let now = crate::repo::now();
     let since = window_start(config, now);
     let counts = repo.failures(&subjects.all(), since).await?;
-    let limits = std::iter::once(config.max_failures_per_email)
-        .chain(subjects.address.as_ref().map(|_| config.max_failures_per_address));
+    let limits = std::iter::once(config.max_failures_per_email).chain(
+        subjects
+            .address
+            .as_ref()
+            .map(|_| config.max_failures_per_address),
+    );
     let retry_after = counts
         .iter()
         .zip(limits)

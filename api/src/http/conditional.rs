@@ -96,7 +96,11 @@ macro_rules! resource_responses {
 
         impl $read {
             /// 304 when `if_none_match` names `version`, else the representation.
-            pub fn of(version: i64, if_none_match: Option<&str>, dto: impl FnOnce() -> $dto) -> Self {
+            pub fn of(
+                version: i64,
+                if_none_match: Option<&str>,
+                dto: impl FnOnce() -> $dto,
+            ) -> Self {
                 let tag = $crate::http::conditional::etag(version);
                 if $crate::http::conditional::none_match(if_none_match, version) {
                     Self::NotModified(tag)

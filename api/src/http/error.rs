@@ -510,7 +510,9 @@ fn problem_response(status: u16) -> MetaResponse {
         }
         403 => "The caller's role may not do this (`forbidden`)",
         412 => "`If-Match` names a version that is no longer current (`precondition_failed`)",
-        429 => "Too many failed logins for this email or from this address (`too_many_attempts`); see `Retry-After`",
+        429 => {
+            "Too many failed logins for this email or from this address (`too_many_attempts`); see `Retry-After`"
+        }
         404 => "The resource, or a resource it references, does not exist (`not_found`)",
         409 => "The request conflicts with the current state",
         413 => "The body exceeds the size limit (`payload_too_large`)",

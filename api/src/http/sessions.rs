@@ -86,11 +86,9 @@ impl SessionsApi {
         };
         throttle::succeeded(&state.sessions, &subjects).await?;
         if user.status != UserStatus::Active {
-            return Err(ApiError::Forbidden(format!(
-                "the account is {}",
-                user.status.as_str()
-            ))
-            .into());
+            return Err(
+                ApiError::Forbidden(format!("the account is {}", user.status.as_str())).into(),
+            );
         }
         let token = auth::new_token()?;
         let expires_at = auth::expiry(state);

@@ -114,14 +114,18 @@ fn document_consistency(document: &mut Value) {
         };
         for (method, operation) in operations.iter_mut() {
             if method == "get" {
-                let parameters = operation
-                    .as_object_mut()
-                    .map(|operation| operation.entry("parameters").or_insert_with(|| Value::Array(Vec::new())));
+                let parameters = operation.as_object_mut().map(|operation| {
+                    operation
+                        .entry("parameters")
+                        .or_insert_with(|| Value::Array(Vec::new()))
+                });
                 if let Some(Value::Array(parameters)) = parameters {
                     parameters.push(parameter.clone());
                 }
             }
-            let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut)
+            let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
             else {
                 continue;
             };

@@ -12,8 +12,7 @@ use uuid::Uuid;
 use super::body::{JsonBody, present};
 use super::conditional::{self, resource_responses};
 use super::error::{
-    ApiError, DeleteFailures, Failure, ListFailures, ReadFailures, SignUpFailures,
-    UpdateFailures,
+    ApiError, DeleteFailures, Failure, ListFailures, ReadFailures, SignUpFailures, UpdateFailures,
 };
 use super::pagination::{page_of, page_request};
 use super::timestamp::Timestamp;
@@ -167,9 +166,11 @@ impl UsersApi {
     ) -> Result<UserRead, Failure<ReadFailures>> {
         access::see_user(&auth.0, id.0)?;
         let user = self.0.users.get(id.0).await?;
-        Ok(UserRead::of(user.version, if_none_match.0.as_deref(), || {
-            user.into()
-        }))
+        Ok(UserRead::of(
+            user.version,
+            if_none_match.0.as_deref(),
+            || user.into(),
+        ))
     }
 
     /// List users, newest first (admins)
@@ -300,7 +301,10 @@ impl UsersApi {
         if self.0.hasher.verify(&hash, current).await? {
             Ok(())
         } else {
-            Err(ApiError::validation("current_password", "is not the current password"))
+            Err(ApiError::validation(
+                "current_password",
+                "is not the current password",
+            ))
         }
     }
 }

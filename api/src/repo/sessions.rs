@@ -119,7 +119,9 @@ impl SessionRepo {
             .get_or_load(cache_key(token_hash), || self.load(token_hash.to_owned()))
             .await;
         match loaded {
-            Ok(session) if session.token_hash == token_hash && session.expires_at > super::now() => {
+            Ok(session)
+                if session.token_hash == token_hash && session.expires_at > super::now() =>
+            {
                 Ok(Some(Session::clone(&session)))
             }
             Ok(_) | Err(RepoError::NotFound { .. }) => Ok(None),
@@ -184,12 +186,13 @@ impl SessionRepo {
         Ok(subjects
             .iter()
             .map(|subject| {
-                rows.iter()
-                    .filter(|row| &row.subject == subject)
-                    .fold(Failures::default(), |acc, row| Failures {
+                rows.iter().filter(|row| &row.subject == subject).fold(
+                    Failures::default(),
+                    |acc, row| Failures {
                         count: acc.count + 1,
                         oldest: Some(acc.oldest.map_or(row.failed_at, |o| o.min(row.failed_at))),
-                    })
+                    },
+                )
             })
             .collect())
     }

@@ -13,9 +13,9 @@ use uuid::Uuid;
 use super::batch::{self, Batcher};
 use super::error::{Conflict, OnViolation, RepoError, Resource};
 use super::page::{self, CursorKey, Indexed, ListOrder, PageOf, PageRequest};
+use super::sessions::{self, Session};
 use crate::cache::EntityCache;
 use crate::cache::peers::{self, Topic};
-use super::sessions::{self, Session};
 use crate::domain::{Email, PasswordHash, UserName, UserRole, UserStatus};
 
 /// A user as the service shows it: the stored row without its password hash, which never leaves
@@ -270,7 +270,10 @@ impl UserRepo {
         let keep = changes.keep_session.clone();
         let mut update = users::Entity::update_many()
             .col_expr(users::Column::UpdatedAt, Expr::value(super::now()))
-            .col_expr(users::Column::Version, Expr::col(users::Column::Version).add(1))
+            .col_expr(
+                users::Column::Version,
+                Expr::col(users::Column::Version).add(1),
+            )
             .filter(users::Column::Id.eq(id));
         if let Some(name) = changes.name {
             update = update.col_expr(users::Column::Name, Expr::value(name.into_string()));
@@ -365,9 +368,8 @@ impl UserRepo {
             }
             let created = self
                 .create(NewUser {
-                    name: UserName::parse("Administrator").map_err(|why| {
-                        RepoError::Internal(DbErr::Custom(why))
-                    })?,
+                    name: UserName::parse("Administrator")
+                        .map_err(|why| RepoError::Internal(DbErr::Custom(why)))?,
                     email: email.clone(),
                     password: password().await?,
                     status: UserStatus::Active,

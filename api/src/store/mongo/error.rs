@@ -68,7 +68,8 @@ pub fn on_duplicate(err: Error, field: &str, conflict: Conflict) -> RepoError {
 
 /// Whether `err` is a write conflict (another transaction wrote the document first).
 pub fn is_write_conflict(err: &Error) -> bool {
-    server_code(err) == Some(code::WRITE_CONFLICT) || err.contains_label(TRANSIENT_TRANSACTION_ERROR)
+    server_code(err) == Some(code::WRITE_CONFLICT)
+        || err.contains_label(TRANSIENT_TRANSACTION_ERROR)
 }
 
 /// A short description for logs: the server's code name, or the driver's error kind — never the

@@ -125,21 +125,23 @@ impl Mongo {
         // Selecting a server is the connect step an operation waits on when none answers.
         options.server_selection_timeout = Some(config.connect_timeout);
         options.max_idle_time = Some(config.idle_timeout);
-        options.app_name.get_or_insert_with(|| "storefront".to_owned());
+        options
+            .app_name
+            .get_or_insert_with(|| "storefront".to_owned());
         let mut watch_options = options.clone();
         watch_options.max_pool_size = Some(1);
         watch_options.min_pool_size = None;
         let pool = Arc::new(PoolGauge::default());
         let gauge = Arc::clone(&pool);
-        options.cmap_event_handler = Some(EventHandler::callback(move |event| {
-            gauge.observe(event)
-        }));
+        options.cmap_event_handler =
+            Some(EventHandler::callback(move |event| gauge.observe(event)));
         options.command_event_handler = Some(EventHandler::callback(move |event| {
             if matches!(event, CommandEvent::Started(_)) {
                 queries.inc();
             }
         }));
-        let client = Client::with_options(options).map_err(|err| unreachable(error::describe(&err)))?;
+        let client =
+            Client::with_options(options).map_err(|err| unreachable(error::describe(&err)))?;
         let db = client
             .default_database()
             .unwrap_or_else(|| client.database(DEFAULT_DATABASE));
@@ -194,7 +196,12 @@ impl Mongo {
     /// Ends every connection; later operations fail.
     pub async fn close(&self) {
         self.client.clone().shutdown().immediate(true).await;
-        self.watcher.client().clone().shutdown().immediate(true).await;
+        self.watcher
+            .client()
+            .clone()
+            .shutdown()
+            .immediate(true)
+            .await;
     }
 
     pub fn database(&self) -> &Database {

@@ -193,7 +193,8 @@ impl OrderRepo {
             }
             self.take_stock(session, line.product_id, line.quantity, now)
                 .await?;
-            total = total.saturating_add(product.price_cents.saturating_mul(i64::from(line.quantity)));
+            total =
+                total.saturating_add(product.price_cents.saturating_mul(i64::from(line.quantity)));
             items.push(order_items::Model {
                 order_id,
                 product_id: line.product_id,
@@ -409,7 +410,11 @@ impl OrderRepo {
         )
         .await?;
         Ok(PageOf {
-            items: page.items.iter().map(order_from).collect::<Result<_, _>>()?,
+            items: page
+                .items
+                .iter()
+                .map(order_from)
+                .collect::<Result<_, _>>()?,
             total: page.total,
             next: page.next,
         })
@@ -430,7 +435,12 @@ impl OrderRepo {
         let current = self.get(id).await?;
         let mut keys = vec![format!("order:{id}")];
         if to == OrderStatus::Cancelled {
-            keys.extend(current.items.iter().map(|item| product_key(item.product_id)));
+            keys.extend(
+                current
+                    .items
+                    .iter()
+                    .map(|item| product_key(item.product_id)),
+            );
         }
         let held = self.locks.lock(keys).await;
         let order = self
@@ -467,8 +477,8 @@ impl OrderRepo {
         if expected.is_some_and(|versions| !versions.contains(&current.order.version)) {
             return Err(RepoError::PreconditionFailed);
         }
-        let from = OrderStatus::from_db(&current.order.status)
-            .ok_or_else(|| malformed("status"))?;
+        let from =
+            OrderStatus::from_db(&current.order.status).ok_or_else(|| malformed("status"))?;
         if !from.can_move_to(to) {
             return Err(RepoError::Conflict(Conflict::InvalidTransition {
                 from: from.as_str(),

@@ -31,7 +31,7 @@ pub fn older_than(after: CursorKey) -> Document {
         return doc! {"created_at": {"$lt": document::time(first)}};
     }
     let at = document::time(after.created_at);
-    if after.created_at.nanosecond() % 1_000_000 != 0 {
+    if !after.created_at.nanosecond().is_multiple_of(1_000_000) {
         return doc! {"created_at": {"$lte": at}};
     }
     doc! {

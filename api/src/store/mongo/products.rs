@@ -8,8 +8,8 @@ use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
 use uuid::Uuid;
 
-use super::error::on_duplicate;
 use super::document::{self, read_flag, read_i32, read_i64, read_id, read_str, read_time};
+use super::error::on_duplicate;
 use super::schema::PRODUCTS;
 use super::{Mongo, page, settle};
 use crate::cache::EntityCache;
@@ -36,10 +36,7 @@ pub fn product_from(doc: &Document) -> Result<Product, RepoError> {
     })
 }
 
-async fn load_products(
-    mongo: Mongo,
-    ids: Vec<Uuid>,
-) -> Result<HashMap<Uuid, Product>, RepoError> {
+async fn load_products(mongo: Mongo, ids: Vec<Uuid>) -> Result<HashMap<Uuid, Product>, RepoError> {
     let docs: Vec<Document> = mongo
         .collection(PRODUCTS)
         .find(doc! {"_id": {"$in": document::ids(ids)}})
@@ -108,7 +105,11 @@ impl ProductRepo {
         )
         .await?;
         Ok(PageOf {
-            items: page.items.iter().map(product_from).collect::<Result<_, _>>()?,
+            items: page
+                .items
+                .iter()
+                .map(product_from)
+                .collect::<Result<_, _>>()?,
             total: page.total,
             next: page.next,
         })
@@ -164,8 +165,16 @@ impl ProductRepo {
             filter.insert("version", doc! {"$in": versions});
         }
         let mut set = doc! {"updated_at": document::time(document::now())};
-        page::set_if(&mut set, "name", changes.name.map(|name| name.into_string()));
-        page::set_if(&mut set, "price_cents", changes.price.map(|price| price.get()));
+        page::set_if(
+            &mut set,
+            "name",
+            changes.name.map(|name| name.into_string()),
+        );
+        page::set_if(
+            &mut set,
+            "price_cents",
+            changes.price.map(|price| price.get()),
+        );
         page::set_if(
             &mut set,
             "stock",
@@ -193,32 +202,36 @@ impl ProductRepo {
     /// that conflicts with any order taking the product's stock meanwhile.
     pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
         let retries = &self.metrics.transaction_retries;
-        let outcome = with_retry(RetryPolicy::default(), |_| retries.inc(), || async {
-            let mut session = self.mongo.begin().await?;
-            let products = self.mongo.collection(PRODUCTS);
-            let attempt = async {
-                let product = products
-                    .find_one(doc! {"_id": document::id(id)})
-                    .max_time(self.mongo.max_time)
-                    .session(&mut session)
-                    .await?
-                    .ok_or(RepoError::not_found(Resource::Product, id))?;
-                let version = read_i64(&product, "version")?;
-                if expected.is_some_and(|versions| !versions.contains(&version)) {
-                    return Err(RepoError::PreconditionFailed);
+        let outcome = with_retry(
+            RetryPolicy::default(),
+            |_| retries.inc(),
+            || async {
+                let mut session = self.mongo.begin().await?;
+                let products = self.mongo.collection(PRODUCTS);
+                let attempt = async {
+                    let product = products
+                        .find_one(doc! {"_id": document::id(id)})
+                        .max_time(self.mongo.max_time)
+                        .session(&mut session)
+                        .await?
+                        .ok_or(RepoError::not_found(Resource::Product, id))?;
+                    let version = read_i64(&product, "version")?;
+                    if expected.is_some_and(|versions| !versions.contains(&version)) {
+                        return Err(RepoError::PreconditionFailed);
+                    }
+                    if read_flag(&product, ORDERED) {
+                        return Err(RepoError::Conflict(Conflict::ProductHasOrders));
+                    }
+                    products
+                        .delete_one(doc! {"_id": document::id(id)})
+                        .session(&mut session)
+                        .await?;
+                    Ok(())
                 }
-                if read_flag(&product, ORDERED) {
-                    return Err(RepoError::Conflict(Conflict::ProductHasOrders));
-                }
-                products
-                    .delete_one(doc! {"_id": document::id(id)})
-                    .session(&mut session)
-                    .await?;
-                Ok(())
-            }
-            .await;
-            settle(&mut session, attempt).await
-        })
+                .await;
+                settle(&mut session, attempt).await
+            },
+        )
         .await;
         self.cache.invalidate(id).await;
         outcome

@@ -147,10 +147,12 @@ async fn apply_pending(db: &Database) -> Result<Vec<&'static str>, SchemaError> 
         if applied.contains(&migration.version) {
             continue;
         }
-        (migration.apply)(db).await.map_err(|err| SchemaError::Step {
-            name: migration.name,
-            reason: describe(&err),
-        })?;
+        (migration.apply)(db)
+            .await
+            .map_err(|err| SchemaError::Step {
+                name: migration.name,
+                reason: describe(&err),
+            })?;
         db.collection::<Document>(MIGRATIONS)
             .insert_one(doc! {
                 "_id": migration.version,
@@ -213,11 +215,10 @@ async fn collection(db: &Database, name: &str, schema: Document) -> mongodb::err
         .await
     {
         Ok(()) => Ok(()),
-        Err(err) if server_code(&err) == Some(NAMESPACE_EXISTS) => {
-            db.run_command(doc! {"collMod": name, "validator": validator})
-                .await
-                .map(drop)
-        }
+        Err(err) if server_code(&err) == Some(NAMESPACE_EXISTS) => db
+            .run_command(doc! {"collMod": name, "validator": validator})
+            .await
+            .map(drop),
         Err(err) => Err(err),
     }
 }
@@ -292,7 +293,10 @@ async fn create_users(db: &Database) -> mongodb::error::Result<()> {
     db.collection::<Document>(USERS)
         .create_indexes([
             unique(doc! {"email": 1}, "users_email_key"),
-            index(doc! {"status": 1, "created_at": -1}, "users_status_created_at"),
+            index(
+                doc! {"status": 1, "created_at": -1},
+                "users_status_created_at",
+            ),
             index(doc! {"created_at": -1, "_id": -1}, "users_created_at_id"),
         ])
         .await

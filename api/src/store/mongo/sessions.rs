@@ -14,9 +14,9 @@ use uuid::Uuid;
 use super::Mongo;
 use super::document::{self, read_id, read_str, read_time};
 use super::schema::{LOGIN_FAILURES, SESSIONS, USERS};
+use crate::cache::EntityCache;
 use crate::domain::UserRole;
 use crate::repo::RepoError;
-use crate::cache::EntityCache;
 use crate::repo::sessions::{Failures, Session, cache_key};
 use crate::repo::{RepoError as Error, Resource};
 

@@ -9,8 +9,8 @@ use mongodb::options::ReturnDocument;
 use sea_orm::DbErr;
 use uuid::Uuid;
 
-use super::error::on_duplicate;
 use super::document::{self, read_flag, read_i64, read_id, read_str, read_time};
+use super::error::on_duplicate;
 use super::schema::{SESSIONS, USERS};
 use super::{Mongo, page, settle};
 use crate::cache::EntityCache;
@@ -31,9 +31,8 @@ fn user_from(doc: &Document) -> Result<User, RepoError> {
         RepoError::Internal(DbErr::Type(format!("unknown user status {status:?}")))
     })?;
     let role = read_str(doc, "role")?;
-    let role = UserRole::from_db(&role).ok_or_else(|| {
-        RepoError::Internal(DbErr::Type(format!("unknown user role {role:?}")))
-    })?;
+    let role = UserRole::from_db(&role)
+        .ok_or_else(|| RepoError::Internal(DbErr::Type(format!("unknown user role {role:?}"))))?;
     Ok(User {
         id: read_id(doc, "_id")?,
         name: read_str(doc, "name")?,
@@ -211,7 +210,11 @@ impl UserRepo {
             changes.password.is_some() || changes.status.is_some() || changes.role.is_some();
         let keep = changes.keep_session.clone();
         let mut set = doc! {"updated_at": document::time(document::now())};
-        page::set_if(&mut set, "name", changes.name.map(|name| name.into_string()));
+        page::set_if(
+            &mut set,
+            "name",
+            changes.name.map(|name| name.into_string()),
+        );
         page::set_if(&mut set, "email", changes.email.map(Email::into_string));
         page::set_if(
             &mut set,
@@ -226,39 +229,44 @@ impl UserRepo {
         }
         let update = doc! {"$set": set, "$inc": {"version": 1_i64}};
         let retries = &self.metrics.transaction_retries;
-        let outcome = with_retry(RetryPolicy::default(), |_| retries.inc(), || async {
-            let mut session = self.mongo.begin().await?;
-            let users = self.mongo.collection(USERS);
-            let attempt = async {
-                let updated = users
-                    .find_one_and_update(filter.clone(), update.clone())
-                    .return_document(ReturnDocument::After)
-                    .max_time(self.mongo.max_time)
-                    .session(&mut session)
-                    .await?;
-                let Some(updated) = updated else {
-                    let exists = users
-                        .find_one(doc! {"_id": document::id(id)})
-                        .projection(doc! {"_id": 1})
+        let outcome = with_retry(
+            RetryPolicy::default(),
+            |_| retries.inc(),
+            || async {
+                let mut session = self.mongo.begin().await?;
+                let users = self.mongo.collection(USERS);
+                let attempt = async {
+                    let updated = users
+                        .find_one_and_update(filter.clone(), update.clone())
+                        .return_document(ReturnDocument::After)
+                        .max_time(self.mongo.max_time)
                         .session(&mut session)
-                        .await?
-                        .is_some();
-                    return Err(if exists {
-                        RepoError::PreconditionFailed
+                        .await?;
+                    let Some(updated) = updated else {
+                        let exists = users
+                            .find_one(doc! {"_id": document::id(id)})
+                            .projection(doc! {"_id": 1})
+                            .session(&mut session)
+                            .await?
+                            .is_some();
+                        return Err(if exists {
+                            RepoError::PreconditionFailed
+                        } else {
+                            RepoError::not_found(Resource::User, id)
+                        });
+                    };
+                    let revoked = if revokes {
+                        self.revoke_sessions(&mut session, id, keep.as_deref())
+                            .await?
                     } else {
-                        RepoError::not_found(Resource::User, id)
-                    });
-                };
-                let revoked = if revokes {
-                    self.revoke_sessions(&mut session, id, keep.as_deref()).await?
-                } else {
-                    Vec::new()
-                };
-                Ok((user_from(&updated)?, revoked))
-            }
-            .await;
-            settle(&mut session, attempt).await
-        })
+                        Vec::new()
+                    };
+                    Ok((user_from(&updated)?, revoked))
+                }
+                .await;
+                settle(&mut session, attempt).await
+            },
+        )
         .await;
         // Whatever the outcome, a cached copy may be stale now.
         self.cache.invalidate(id).await;
@@ -306,32 +314,36 @@ impl UserRepo {
     /// miss the other.
     pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
         let retries = &self.metrics.transaction_retries;
-        let outcome = with_retry(RetryPolicy::default(), |_| retries.inc(), || async {
-            let mut session = self.mongo.begin().await?;
-            let users = self.mongo.collection(USERS);
-            let attempt = async {
-                let user = users
-                    .find_one(doc! {"_id": document::id(id)})
-                    .max_time(self.mongo.max_time)
-                    .session(&mut session)
-                    .await?
-                    .ok_or(RepoError::not_found(Resource::User, id))?;
-                let version = read_i64(&user, "version")?;
-                if expected.is_some_and(|versions| !versions.contains(&version)) {
-                    return Err(RepoError::PreconditionFailed);
+        let outcome = with_retry(
+            RetryPolicy::default(),
+            |_| retries.inc(),
+            || async {
+                let mut session = self.mongo.begin().await?;
+                let users = self.mongo.collection(USERS);
+                let attempt = async {
+                    let user = users
+                        .find_one(doc! {"_id": document::id(id)})
+                        .max_time(self.mongo.max_time)
+                        .session(&mut session)
+                        .await?
+                        .ok_or(RepoError::not_found(Resource::User, id))?;
+                    let version = read_i64(&user, "version")?;
+                    if expected.is_some_and(|versions| !versions.contains(&version)) {
+                        return Err(RepoError::PreconditionFailed);
+                    }
+                    if read_flag(&user, HAS_ORDERS) {
+                        return Err(RepoError::Conflict(Conflict::UserHasOrders));
+                    }
+                    users
+                        .delete_one(doc! {"_id": document::id(id)})
+                        .session(&mut session)
+                        .await?;
+                    self.revoke_sessions(&mut session, id, None).await
                 }
-                if read_flag(&user, HAS_ORDERS) {
-                    return Err(RepoError::Conflict(Conflict::UserHasOrders));
-                }
-                users
-                    .delete_one(doc! {"_id": document::id(id)})
-                    .session(&mut session)
-                    .await?;
-                self.revoke_sessions(&mut session, id, None).await
-            }
-            .await;
-            settle(&mut session, attempt).await
-        })
+                .await;
+                settle(&mut session, attempt).await
+            },
+        )
         .await;
         self.cache.invalidate(id).await;
         self.forget_sessions(&outcome?).await;
