@@ -68,38 +68,47 @@ impl SessionRepo {
         }
     }
 
+    /// The session and its user's role in one round trip.
     async fn load(&self, token_hash: &str) -> Result<Session, RepoError> {
         let unknown = || Error::not_found(Resource::User, cache_key(token_hash));
-        let Some(session) = self
+        let pipeline = [
+            doc! {"$match": {"_id": token_hash}},
+            doc! {"$lookup": {
+                "from": USERS,
+                "localField": "user_id",
+                "foreignField": "_id",
+                "as": "user",
+            }},
+            doc! {"$project": {"user_id": 1, "expires_at": 1, "user.role": 1}},
+        ];
+        let found: Vec<Document> = self
             .mongo
             .collection(SESSIONS)
-            .find_one(doc! {"_id": token_hash})
+            .aggregate(pipeline)
             .max_time(self.mongo.max_time)
             .await?
+            .try_collect()
+            .await?;
+        let Some(session) = found.first() else {
+            return Err(unknown());
+        };
+        let Some(user) = session
+            .get_array("user")
+            .ok()
+            .and_then(|users| users.first())
+            .and_then(|user| user.as_document())
         else {
             return Err(unknown());
         };
-        let expires_at = read_time(&session, "expires_at")?;
-        let user_id = read_id(&session, "user_id")?;
-        let Some(user) = self
-            .mongo
-            .collection(USERS)
-            .find_one(doc! {"_id": document::id(user_id)})
-            .projection(doc! {"role": 1})
-            .max_time(self.mongo.max_time)
-            .await?
-        else {
-            return Err(unknown());
-        };
-        let role = read_str(&user, "role")?;
+        let role = read_str(user, "role")?;
         let role = UserRole::from_db(&role).ok_or_else(|| {
             RepoError::Internal(DbErr::Type(format!("unknown user role {role:?}")))
         })?;
         Ok(Session {
             token_hash: token_hash.to_owned(),
-            user_id,
+            user_id: read_id(session, "user_id")?,
             role,
-            expires_at,
+            expires_at: read_time(session, "expires_at")?,
         })
     }
 
