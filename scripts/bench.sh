@@ -526,7 +526,8 @@ start_server() {
   shift 2
   SERVER_DB=${url##*/}
   SERVER_DB=${SERVER_DB%%\?*}
-  local vars=(DATABASE_URL="$url" HOST=127.0.0.1 PORT="$PORT")
+  local vars=(DATABASE_URL="$url" HOST=127.0.0.1 PORT="$PORT"
+    ADMIN_EMAIL=bench-admin@storefront.test ADMIN_PASSWORD=bench-admin-password)
   [ -z "${RUST_LOG:-}" ] || vars+=(RUST_LOG="$RUST_LOG")
   vars+=("$@")
   note_cmd "$(show env "${vars[@]}" target/release/api) > \$OUT/server-$name.log 2>&1 &"
@@ -542,6 +543,11 @@ start_server() {
     [ $tries -lt 600 ] || die "the server did not become ready in 60 s"
     sleep 0.1
   done
+  # Every protected route is read as the admin: the wrk scripts send BENCH_TOKEN (common.lua).
+  BENCH_TOKEN=$(curl -fsS -XPOST "$BASE_URL/v1/sessions" -H 'content-type: application/json' \
+    -d '{"email":"bench-admin@storefront.test","password":"bench-admin-password"}' |
+    sed 's/.*"token":"\([^"]*\)".*/\1/')
+  export BENCH_TOKEN
 }
 
 # server_memory KEY: records KEY_hwm_kb (peak RSS so far) and KEY_rss_kb (current RSS).

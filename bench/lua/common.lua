@@ -10,6 +10,12 @@
 
 local common = {}
 
+-- Protected routes need a bearer token; scripts/bench.sh logs in as an admin and exports it.
+local token = os.getenv("BENCH_TOKEN")
+if token and token ~= "" then
+  wrk.headers["Authorization"] = "Bearer " .. token
+end
+
 local threads = {}
 local next_tid = 0
 

@@ -331,6 +331,17 @@ impl Reply {
         body
     }
 
+    /// Asserts the status and an empty body (204, 304).
+    #[track_caller]
+    pub fn expect_empty(&self, status: u16) {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        assert!(self.text.is_empty(), "a body with {status}: {}", self.text);
+    }
+
     /// Asserts the status and returns the JSON body.
     #[track_caller]
     pub fn expect(&self, status: u16) -> Value {

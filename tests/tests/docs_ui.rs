@@ -60,6 +60,8 @@ async fn swagger_ui_lists_every_operation_offline() {
         let dom = String::from_utf8_lossy(&dump.stdout);
         // Swagger UI gives each rendered operation the element id `operations-<tag>-<operationId>`.
         for operation in [
+            "operations-Sessions-login",
+            "operations-Sessions-logout",
             "operations-Users-createUser",
             "operations-Users-getUser",
             "operations-Users-listUsers",
@@ -94,6 +96,53 @@ async fn swagger_ui_lists_every_operation_offline() {
             String::from_utf8_lossy(&shot.stderr)
         );
         assert!(artifacts.join("docs.png").exists());
+    })
+    .await;
+}
+
+/// The directory of the Swagger UI driver (`tests/ui`, its packages installed by `npm ci`).
+fn ui_driver() -> Option<PathBuf> {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/ui"));
+    dir.join("node_modules/playwright-core")
+        .exists()
+        .then_some(dir)
+}
+
+/// Runs the driver against `/docs` and returns the status Swagger UI shows for `getUser`.
+async fn status_shown(app: &TestApp, token: &str, browser: &std::path::Path) -> String {
+    let dir = ui_driver().expect("the UI driver");
+    let output = tokio::process::Command::new("node")
+        .arg(dir.join("authorize.mjs"))
+        .arg(app.url("/docs"))
+        .arg(token)
+        .arg(&app.admin_id)
+        .env("CHROMIUM", browser)
+        .output()
+        .await
+        .expect("run node");
+    assert!(
+        output.status.success(),
+        "the UI driver failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Swagger UI's Authorize button works: with the token entered there, "Try it out" on a protected
+/// operation gets a 200; without it, a 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swagger_ui_authorize_reaches_protected_operations() {
+    let (Some(browser), Some(_)) = (chromium(), ui_driver()) else {
+        assert!(
+            std::env::var("REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+            "chromium and the UI driver (npm ci in tests/ui) are required (REQUIRE_CHROMIUM=1)"
+        );
+        eprintln!("skipping: chromium or the UI driver (npm ci in tests/ui) is not installed");
+        return;
+    };
+    run(Backend::Sqlite, move |app: TestApp| async move {
+        assert_eq!(status_shown(&app, "", &browser).await, "401");
+        assert_eq!(status_shown(&app, &app.admin_token, &browser).await, "200");
     })
     .await;
 }

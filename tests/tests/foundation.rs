@@ -67,6 +67,24 @@ async fn migrations_round_trip_on_mysql() {
 }
 
 on_every_backend! {
+    async fn every_database_error_kind_is_counted_from_start_up(app) {
+        let metrics = app.get("/metrics").await.text;
+        for kind in [
+            "unique_violation",
+            "foreign_key_violation",
+            "check_violation",
+            "contention",
+            "statement_timeout",
+            "pool_exhausted",
+            "unavailable",
+            "missing_schema",
+            "other",
+        ] {
+            let series = format!("db_errors_total{{kind=\"{kind}\"}} 0");
+            assert!(metrics.contains(&series), "no {series} in {metrics}");
+        }
+    }
+
     async fn health_ready_and_documents_are_served(app) {
         assert_eq!(app.get("/health").await.status, 200);
         assert_eq!(app.get("/ready").await.status, 200);

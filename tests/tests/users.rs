@@ -879,23 +879,6 @@ fn base64_url(bytes: &[u8]) -> String {
     out
 }
 
-trait ExpectEmpty {
-    fn expect_empty(&self, status: u16);
-}
-
-impl ExpectEmpty for Reply {
-    /// Asserts the status of a response that has no body.
-    #[track_caller]
-    fn expect_empty(&self, status: u16) {
-        assert_eq!(
-            self.status, status,
-            "unexpected status; body: {}",
-            self.text
-        );
-        assert!(self.text.is_empty(), "unexpected body: {}", self.text);
-    }
-}
-
 /// Every node of an `EXPLAIN (FORMAT JSON)` plan.
 fn plan_nodes(plan: &Value) -> Vec<&Value> {
     let mut nodes = vec![plan];

@@ -34,6 +34,11 @@ pub struct EntityCache<V> {
     hasher: RandomState,
     /// Off while this instance cannot hear other instances' invalidations (see `peers`).
     suspended: AtomicBool,
+    /// On while a listener hears the invalidations all instances announce (see `peers`).
+    listening: AtomicBool,
+    /// Every instance's acknowledgement of an announced eviction (the key, the listener's name),
+    /// for writers that wait until theirs has gone round.
+    acknowledged: tokio::sync::broadcast::Sender<(Uuid, String)>,
     /// Page positions of the entity's listing, invalidated with the entries.
     listing: ListingIndex,
     counters: Counters,
@@ -74,6 +79,8 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
             generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             hasher: RandomState::new(),
             suspended: AtomicBool::new(false),
+            listening: AtomicBool::new(false),
+            acknowledged: tokio::sync::broadcast::channel(1024).0,
             listing: ListingIndex::new(name, config, Arc::clone(&metrics)),
             counters: Counters::new(name, &metrics),
             metrics,
@@ -159,6 +166,18 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
             .inc();
     }
 
+    /// An instance (`listener`) has evicted `id` after hearing it announced.
+    pub fn acknowledge(&self, id: Uuid, listener: String) {
+        let _ = self.acknowledged.send((id, listener));
+    }
+
+    /// Acknowledgements as they arrive — `None` unless this instance is listening (and so
+    /// hears them).
+    pub fn acknowledgements(&self) -> Option<tokio::sync::broadcast::Receiver<(Uuid, String)>> {
+        (self.listening.load(Ordering::Acquire) && !self.is_suspended())
+            .then(|| self.acknowledged.subscribe())
+    }
+
     /// Drops everything (e.g. when this instance may have missed invalidations).
     pub fn clear(&self) {
         self.listing.changed();
@@ -172,6 +191,7 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
 
     /// Reads bypass the cache, and it is emptied, until `resume`.
     pub fn suspend(&self) {
+        self.listening.store(false, Ordering::Release);
         self.suspended.store(true, Ordering::Release);
         self.clear();
     }
@@ -180,6 +200,7 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
     pub fn resume(&self) {
         self.clear();
         self.suspended.store(false, Ordering::Release);
+        self.listening.store(true, Ordering::Release);
     }
 
     /// A row was added: listings change, no entry does. Call after the insert committed.

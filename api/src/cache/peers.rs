@@ -71,20 +71,41 @@ pub struct Caches {
     pub sessions: Arc<EntityCache<Session>>,
 }
 
+/// What one message on the channel asks of a listener.
+enum Heard {
+    /// Nothing this instance must answer.
+    Done,
+    /// A session was revoked: every instance confirms it has evicted it (see `ack`).
+    SessionEvicted(Uuid),
+}
+
 impl Caches {
-    async fn evict(&self, payload: &str) {
+    async fn evict(&self, payload: &str) -> Heard {
+        if let Some(ack) = payload.strip_prefix("ack:") {
+            // `ack:<key>:<listener>`: another instance (or this one) has evicted a session.
+            if let Some((id, listener)) = ack.split_once(':')
+                && let Ok(id) = Uuid::parse_str(id)
+            {
+                self.sessions.acknowledge(id, listener.to_owned());
+            }
+            return Heard::Done;
+        }
         let Some((topic, id)) = payload.split_once(':') else {
-            return;
+            return Heard::Done;
         };
         let Ok(id) = Uuid::parse_str(id) else {
-            return;
+            return Heard::Done;
         };
         match topic {
             "users" => self.users.invalidate(id).await,
             "products" => self.products.invalidate(id).await,
-            "sessions" => self.sessions.invalidate(id).await,
+            "sessions" => {
+                self.sessions.invalidate(id).await;
+                return Heard::SessionEvicted(id);
+            }
             _ => {}
         }
+        Heard::Done
     }
 
     fn suspend(&self) {
@@ -127,7 +148,12 @@ pub async fn start_listener(
                     backoff = Duration::from_millis(50);
                     tracing::info!(channel = CHANNEL, "listening for cache invalidations");
                     while let Ok(Some(notification)) = listener.try_recv().await {
-                        caches.evict(notification.payload()).await;
+                        if let Heard::SessionEvicted(id) =
+                            caches.evict(notification.payload()).await
+                            && let Err(err) = acknowledge(&mut listener, id, &name).await
+                        {
+                            tracing::warn!(error = %err, "cannot acknowledge a session eviction");
+                        }
                     }
                     // The connection dropped: whatever was sent meanwhile is lost.
                     caches.suspend();
@@ -144,6 +170,43 @@ pub async fn start_listener(
         }
     })
 }
+
+/// Tells every instance (the revoking one waits for this) that this one has evicted session `id`.
+async fn acknowledge(
+    listener: &mut PgListener,
+    id: Uuid,
+    name: &str,
+) -> Result<(), sea_orm::sqlx::Error> {
+    sea_orm::sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(format!("ack:{id}:{name}"))
+        .execute(listener)
+        .await?;
+    Ok(())
+}
+
+/// How many instances listen on the channel of this database (each acknowledges a revocation).
+pub async fn listeners<C: ConnectionTrait>(conn: &C) -> Result<usize, DbErr> {
+    if conn.get_database_backend() != DbBackend::Postgres {
+        return Ok(0);
+    }
+    let statement = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name LIKE $1",
+        [format!("{LISTENER_PREFIX}%").into()],
+    );
+    let count = conn
+        .query_one_raw(statement)
+        .await?
+        .map(|row| row.try_get_by_index::<i64>(0))
+        .transpose()?
+        .unwrap_or(0);
+    Ok(usize::try_from(count).unwrap_or(0))
+}
+
+/// Every instance's listening connection is named `<LISTENER_PREFIX><uuid>`.
+pub const LISTENER_PREFIX: &str = "storefront-cache-";
 
 async fn listen(url: &str, name: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;

@@ -25,6 +25,20 @@ pub enum DbFailure {
 }
 
 impl DbFailure {
+    /// Every kind, so that `db_errors_total` shows each at 0 from start-up (an alert written as
+    /// `rate(db_errors_total[5m])` needs the series to exist before the first error).
+    pub const ALL: [DbFailure; 9] = [
+        Self::UniqueViolation,
+        Self::ForeignKeyViolation,
+        Self::CheckViolation,
+        Self::Contention,
+        Self::StatementTimeout,
+        Self::PoolExhausted,
+        Self::Unavailable,
+        Self::MissingSchema,
+        Self::Other,
+    ];
+
     /// The label used for `db_errors_total{kind}`.
     pub fn label(&self) -> &'static str {
         match self {

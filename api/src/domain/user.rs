@@ -3,9 +3,8 @@ use super::Text;
 /// 1–200 characters, trimmed.
 pub type UserName = Text<1, 200>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, poem_openapi::Enum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[oai(rename_all = "lowercase")]
 pub enum UserStatus {
     Active,
     Inactive,
@@ -32,9 +31,8 @@ impl UserStatus {
 }
 
 /// What a user may do: a customer acts on their own account and orders; an admin on everything.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, poem_openapi::Enum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[oai(rename_all = "lowercase")]
 pub enum UserRole {
     Customer,
     Admin,

@@ -43,33 +43,6 @@ fn version_of(tag: &str, weak_allowed: bool) -> Option<i64> {
     tag.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn if_match_names_versions_or_anything() {
-        assert_eq!(if_match(None), None);
-        assert_eq!(if_match(Some("*")), None);
-        assert_eq!(if_match(Some("\"3\"")), Some(vec![3]));
-        assert_eq!(if_match(Some("\"3\", \"5\"")), Some(vec![3, 5]));
-        // Weak tags and foreign tags match nothing: the write must be refused, not applied.
-        assert_eq!(if_match(Some("W/\"3\"")), Some(vec![]));
-        assert_eq!(if_match(Some("\"abc\"")), Some(vec![]));
-    }
-
-    #[test]
-    fn if_none_match_compares_weakly_and_takes_lists_and_star() {
-        assert!(none_match(Some("\"4\""), 4));
-        assert!(none_match(Some("W/\"4\""), 4));
-        assert!(none_match(Some("\"1\", \"4\""), 4));
-        assert!(none_match(Some("*"), 4));
-        assert!(!none_match(Some("\"3\""), 4));
-        assert!(!none_match(None, 4));
-        assert_eq!(etag(4), "\"4\"");
-    }
-}
-
 /// The responses of a single-resource operation, each carrying the resource's `ETag`: `$read`
 /// (200, or 304 for a matching `If-None-Match`), `$written` (200 after a PATCH) and `$created`
 /// (201 with `Location`).
@@ -139,3 +112,30 @@ macro_rules! resource_responses {
     };
 }
 pub(crate) use resource_responses;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_names_versions_or_anything() {
+        assert_eq!(if_match(None), None);
+        assert_eq!(if_match(Some("*")), None);
+        assert_eq!(if_match(Some("\"3\"")), Some(vec![3]));
+        assert_eq!(if_match(Some("\"3\", \"5\"")), Some(vec![3, 5]));
+        // Weak tags and foreign tags match nothing: the write must be refused, not applied.
+        assert_eq!(if_match(Some("W/\"3\"")), Some(vec![]));
+        assert_eq!(if_match(Some("\"abc\"")), Some(vec![]));
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly_and_takes_lists_and_star() {
+        assert!(none_match(Some("\"4\""), 4));
+        assert!(none_match(Some("W/\"4\""), 4));
+        assert!(none_match(Some("\"1\", \"4\""), 4));
+        assert!(none_match(Some("*"), 4));
+        assert!(!none_match(Some("\"3\""), 4));
+        assert!(!none_match(None, 4));
+        assert_eq!(etag(4), "\"4\"");
+    }
+}

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod conditional;
 mod consistency;
+mod enums;
 pub mod error;
 mod middleware;
 pub mod ops;
@@ -77,7 +78,11 @@ impl AppState {
             user_cache,
             product_cache,
             session_cache,
-            listener_name: format!("storefront-cache-{}", uuid::Uuid::now_v7().simple()),
+            listener_name: format!(
+                "{}{}",
+                crate::cache::peers::LISTENER_PREFIX,
+                uuid::Uuid::now_v7().simple()
+            ),
         }
     }
 }

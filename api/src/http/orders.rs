@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::body::{JsonBody, present};
 use super::conditional::{self, resource_responses};
+use super::enums::OrderStatusDto;
 use super::error::{
     ApiError, Failure, NestedListFailures, PlaceFailures, ReadFailures, UpdateFailures,
 };
@@ -40,7 +41,7 @@ pub struct OrderDto {
     #[oai(read_only)]
     pub id: Uuid,
     pub user_id: Uuid,
-    pub status: OrderStatus,
+    pub status: OrderStatusDto,
     pub total_cents: i64,
     /// One item per product, in product-id order.
     pub items: Vec<OrderItemDto>,
@@ -54,7 +55,9 @@ impl From<Order> for OrderDto {
             id: order.id,
             user_id: order.user_id,
             // Written only by this service from the same enum; an unknown value cannot occur.
-            status: OrderStatus::from_db(&order.status).unwrap_or(OrderStatus::Pending),
+            status: OrderStatus::from_db(&order.status)
+                .unwrap_or(OrderStatus::Pending)
+                .into(),
             total_cents: order.total_cents,
             items: items
                 .into_iter()
@@ -106,7 +109,7 @@ pub struct PlaceOrderRequest {
 #[oai(rename = "UpdateOrder")]
 pub struct UpdateOrderRequest {
     /// pending → paid → shipped; pending or paid → cancelled (which gives the stock back).
-    pub status: OrderStatus,
+    pub status: OrderStatusDto,
 }
 
 resource_responses!(OrderRead, OrderWritten, OrderPlaced, OrderDto);
@@ -217,7 +220,7 @@ impl OrdersApi {
         if_match: Header<Option<String>>,
         body: JsonBody<UpdateOrderRequest>,
     ) -> Result<OrderWritten, Failure<UpdateFailures>> {
-        let to = body.0.status;
+        let to = OrderStatus::from(body.0.status);
         let current = self.0.orders.get(id.0).await?;
         access::change_order(&auth.0, current.order.user_id, to)?;
         let expected = conditional::if_match(if_match.0.as_deref());
@@ -252,11 +255,13 @@ impl OrdersApi {
         /// Opaque cursor from `next_cursor` (keyset mode; not with `page`).
         cursor: Query<Option<String>>,
         /// Only orders with this status.
-        status: Query<Option<OrderStatus>>,
+        status: Query<Option<OrderStatusDto>>,
     ) -> Result<Json<OrderPage>, Failure<NestedListFailures>> {
         access::see_user(&auth.0, id.0)?;
         let request = page_request("orders", page.0, Some(per_page.0), cursor.0.as_deref())?;
-        let filter = OrderFilter { status: status.0 };
+        let filter = OrderFilter {
+            status: status.0.map(Into::into),
+        };
         let orders = self.0.orders.list_for_user(id.0, filter, request).await?;
         Ok(Json(OrderPage::of("orders", request, orders)))
     }

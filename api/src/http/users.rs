@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::body::{JsonBody, present};
 use super::conditional::{self, resource_responses};
+use super::enums::{UserRoleDto, UserStatusDto};
 use super::error::{
     ApiError, DeleteFailures, Failure, ListFailures, ReadFailures, SignUpFailures, UpdateFailures,
 };
@@ -30,9 +31,9 @@ pub struct UserDto {
     pub name: String,
     /// Lower-cased as stored.
     pub email: String,
-    pub status: UserStatus,
+    pub status: UserStatusDto,
     /// `customer` or `admin`; only an admin may set it.
-    pub role: UserRole,
+    pub role: UserRoleDto,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -43,8 +44,8 @@ impl From<User> for UserDto {
             id: user.id,
             name: user.name,
             email: user.email,
-            status: user.status,
-            role: user.role,
+            status: user.status.into(),
+            role: user.role.into(),
             created_at: user.created_at.into(),
             updated_at: user.updated_at.into(),
         }
@@ -68,10 +69,10 @@ pub struct CreateUserRequest {
     pub password: String,
     /// Defaults to `active`; only an admin may set it.
     #[serde(default, deserialize_with = "present")]
-    pub status: Option<UserStatus>,
+    pub status: Option<UserStatusDto>,
     /// Defaults to `customer`; only an admin may set it.
     #[serde(default, deserialize_with = "present")]
-    pub role: Option<UserRole>,
+    pub role: Option<UserRoleDto>,
 }
 
 /// Any subset of the fields; `{}` changes nothing.
@@ -94,10 +95,10 @@ pub struct UpdateUserRequest {
     pub current_password: Option<String>,
     /// Admins only.
     #[serde(default, deserialize_with = "present")]
-    pub status: Option<UserStatus>,
+    pub status: Option<UserStatusDto>,
     /// Admins only.
     #[serde(default, deserialize_with = "present")]
-    pub role: Option<UserRole>,
+    pub role: Option<UserRoleDto>,
 }
 
 resource_responses!(UserRead, UserWritten, UserCreated, UserDto);
@@ -143,8 +144,8 @@ impl UsersApi {
                 name,
                 email,
                 password,
-                status: request.status.unwrap_or(UserStatus::Active),
-                role: request.role.unwrap_or(UserRole::Customer),
+                status: request.status.map_or(UserStatus::Active, Into::into),
+                role: request.role.map_or(UserRole::Customer, Into::into),
             })
             .await?;
         let location = format!("/v1/users/{}", user.id);
@@ -192,14 +193,14 @@ impl UsersApi {
         /// Opaque cursor from `next_cursor` (keyset mode; not with `page`).
         cursor: Query<Option<String>>,
         /// Only users with this status.
-        status: Query<Option<UserStatus>>,
+        status: Query<Option<UserStatusDto>>,
         /// Only the user with this email (exact, case-insensitive).
         email: Query<Option<String>>,
     ) -> Result<Json<UserPage>, Failure<ListFailures>> {
         access::list_users(&auth.0)?;
         let request = page_request("users", page.0, Some(per_page.0), cursor.0.as_deref())?;
         let filter = UserFilter {
-            status: status.0,
+            status: status.0.map(Into::into),
             email: email.0,
         };
         let users = self.0.users.list(filter, request).await?;
@@ -253,8 +254,8 @@ impl UsersApi {
             name,
             email,
             password,
-            status: request.status,
-            role: request.role,
+            status: request.status.map(Into::into),
+            role: request.role.map(Into::into),
             keep_session: rules.keep_session,
         };
         let expected = conditional::if_match(if_match.0.as_deref());

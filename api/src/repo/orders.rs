@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use chrono::{DateTime, FixedOffset};
 use entity::{idempotency_keys, order_items, orders, products, users};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
@@ -108,6 +109,7 @@ impl OrderRepo {
     /// Places an order in one transaction: claims the idempotency key, checks the user, locks
     /// the products in id order, takes the stock, and writes the order and its items — all of it
     /// commits or none.
+    #[tracing::instrument(skip_all, fields(user_id = %request.user_id))]
     pub async fn place(&self, request: PlaceOrder) -> Result<Placed, RepoError> {
         let order_id = Uuid::now_v7();
         let placed = self
@@ -247,47 +249,77 @@ async fn settle<T, E: From<sea_orm::DbErr>>(
     }
 }
 
+/// One attempt at placing an order, in named steps (each traced, so a slow placement's log says
+/// which step was slow): claim the key, check the user, lock the products, take the stock,
+/// write the order.
 async fn place_in(
     txn: &DatabaseTransaction,
     order_id: Uuid,
     request: &PlaceOrder,
 ) -> Result<Order, Attempt> {
     let now = super::now();
-
-    // Claim the key first. A concurrent request holding the same key makes this insert wait
-    // until that request commits (then: a unique violation, and we answer with its order) or
-    // rolls back (then: the claim is ours and we proceed afresh).
     if let Some(idempotency) = &request.idempotency {
-        let claim = idempotency_keys::ActiveModel {
-            key: Set(idempotency.key.as_str().to_owned()),
-            request_hash: Set(idempotency.request_hash.clone()),
-            order_id: Set(order_id),
-            created_at: Set(now),
-        }
-        .insert(txn)
-        .await;
-        if let Err(err) = claim {
-            return Err(match classify(&err) {
-                DbFailure::UniqueViolation => Attempt::KeyTaken,
-                _ => Attempt::Failed(err.into()),
-            });
-        }
+        claim_key(txn, order_id, idempotency, now).await?;
     }
+    check_user(txn, request.user_id).await?;
+    let locked = lock_products(txn, &request.lines).await?;
+    let (total, items) = take_stock(txn, order_id, &request.lines, &locked, now).await?;
+    let order = write_order(txn, order_id, request.user_id, total, items, now).await?;
+    peers::announce(txn, Topic::Products, &request.lines.product_ids()).await?;
+    Ok(order)
+}
 
-    let user = users::Entity::find_by_id(request.user_id)
+/// Claims the key first. A concurrent request holding the same key makes this insert wait until
+/// that request commits (then: a unique violation, and we answer with its order) or rolls back
+/// (then: the claim is ours and we proceed afresh).
+#[tracing::instrument(skip_all)]
+async fn claim_key(
+    txn: &DatabaseTransaction,
+    order_id: Uuid,
+    idempotency: &Idempotency,
+    now: DateTime<FixedOffset>,
+) -> Result<(), Attempt> {
+    let claim = idempotency_keys::ActiveModel {
+        key: Set(idempotency.key.as_str().to_owned()),
+        request_hash: Set(idempotency.request_hash.clone()),
+        order_id: Set(order_id),
+        created_at: Set(now),
+    }
+    .insert(txn)
+    .await;
+    match claim {
+        Ok(_) => Ok(()),
+        Err(err) => Err(match classify(&err) {
+            DbFailure::UniqueViolation => Attempt::KeyTaken,
+            _ => Attempt::Failed(err.into()),
+        }),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(%user_id))]
+async fn check_user(txn: &DatabaseTransaction, user_id: Uuid) -> Result<(), Attempt> {
+    let user = users::Entity::find_by_id(user_id)
         .select_only()
         .column(users::Column::Id)
         .into_tuple::<Uuid>()
         .one(txn)
         .await?;
-    if user.is_none() {
-        return Err(RepoError::not_found(Resource::User, request.user_id).into());
+    match user {
+        Some(_) => Ok(()),
+        None => Err(RepoError::not_found(Resource::User, user_id).into()),
     }
+}
 
-    // Lock the products in ascending id order, so two orders for the same products never wait
-    // on each other in opposite orders. (SQLite's IMMEDIATE transaction already excludes writers.)
+/// Locks the products in ascending id order, so two orders for the same products never wait on
+/// each other in opposite orders (SQLite's IMMEDIATE transaction already excludes writers).
+/// Every product must exist before any stock question is asked.
+#[tracing::instrument(skip_all, fields(products = lines.iter().count()))]
+async fn lock_products(
+    txn: &DatabaseTransaction,
+    lines: &OrderLines,
+) -> Result<HashMap<Uuid, products::Model>, Attempt> {
     let mut query = products::Entity::find()
-        .filter(products::Column::Id.is_in(request.lines.product_ids()))
+        .filter(products::Column::Id.is_in(lines.product_ids()))
         .order_by_asc(products::Column::Id);
     if txn.get_database_backend() != DbBackend::Sqlite {
         query = query.lock_exclusive();
@@ -298,17 +330,27 @@ async fn place_in(
         .into_iter()
         .map(|product| (product.id, product))
         .collect();
-
-    // Every product must exist before any stock question is asked.
-    for line in request.lines.iter() {
+    for line in lines.iter() {
         if !locked.contains_key(&line.product_id) {
             return Err(RepoError::not_found(Resource::Product, line.product_id).into());
         }
     }
+    Ok(locked)
+}
 
+/// Takes each line's quantity from its product's stock, at the price the product has now; the
+/// order's total and items.
+#[tracing::instrument(skip_all)]
+async fn take_stock(
+    txn: &DatabaseTransaction,
+    order_id: Uuid,
+    lines: &OrderLines,
+    locked: &HashMap<Uuid, products::Model>,
+    now: DateTime<FixedOffset>,
+) -> Result<(i64, Vec<order_items::Model>), Attempt> {
     let mut total: i64 = 0;
     let mut items = Vec::new();
-    for line in request.lines.iter() {
+    for line in lines.iter() {
         let product = &locked[&line.product_id];
         if product.stock < line.quantity {
             return Err(RepoError::Conflict(Conflict::InsufficientStock {
@@ -349,10 +391,21 @@ async fn place_in(
             unit_price_cents: product.price_cents,
         });
     }
+    Ok((total, items))
+}
 
+#[tracing::instrument(skip_all)]
+async fn write_order(
+    txn: &DatabaseTransaction,
+    order_id: Uuid,
+    user_id: Uuid,
+    total: i64,
+    items: Vec<order_items::Model>,
+    now: DateTime<FixedOffset>,
+) -> Result<Order, Attempt> {
     let order = orders::ActiveModel {
         id: Set(order_id),
-        user_id: Set(request.user_id),
+        user_id: Set(user_id),
         status: Set(OrderStatus::Pending.as_str().to_owned()),
         total_cents: Set(total),
         created_at: Set(now),
@@ -364,10 +417,9 @@ async fn place_in(
     // The user was there a moment ago; if it was deleted since, it is not there now.
     .on_foreign_key(Conflict::UserHasOrders)
     .map_err(|err| match err {
-        RepoError::Conflict(_) => RepoError::not_found(Resource::User, request.user_id),
+        RepoError::Conflict(_) => RepoError::not_found(Resource::User, user_id),
         other => other,
     })?;
-
     let rows = items.iter().map(|item| order_items::ActiveModel {
         order_id: Set(item.order_id),
         product_id: Set(item.product_id),
@@ -375,7 +427,6 @@ async fn place_in(
         unit_price_cents: Set(item.unit_price_cents),
     });
     order_items::Entity::insert_many(rows).exec(txn).await?;
-    peers::announce(txn, Topic::Products, &request.lines.product_ids()).await?;
     Ok(Order { order, items })
 }
 

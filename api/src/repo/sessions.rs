@@ -34,11 +34,22 @@ pub fn cache_key(token_hash: &str) -> Uuid {
         .unwrap_or_default()
 }
 
-/// Deletes the sessions `hashes` inside `txn` and announces them; the caller invalidates the
-/// cache after commit (see `SessionRepo::forget`).
-pub async fn delete_in<C: ConnectionTrait>(conn: &C, hashes: &[String]) -> Result<(), RepoError> {
+/// Sessions deleted by a transaction, to be forgotten once it has committed (see `forget`).
+#[derive(Debug, Default)]
+pub struct Revoked {
+    hashes: Vec<String>,
+    /// Instances that will acknowledge the announcement.
+    listeners: usize,
+}
+
+/// Deletes the sessions `hashes` inside `txn` and announces them; the caller calls `forget`
+/// after commit.
+pub async fn delete_in<C: ConnectionTrait>(
+    conn: &C,
+    hashes: Vec<String>,
+) -> Result<Revoked, RepoError> {
     if hashes.is_empty() {
-        return Ok(());
+        return Ok(Revoked::default());
     }
     sessions::Entity::delete_many()
         .filter(sessions::Column::TokenHash.is_in(hashes.iter().cloned()))
@@ -46,8 +57,58 @@ pub async fn delete_in<C: ConnectionTrait>(conn: &C, hashes: &[String]) -> Resul
         .await?;
     let keys: Vec<Uuid> = hashes.iter().map(|hash| cache_key(hash)).collect();
     peers::announce(conn, Topic::Sessions, &keys).await?;
-    Ok(())
+    let listeners = peers::listeners(conn).await?;
+    Ok(Revoked { hashes, listeners })
 }
+
+/// Drops revoked sessions from this instance's cache — call after the revoking commit, with the
+/// acknowledgements subscribed to before it. A revoked token must be refused by every instance
+/// from the moment the revoking request is answered, so where other instances hear of it by
+/// announcement, this waits until every listening instance has acknowledged evicting each
+/// session — bounded, so that an instance that died without closing its connection delays a
+/// revocation by at most `ACKNOWLEDGEMENT_WAIT`.
+pub async fn forget(
+    cache: &EntityCache<Session>,
+    acknowledgements: Option<tokio::sync::broadcast::Receiver<(Uuid, String)>>,
+    revoked: &Revoked,
+) {
+    let keys: Vec<Uuid> = revoked.hashes.iter().map(|hash| cache_key(hash)).collect();
+    for key in &keys {
+        cache.invalidate(*key).await;
+    }
+    let Some(mut acknowledgements) = acknowledgements.filter(|_| revoked.listeners > 0) else {
+        return;
+    };
+    let mut pending: std::collections::HashMap<Uuid, std::collections::HashSet<String>> =
+        keys.iter().map(|key| (*key, Default::default())).collect();
+    let waited = tokio::time::timeout(ACKNOWLEDGEMENT_WAIT, async {
+        while !pending.is_empty() {
+            match acknowledgements.recv().await {
+                Ok((key, listener)) => {
+                    if let Some(heard_from) = pending.get_mut(&key) {
+                        heard_from.insert(listener);
+                        if heard_from.len() >= revoked.listeners {
+                            pending.remove(&key);
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+    .await;
+    if waited.is_err() {
+        tracing::warn!(
+            listeners = revoked.listeners,
+            "not every instance acknowledged a session revocation in time"
+        );
+    }
+}
+
+/// How long a revocation waits for every instance's acknowledgement; on a healthy server a
+/// NOTIFY round trip takes about a millisecond.
+const ACKNOWLEDGEMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The hashes of `user_id`'s sessions, except `keep` — read inside the revoking transaction.
 pub async fn hashes_of<C: ConnectionTrait>(
@@ -81,10 +142,6 @@ pub struct SessionRepo {
 impl SessionRepo {
     pub fn new(db: DatabaseConnection, cache: Arc<EntityCache<Session>>) -> Self {
         Self { db, cache }
-    }
-
-    pub fn cache(&self) -> &Arc<EntityCache<Session>> {
-        &self.cache
     }
 
     /// Records a new session. Expired ones are purged on the way (an indexed range delete).
@@ -157,19 +214,12 @@ impl SessionRepo {
     /// Revokes one session (logout), here at once and on other instances by announcement.
     #[tracing::instrument(skip_all)]
     pub async fn revoke(&self, token_hash: &str) -> Result<(), RepoError> {
-        let hashes = [token_hash.to_owned()];
+        let acknowledgements = self.cache.acknowledgements();
         let txn = self.db.begin().await?;
-        delete_in(&txn, &hashes).await?;
+        let revoked = delete_in(&txn, vec![token_hash.to_owned()]).await?;
         txn.commit().await?;
-        self.forget(&hashes).await;
+        forget(&self.cache, acknowledgements, &revoked).await;
         Ok(())
-    }
-
-    /// Drops revoked sessions from this instance's cache. Call after the revoking commit.
-    pub async fn forget(&self, hashes: &[String]) {
-        for hash in hashes {
-            self.cache.invalidate(cache_key(hash)).await;
-        }
     }
 
     /// Failed logins per subject since `since` (subjects are hashed: see `auth::throttle`).

@@ -296,6 +296,7 @@ impl UserRepo {
         if let Some(versions) = expected {
             update = update.filter(users::Column::Version.is_in(versions.iter().copied()));
         }
+        let acknowledgements = self.sessions.acknowledgements();
         let txn = self.db.begin().await?;
         let written = update.exec(&txn).await.on_unique(Conflict::EmailTaken)?;
         let Some(row) = users::Entity::find_by_id(id).one(&txn).await? else {
@@ -309,11 +310,11 @@ impl UserRepo {
         } else {
             Vec::new()
         };
-        sessions::delete_in(&txn, &revoked).await?;
+        let revoked = sessions::delete_in(&txn, revoked).await?;
         peers::announce(&txn, Topic::Users, &[id]).await?;
         txn.commit().await?;
         self.cache.invalidate(id).await;
-        self.forget_sessions(&revoked).await;
+        sessions::forget(&self.sessions, acknowledgements, &revoked).await;
         User::from_row(row)
     }
 
@@ -321,6 +322,7 @@ impl UserRepo {
     /// with them.
     #[tracing::instrument(skip_all, fields(%id))]
     pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
+        let acknowledgements = self.sessions.acknowledgements();
         let txn = self.db.begin().await?;
         let mut delete = users::Entity::delete_many().filter(users::Column::Id.eq(id));
         if let Some(versions) = expected {
@@ -339,11 +341,11 @@ impl UserRepo {
                 RepoError::not_found(Resource::User, id)
             });
         }
-        sessions::delete_in(&txn, &revoked).await?;
+        let revoked = sessions::delete_in(&txn, revoked).await?;
         peers::announce(&txn, Topic::Users, &[id]).await?;
         txn.commit().await?;
         self.cache.invalidate(id).await;
-        self.forget_sessions(&revoked).await;
+        sessions::forget(&self.sessions, acknowledgements, &revoked).await;
         Ok(())
     }
 
@@ -384,11 +386,5 @@ impl UserRepo {
         Err(RepoError::Internal(DbErr::Custom(
             "the admin account kept changing while it was being made sure of".into(),
         )))
-    }
-
-    async fn forget_sessions(&self, hashes: &[String]) {
-        for hash in hashes {
-            self.sessions.invalidate(sessions::cache_key(hash)).await;
-        }
     }
 }

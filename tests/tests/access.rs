@@ -1,0 +1,499 @@
+//! Identity and access, as API.md states it: logging in and out, what each caller may do on every
+//! route (anonymous, another customer, the owner, an admin), revocation, expiry, the login
+//! throttle and the bounded hashing queue — on every backend.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use sea_orm::{ConnectionTrait, Statement};
+use serde_json::Value;
+use tests::{
+    ADMIN_EMAIL, Backend, Customer, Reply, TestApp, USER_PASSWORD, authorized_client, id_of, json,
+    on_every_backend, run_with, test_config,
+};
+
+async fn as_client(app: &TestApp, client: &reqwest::Client, method: &str, path: &str) -> Reply {
+    as_client_with(app, client, method, path, None).await
+}
+
+async fn as_client_with(
+    app: &TestApp,
+    client: &reqwest::Client,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Reply {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+    let mut request = client.request(method, app.url(path));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    app.send(request).await
+}
+
+#[track_caller]
+fn unauthenticated(reply: &Reply) {
+    reply.problem(401, "unauthenticated");
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some("Bearer"),
+        "{reply:?}"
+    );
+}
+
+async fn login(app: &TestApp, email: &str, password: &str) -> Reply {
+    app.send(
+        app.anonymous
+            .post(app.url("/v1/sessions"))
+            .json(&json!({"email": email, "password": password})),
+    )
+    .await
+}
+
+/// A customer with a product in stock and one order of theirs.
+struct Shop {
+    ada: Customer,
+    bob: Customer,
+    product: String,
+    order: String,
+}
+
+async fn shop(app: &TestApp) -> Shop {
+    let ada = app.sign_up("Ada", "ada@example.com").await;
+    let bob = app.sign_up("Bob", "bob@example.com").await;
+    let product = id_of(&app.create_product("SKU-1", 250, 10).await);
+    let order = as_client_with(
+        app,
+        &ada.client,
+        "POST",
+        "/v1/orders",
+        Some(json!({"items": [{"product_id": product, "quantity": 1}]})),
+    )
+    .await
+    .expect(201);
+    assert_eq!(
+        order["user_id"], ada.id,
+        "an order without user_id is the caller's"
+    );
+    Shop {
+        ada,
+        bob,
+        product,
+        order: id_of(&order),
+    }
+}
+
+on_every_backend! {
+    async fn logging_in_answers_a_token_shown_once_and_the_user(app) {
+        app.sign_up("Ada", "ada@example.com").await;
+        let reply = login(&app, "ADA@example.com", USER_PASSWORD).await;
+        let session = reply.expect(201);
+        assert_eq!(reply.header("location"), Some("/v1/sessions/current"));
+        let token = session["token"].as_str().expect("a token");
+        assert!(token.len() >= 43, "fewer than 256 bits: {token}");
+        assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(session["user"]["email"], "ada@example.com");
+        assert_eq!(session["user"]["role"], "customer");
+        assert!(session["expires_at"].as_str().is_some_and(|at| at.ends_with('Z')));
+        // The database keeps only a hash.
+        let conn = app.db.connect().await;
+        let stored = conn
+            .query_all_raw(Statement::from_string(conn.get_database_backend(), "SELECT token_hash FROM sessions"))
+            .await
+            .expect("read sessions");
+        let hashes: Vec<String> = stored.iter().map(|row| row.try_get_by_index(0).unwrap()).collect();
+        assert!(!hashes.iter().any(|hash| hash.contains(token)), "a token is stored as sent");
+        let _ = conn.close().await;
+        let me = as_client(&app, &authorized_client(token), "GET", &format!("/v1/users/{}", id_of(&session["user"]))).await;
+        assert_eq!(me.expect(200)["email"], "ada@example.com");
+    }
+
+    async fn an_unknown_email_and_a_wrong_password_get_the_same_answer(app) {
+        app.sign_up("Ada", "ada@example.com").await;
+        let wrong = login(&app, "ada@example.com", "not the password").await;
+        let unknown = login(&app, "nobody@example.com", USER_PASSWORD).await;
+        let wrong_body = wrong.problem(401, "invalid_credentials");
+        let unknown_body = unknown.problem(401, "invalid_credentials");
+        assert_eq!(wrong_body, unknown_body);
+        assert_eq!(wrong.header("www-authenticate"), Some("Bearer"));
+        login(&app, "not an email", USER_PASSWORD).await.problem(401, "invalid_credentials");
+    }
+
+    async fn users_who_are_not_active_cannot_log_in(app) {
+        for status in ["inactive", "suspended"] {
+            let email = format!("{status}@example.com");
+            app.post("/v1/users", &json!({"name": status, "email": email, "password": USER_PASSWORD, "status": status}))
+                .await
+                .expect(201);
+            login(&app, &email, USER_PASSWORD).await.problem(403, "forbidden");
+            // A wrong password is still only a wrong password.
+            login(&app, &email, "not the password").await.problem(401, "invalid_credentials");
+        }
+    }
+
+    async fn every_protected_route_needs_a_valid_token(app) {
+        let shop = shop(&app).await;
+        let user = format!("/v1/users/{}", shop.ada.id);
+        let order = format!("/v1/orders/{}", shop.order);
+        let product = format!("/v1/products/{}", shop.product);
+        let routes = [
+            ("GET", "/v1/users".to_owned()),
+            ("GET", user.clone()),
+            ("PATCH", user.clone()),
+            ("DELETE", user.clone()),
+            ("GET", format!("{user}/orders")),
+            ("POST", "/v1/products".to_owned()),
+            ("PATCH", product.clone()),
+            ("DELETE", product.clone()),
+            ("POST", "/v1/orders".to_owned()),
+            ("GET", order.clone()),
+            ("PATCH", order.clone()),
+            ("DELETE", "/v1/sessions/current".to_owned()),
+        ];
+        let forged = authorized_client(&"A".repeat(43));
+        let garbled = authorized_client("not a token");
+        for (method, path) in &routes {
+            let body = (*method == "POST" || *method == "PATCH").then(|| json!({}));
+            for client in [&app.anonymous, &forged, &garbled] {
+                let reply = as_client_with(&app, client, method, path, body.clone()).await;
+                unauthenticated(&reply);
+            }
+        }
+        // Public routes answer anyone.
+        as_client(&app, &app.anonymous, "GET", "/v1/products").await.expect(200);
+        as_client(&app, &app.anonymous, "GET", &product).await.expect(200);
+    }
+
+    async fn users_see_and_change_only_themselves(app) {
+        let shop = shop(&app).await;
+        let (ada, bob) = (&shop.ada, &shop.bob);
+        let ada_path = format!("/v1/users/{}", ada.id);
+        // The owner.
+        as_client(&app, &ada.client, "GET", &ada_path).await.expect(200);
+        let renamed = as_client_with(&app, &ada.client, "PATCH", &ada_path, Some(json!({"name": "Ada L."}))).await;
+        assert_eq!(renamed.expect(200)["name"], "Ada L.");
+        as_client(&app, &ada.client, "GET", &format!("{ada_path}/orders")).await.expect(200);
+        // Another customer: as if Ada did not exist.
+        as_client(&app, &bob.client, "GET", &ada_path).await.problem(404, "not_found");
+        as_client_with(&app, &bob.client, "PATCH", &ada_path, Some(json!({"name": "Eve"}))).await.problem(404, "not_found");
+        as_client(&app, &bob.client, "DELETE", &ada_path).await.problem(404, "not_found");
+        as_client(&app, &bob.client, "GET", &format!("{ada_path}/orders")).await.problem(404, "not_found");
+        // Listing is for admins.
+        as_client(&app, &ada.client, "GET", "/v1/users").await.problem(403, "forbidden");
+        app.get("/v1/users").await.expect(200);
+        // Status and role are the admin's to change.
+        for change in [json!({"status": "suspended"}), json!({"role": "admin"})] {
+            as_client_with(&app, &ada.client, "PATCH", &ada_path, Some(change)).await.problem(403, "forbidden");
+        }
+        let user = app.get(&ada_path).await.expect(200);
+        assert_eq!((user["status"].as_str(), user["role"].as_str()), (Some("active"), Some("customer")));
+        // The admin sees and changes anyone.
+        app.patch(&ada_path, &json!({"name": "Ada Lovelace"})).await.expect(200);
+        app.get(&format!("{ada_path}/orders")).await.expect(200);
+    }
+
+    async fn signing_up_cannot_choose_status_or_role_but_an_admin_can(app) {
+        for extra in [json!({"status": "active"}), json!({"role": "admin"})] {
+            let mut body = json!({"name": "Mallory", "email": "mallory@example.com", "password": USER_PASSWORD});
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            let reply = app.send(app.anonymous.post(app.url("/v1/users")).json(&body)).await;
+            reply.problem(403, "forbidden");
+            let customer = app.sign_up("Carol", &format!("carol{}@example.com", uuid::Uuid::now_v7().simple())).await;
+            as_client_with(&app, &customer.client, "POST", "/v1/users", Some(body.clone())).await.problem(403, "forbidden");
+        }
+        let admin = app
+            .post("/v1/users", &json!({"name": "Root", "email": "root@example.com", "password": USER_PASSWORD, "role": "admin"}))
+            .await
+            .expect(201);
+        assert_eq!(admin["role"], "admin");
+        let token = app.log_in("root@example.com", USER_PASSWORD).await;
+        as_client(&app, &authorized_client(&token), "GET", "/v1/users").await.expect(200);
+    }
+
+    async fn only_admins_change_the_catalogue(app) {
+        let shop = shop(&app).await;
+        let product = format!("/v1/products/{}", shop.product);
+        let body = json!({"sku": "SKU-2", "name": "Two", "price_cents": 1, "stock": 1});
+        as_client_with(&app, &shop.ada.client, "POST", "/v1/products", Some(body.clone())).await.problem(403, "forbidden");
+        as_client_with(&app, &shop.ada.client, "PATCH", &product, Some(json!({"price_cents": 1}))).await.problem(403, "forbidden");
+        as_client(&app, &shop.ada.client, "DELETE", &product).await.problem(403, "forbidden");
+        assert_eq!(app.get(&product).await.expect(200)["price_cents"], 250);
+        app.post("/v1/products", &body).await.expect(201);
+        as_client(&app, &shop.ada.client, "GET", &product).await.expect(200);
+    }
+
+    async fn customers_order_for_themselves_and_may_only_cancel(app) {
+        let shop = shop(&app).await;
+        let (ada, bob) = (&shop.ada, &shop.bob);
+        let line = json!([{"product_id": shop.product, "quantity": 1}]);
+        // For themself, by naming themself too; never for someone else.
+        let own = as_client_with(&app, &ada.client, "POST", "/v1/orders", Some(json!({"user_id": ada.id, "items": line}))).await;
+        assert_eq!(own.expect(201)["user_id"], ada.id);
+        as_client_with(&app, &bob.client, "POST", "/v1/orders", Some(json!({"user_id": ada.id, "items": line})))
+            .await
+            .problem(403, "forbidden");
+        // An admin names the customer.
+        let placed = app.post("/v1/orders", &json!({"user_id": bob.id, "items": line})).await.expect(201);
+        assert_eq!(placed["user_id"], bob.id);
+        let fields = tests::fields_of(&app.post("/v1/orders", &json!({"items": line})).await.problem(422, "validation_failed"));
+        assert_eq!(fields, ["user_id"]);
+        // Reading: own only.
+        let order = format!("/v1/orders/{}", shop.order);
+        as_client(&app, &ada.client, "GET", &order).await.expect(200);
+        as_client(&app, &bob.client, "GET", &order).await.problem(404, "not_found");
+        // Changing: the owner may cancel, nothing else; another customer sees nothing.
+        for status in ["paid", "shipped"] {
+            as_client_with(&app, &ada.client, "PATCH", &order, Some(json!({"status": status}))).await.problem(403, "forbidden");
+        }
+        as_client_with(&app, &bob.client, "PATCH", &order, Some(json!({"status": "cancelled"}))).await.problem(404, "not_found");
+        assert_eq!(app.get(&order).await.expect(200)["status"], "pending");
+        let cancelled = as_client_with(&app, &ada.client, "PATCH", &order, Some(json!({"status": "cancelled"}))).await;
+        assert_eq!(cancelled.expect(200)["status"], "cancelled");
+        // The admin makes any allowed transition.
+        let paid = app.patch(&format!("/v1/orders/{}", id_of(&placed)), &json!({"status": "paid"})).await;
+        assert_eq!(paid.expect(200)["status"], "paid");
+    }
+
+    async fn logging_out_revokes_the_token_at_once(app) {
+        let ada = app.sign_up("Ada", "ada@example.com").await;
+        let path = format!("/v1/users/{}", ada.id);
+        as_client(&app, &ada.client, "GET", &path).await.expect(200);
+        let other = authorized_client(&app.log_in("ada@example.com", USER_PASSWORD).await);
+        as_client(&app, &ada.client, "DELETE", "/v1/sessions/current").await.expect_empty(204);
+        unauthenticated(&as_client(&app, &ada.client, "GET", &path).await);
+        unauthenticated(&as_client(&app, &ada.client, "DELETE", "/v1/sessions/current").await);
+        // Only that session ended.
+        as_client(&app, &other, "GET", &path).await.expect(200);
+    }
+
+    async fn a_password_change_needs_the_current_one_and_ends_the_other_sessions(app) {
+        let ada = app.sign_up("Ada", "ada@example.com").await;
+        let other = authorized_client(&app.log_in("ada@example.com", USER_PASSWORD).await);
+        let path = format!("/v1/users/{}", ada.id);
+        let new = "a brand new passphrase";
+        let missing = as_client_with(&app, &ada.client, "PATCH", &path, Some(json!({"password": new}))).await;
+        assert_eq!(tests::fields_of(&missing.problem(422, "validation_failed")), ["current_password"]);
+        let wrong = as_client_with(&app, &ada.client, "PATCH", &path, Some(json!({"password": new, "current_password": "not it at all"}))).await;
+        assert_eq!(tests::fields_of(&wrong.problem(422, "validation_failed")), ["current_password"]);
+        // Nothing changed: the other session still works and the old password still logs in.
+        as_client(&app, &other, "GET", &path).await.expect(200);
+        let changed = as_client_with(&app, &ada.client, "PATCH", &path, Some(json!({"password": new, "current_password": USER_PASSWORD}))).await;
+        changed.expect(200);
+        // The session that made the change lives on; the other is revoked.
+        as_client(&app, &ada.client, "GET", &path).await.expect(200);
+        unauthenticated(&as_client(&app, &other, "GET", &path).await);
+        login(&app, "ada@example.com", USER_PASSWORD).await.problem(401, "invalid_credentials");
+        login(&app, "ada@example.com", new).await.expect(201);
+        // An admin sets a password without the current one, and every session of the user ends.
+        app.patch(&path, &json!({"password": USER_PASSWORD})).await.expect(200);
+        unauthenticated(&as_client(&app, &ada.client, "GET", &path).await);
+    }
+
+    async fn status_and_role_changes_and_deletion_end_every_session(app) {
+        for change in [json!({"status": "suspended"}), json!({"role": "admin"})] {
+            let email = format!("u{}@example.com", uuid::Uuid::now_v7().simple());
+            let user = app.sign_up("User", &email).await;
+            let path = format!("/v1/users/{}", user.id);
+            as_client(&app, &user.client, "GET", &path).await.expect(200);
+            app.patch(&path, &change).await.expect(200);
+            unauthenticated(&as_client(&app, &user.client, "GET", &path).await);
+        }
+        let gone = app.sign_up("Gone", "gone@example.com").await;
+        let path = format!("/v1/users/{}", gone.id);
+        as_client(&app, &gone.client, "GET", &path).await.expect(200);
+        app.delete(&path).await.expect_empty(204);
+        unauthenticated(&as_client(&app, &gone.client, "GET", &path).await);
+    }
+
+    async fn the_admin_from_the_environment_exists_and_is_an_admin(app) {
+        let admin = app.get(&format!("/v1/users/{}", app.admin_id)).await.expect(200);
+        assert_eq!(admin["email"], ADMIN_EMAIL);
+        assert_eq!(admin["role"], "admin");
+        // Starting again (as a second instance would) changes nothing about it.
+        let again = TestApp::start(app.db.clone(), test_config(&app.db)).await;
+        assert_eq!(again.admin_id, app.admin_id);
+        let _ = again.stop().await;
+    }
+}
+
+/// `ADMIN_EMAIL` naming an existing customer promotes them, password untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_existing_user_named_admin_is_promoted_with_their_password() {
+    run_with(
+        Backend::Sqlite,
+        |_| {},
+        |app: TestApp| async move {
+            app.sign_up("Grace", "grace@example.com").await;
+            let mut config = test_config(&app.db);
+            let promoted: api::config::Config = api::config::Config::from_vars(vec![
+                ("ADMIN_EMAIL".to_owned(), "grace@example.com".to_owned()),
+                (
+                    "ADMIN_PASSWORD".to_owned(),
+                    "a different password".to_owned(),
+                ),
+            ])
+            .unwrap();
+            config.auth.admin = promoted.auth.admin;
+            // The harness logs in as its own admin, who still exists.
+            let again = TestApp::start(app.db.clone(), config).await;
+            let token = again.log_in("grace@example.com", USER_PASSWORD).await;
+            let me = login(&again, "grace@example.com", USER_PASSWORD)
+                .await
+                .expect(201);
+            assert_eq!(me["user"]["role"], "admin");
+            as_client(&again, &authorized_client(&token), "GET", "/v1/users")
+                .await
+                .expect(200);
+            login(&again, "grace@example.com", "a different password")
+                .await
+                .problem(401, "invalid_credentials");
+            let _ = again.stop().await;
+        },
+    )
+    .await;
+}
+
+/// Failed logins are limited per email and, more loosely, per address; a success clears the
+/// email's count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_logins_are_throttled_per_email_and_per_address() {
+    run_with(
+        Backend::Sqlite,
+        |config| {
+            config.auth.max_failures_per_email = 3;
+            config.auth.max_failures_per_address = 8;
+        },
+        |app: TestApp| async move {
+            app.sign_up("Ada", "ada@example.com").await;
+            app.sign_up("Bob", "bob@example.com").await;
+            for _ in 0..2 {
+                login(&app, "ada@example.com", "wrong password")
+                    .await
+                    .problem(401, "invalid_credentials");
+            }
+            // A success clears the count.
+            login(&app, "ada@example.com", USER_PASSWORD)
+                .await
+                .expect(201);
+            for _ in 0..3 {
+                login(&app, "ada@example.com", "wrong password")
+                    .await
+                    .problem(401, "invalid_credentials");
+            }
+            // Over the limit: refused even with the right password, with Retry-After.
+            let refused = login(&app, "ada@example.com", USER_PASSWORD).await;
+            refused.problem(429, "too_many_attempts");
+            let retry: u64 = refused
+                .header("retry-after")
+                .expect("Retry-After")
+                .parse()
+                .unwrap();
+            assert!((1..=300).contains(&retry), "Retry-After {retry}");
+            // One user's typos do not lock out others behind the same address…
+            login(&app, "bob@example.com", USER_PASSWORD)
+                .await
+                .expect(201);
+            // …until the address's own, looser limit is reached (2 + 3 + 3 failures = 8).
+            for n in 0..3 {
+                login(&app, &format!("nobody{n}@example.com"), "wrong password")
+                    .await
+                    .problem(401, "invalid_credentials");
+            }
+            login(&app, "bob@example.com", USER_PASSWORD)
+                .await
+                .problem(429, "too_many_attempts");
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_session_is_refused() {
+    run_with(
+        Backend::Sqlite,
+        |config| config.auth.session_ttl = Duration::from_secs(1),
+        |app: TestApp| async move {
+            let ada = app.sign_up("Ada", "ada@example.com").await;
+            let path = format!("/v1/users/{}", ada.id);
+            as_client(&app, &ada.client, "GET", &path).await.expect(200);
+            tokio::time::sleep(Duration::from_millis(1_200)).await;
+            unauthenticated(&as_client(&app, &ada.client, "GET", &path).await);
+        },
+    )
+    .await;
+}
+
+/// With no room to queue, a burst of sign-ups is answered at once: created, or 503 `busy` with
+/// `Retry-After` — never left to time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_hashing_queue_answers_busy_at_once() {
+    run_with(
+        Backend::Sqlite,
+        |config| config.auth.hash_queue_limit = 0,
+        |app: TestApp| async move {
+            let replies = join_all((0..32).map(|n| {
+                app.send(app.anonymous.post(app.url("/v1/users")).json(&json!({
+                    "name": "Burst",
+                    "email": format!("burst{n}@example.com"),
+                    "password": USER_PASSWORD,
+                })))
+            }))
+            .await;
+            let mut busy = 0;
+            for reply in &replies {
+                match reply.status {
+                    201 => {}
+                    503 => {
+                        reply.problem(503, "busy");
+                        assert!(reply.header("retry-after").is_some());
+                        busy += 1;
+                    }
+                    other => panic!("unexpected {other}: {}", reply.text),
+                }
+            }
+            assert!(
+                busy > 0,
+                "32 concurrent sign-ups with no queue were all hashed"
+            );
+        },
+    )
+    .await;
+}
+
+/// A token revoked through one instance is refused by another from the moment the revoking
+/// request has been answered — logout, password change and deletion alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocation_holds_across_instances_on_postgres() {
+    run_with(
+        Backend::Postgres,
+        |_| {},
+        |a: TestApp| async move {
+            let b = TestApp::start(a.db.clone(), test_config(&a.db)).await;
+            for round in 0..20 {
+                let email = format!("r{round}@example.com");
+                let user = a.sign_up("Rounds", &email).await;
+                let path = format!("/v1/users/{}", user.id);
+                // Instance B has the session cached.
+                as_client(&b, &user.client, "GET", &path).await.expect(200);
+                match round % 3 {
+                    0 => {
+                        as_client(&a, &user.client, "DELETE", "/v1/sessions/current")
+                            .await
+                            .expect_empty(204);
+                    }
+                    1 => {
+                        a.patch(&path, &json!({"password": "another passphrase"}))
+                            .await
+                            .expect(200);
+                    }
+                    _ => {
+                        a.delete(&path).await.expect_empty(204);
+                    }
+                }
+                unauthenticated(&as_client(&b, &user.client, "GET", &path).await);
+            }
+            let _ = b.stop().await;
+        },
+    )
+    .await;
+}
