@@ -173,6 +173,39 @@ impl TestDb {
         let _ = admin.close().await;
     }
 
+    /// What the database keeps of every session's token, read around the service.
+    pub async fn stored_session_hashes(&self) -> Vec<String> {
+        if self.backend == Backend::Mongo {
+            use futures::TryStreamExt;
+            let sessions: Vec<bson::Document> = self
+                .mongo()
+                .await
+                .collection::<bson::Document>("sessions")
+                .find(bson::doc! {})
+                .await
+                .expect("read sessions")
+                .try_collect()
+                .await
+                .expect("read sessions");
+            return sessions
+                .iter()
+                .map(|session| session.get_str("_id").expect("a text hash").to_owned())
+                .collect();
+        }
+        let conn = self.connect().await;
+        let rows = conn
+            .query_all_raw(sea_orm::Statement::from_string(
+                conn.get_database_backend(),
+                "SELECT token_hash FROM sessions",
+            ))
+            .await
+            .expect("read sessions");
+        let _ = conn.close().await;
+        rows.iter()
+            .map(|row| row.try_get_by_index::<String>(0).expect("a text hash"))
+            .collect()
+    }
+
     /// The password hash stored for the user with this email, read around the service.
     pub async fn stored_password_hash(&self, email: &str) -> String {
         if self.backend == Backend::Mongo {
