@@ -1,23 +1,33 @@
 //! The command line: `api` (or `api serve`) runs the service; `api openapi` prints its OpenAPI
-//! document as YAML.
+//! document as YAML; `api migrate up|status` applies or lists the migrations of the database
+//! `DATABASE_URL` names (SQL or MongoDB).
 
 use std::process::ExitCode;
 
+use migration::{Migrator, MigratorTrait};
+
 use crate::config::Config;
 use crate::startup::{self, Application};
+use crate::store::Engine;
+use crate::store::mongo::schema;
+
+const USAGE: &str = "usage: api [serve | openapi | migrate up | migrate status]";
 
 pub async fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
-        None | Some("serve") => serve().await,
-        Some("openapi") => match startup::openapi_yaml().await {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] | ["serve"] => serve().await,
+        ["openapi"] => match startup::openapi_yaml().await {
             Ok(yaml) => {
                 print!("{yaml}");
                 ExitCode::SUCCESS
             }
             Err(err) => fail(&err),
         },
-        Some(other) => {
-            eprintln!("storefront: unknown command {other:?}; usage: api [serve | openapi]");
+        ["migrate", "up"] => migrate(true).await,
+        ["migrate", "status"] => migrate(false).await,
+        _ => {
+            eprintln!("storefront: unknown command {args:?}; {USAGE}");
             ExitCode::from(2)
         }
     }
@@ -37,6 +47,62 @@ async fn serve() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
     }
+}
+
+/// `migrate up` applies what is pending (as start-up does with `AUTO_MIGRATE`); `migrate status`
+/// prints each migration with `applied` or `pending`.
+async fn migrate(up: bool) -> ExitCode {
+    let _logs = crate::telemetry::init();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => return fail(&err),
+    };
+    let db = match startup::connect_only(&config).await {
+        Ok(db) => db,
+        Err(err) => return fail(&err),
+    };
+    let outcome = if up {
+        startup::migrate(&db, &config)
+            .await
+            .map_err(|err| err.to_string())
+    } else {
+        print_status(&db).await
+    };
+    let _ = db.close_by_ref().await;
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
+async fn print_status(db: &Engine) -> Result<(), String> {
+    match db {
+        Engine::Sql(conn) => {
+            let applied = Migrator::get_applied_migrations(conn)
+                .await
+                .map_err(|err| err.to_string())?;
+            let pending = Migrator::get_pending_migrations(conn)
+                .await
+                .map_err(|err| err.to_string())?;
+            for migration in &applied {
+                println!("applied  {}", migration.name());
+            }
+            for migration in &pending {
+                println!("pending  {}", migration.name());
+            }
+        }
+        Engine::Mongo(mongo) => {
+            for migration in schema::status(mongo).await.map_err(|err| err.to_string())? {
+                let state = if migration.applied {
+                    "applied"
+                } else {
+                    "pending"
+                };
+                println!("{state}  {:03}_{}", migration.version, migration.name);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The one line an operator reads when the service cannot run.

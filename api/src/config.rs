@@ -237,11 +237,13 @@ fn database_url(env: &Env) -> Result<String, ConfigError> {
             "mysql://",
             "mariadb://",
             "sqlite:",
+            "mongodb://",
+            "mongodb+srv://",
         ];
         if !supported.iter().any(|scheme| url.starts_with(scheme)) {
             return Err(invalid(
                 "DATABASE_URL",
-                "must start with postgres://, mysql:// or sqlite:",
+                "must start with postgres://, mysql://, sqlite: or mongodb://",
             ));
         }
         // sqlx speaks MySQL's protocol to MariaDB under the mysql scheme.
@@ -305,6 +307,10 @@ fn describe(err: envy::Error) -> String {
 
 /// The URL with its password replaced, for log lines and error messages.
 pub fn mask_password(url: &str) -> String {
+    // MongoDB URLs may list several hosts, which the URL parser refuses.
+    if crate::store::mongo::is_mongo_url(url) {
+        return crate::store::mongo::mask_url(url);
+    }
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("***"));

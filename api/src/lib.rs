@@ -1,4 +1,4 @@
-//! Storefront: users, products and orders over HTTP, on SQLite, PostgreSQL or MariaDB/MySQL.
+//! Storefront: users, products and orders over HTTP, on SQLite, PostgreSQL, MariaDB/MySQL or MongoDB.
 
 pub mod auth;
 pub mod cache;
@@ -10,4 +10,5 @@ pub mod http;
 pub mod metrics;
 pub mod repo;
 pub mod startup;
+pub mod store;
 pub mod telemetry;

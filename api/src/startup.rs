@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpListener};
-use sea_orm::DatabaseConnection;
 
 use crate::cache::peers;
 use crate::config::{Config, mask_password};
 use crate::db;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::store::Engine;
+use crate::store::mongo::{self, Mongo};
 
 /// Why the service could not start; each renders as one line for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +36,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Application {
     state: Arc<AppState>,
-    /// Hears other instances' cache invalidations (PostgreSQL with caching on).
+    /// Hears other instances' cache invalidations (PostgreSQL and MongoDB, with caching on).
     listener: Option<tokio::task::JoinHandle<()>>,
     acceptor: poem::listener::TcpAcceptor,
     addr: SocketAddr,
@@ -47,13 +48,10 @@ impl Application {
         if let Some(direct) = &config.database.direct_url {
             prepare_for_pooler(direct, &config).await?;
         }
-        let mut db = db::connect(&config.database).await?;
         let metrics = Arc::new(Metrics::new());
-        let queries = metrics.db_queries.clone();
-        // Every statement through the pool is counted (and only counted: no SQL is logged).
-        db.set_metric_callback(move |_| queries.inc());
+        let db = connect(&config, &metrics).await?;
         tracing::info!(
-            backend = db::backend_name(&db),
+            backend = db.backend_name(),
             url = %mask_password(&config.database.url),
             max_connections = config.database.max_connections,
             "connected to the database"
@@ -106,17 +104,43 @@ impl Application {
             listener.abort();
         }
         tracing::info!("shutting down: closing the database pool");
-        let db: DatabaseConnection = self.state.db.clone();
-        if let Err(err) = db.close_by_ref().await {
+        if let Err(err) = self.state.db.close_by_ref().await {
             tracing::warn!(error = %err, "closing the pool failed");
         }
         served
     }
 }
 
+/// Every statement or command sent to the database is counted (and only counted: none is
+/// logged).
+async fn connect(config: &Config, metrics: &Metrics) -> Result<Engine, StartupError> {
+    let queries = metrics.db_queries.clone();
+    if mongo::is_mongo_url(&config.database.url) {
+        let mongo = Mongo::connect(&config.database, queries).await?;
+        return Ok(Engine::Mongo(mongo));
+    }
+    let mut db = db::connect(&config.database).await?;
+    db.set_metric_callback(move |_| queries.inc());
+    Ok(Engine::Sql(db))
+}
+
 async fn listen_to_peers(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<()>> {
-    let postgres = state.db.get_database_backend() == sea_orm::DbBackend::Postgres;
-    if !postgres || !state.user_cache.is_enabled() {
+    if !state.user_cache.is_enabled() {
+        return None;
+    }
+    if let Some(mongo) = state.db.mongo() {
+        let caches = mongo::watch::Caches {
+            users: state.user_cache.clone(),
+            products: state.product_cache.clone(),
+            sessions: state.session_cache.clone(),
+        };
+        return Some(mongo::watch::start(mongo.clone(), caches).await);
+    }
+    let postgres = state
+        .db
+        .sql()
+        .is_some_and(|db| db.get_database_backend() == sea_orm::DbBackend::Postgres);
+    if !postgres {
         return None;
     }
     let caches = peers::Caches {
@@ -185,15 +209,26 @@ async fn prepare_for_pooler(direct: &str, config: &Config) -> Result<(), Startup
     Ok(())
 }
 
-/// Applies pending migrations under the database-wide migration lock, so that any number of
-/// instances may start at once: one migrates, the others wait for it and find nothing to do.
-/// Behind a pooler both the lock and the migrations use the direct URL.
-async fn migrate(db: &DatabaseConnection, config: &Config) -> Result<(), StartupError> {
+/// Applies pending migrations under a database-wide lock, so that any number of instances may
+/// start at once: one migrates, the others wait for it and find nothing to do. SQL: SeaORM's
+/// migrations under the migration crate's lock (behind a pooler, both over the direct URL).
+/// MongoDB: the collection and index steps under their own lock document.
+pub async fn migrate(db: &Engine, config: &Config) -> Result<(), StartupError> {
     let database = &config.database;
     let lock_url = database.direct_url.as_deref().unwrap_or(&database.url);
     let failed = |reason: String| StartupError::Migrations {
         url: mask_password(lock_url),
         reason,
+    };
+    let db = match db {
+        Engine::Sql(db) => db,
+        Engine::Mongo(mongo) => {
+            mongo::schema::up(mongo)
+                .await
+                .map_err(|err| failed(err.to_string()))?;
+            tracing::info!("migrations are up to date");
+            return Ok(());
+        }
     };
     let direct = match &database.direct_url {
         Some(url) => Some(db::connect_direct(url, database).await?),
@@ -216,6 +251,11 @@ async fn migrate(db: &DatabaseConnection, config: &Config) -> Result<(), Startup
         applied => tracing::info!(applied, "migrations applied"),
     }
     Ok(())
+}
+
+/// Connects for a maintenance command (`api migrate …`), without starting the service.
+pub async fn connect_only(config: &Config) -> Result<Engine, StartupError> {
+    connect(config, &Metrics::new()).await
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -253,6 +293,8 @@ pub async fn openapi_yaml() -> Result<String, StartupError> {
     let db = db::connect(&config.database).await?;
     let metrics = Arc::new(Metrics::new());
     Ok(http::openapi_yaml(Arc::new(AppState::new(
-        config, db, metrics,
+        config,
+        Engine::Sql(db),
+        metrics,
     ))))
 }

@@ -3,8 +3,9 @@
 //! drops that database afterwards. `on_every_backend!` runs one test body on each backend.
 //!
 //! Backends: SQLite always; PostgreSQL when `TEST_POSTGRES_URL` is set, directly and behind a
-//! PgBouncer of the test's own (`pgbouncer`); MariaDB/MySQL when `TEST_MYSQL_URL` is set. With
-//! `REQUIRE_ALL_BACKENDS=1` a missing or unreachable backend fails the test instead of skipping it.
+//! PgBouncer of the test's own (`pgbouncer`); MariaDB/MySQL when `TEST_MYSQL_URL` is set; MongoDB
+//! when `TEST_MONGODB_URL` is set. With `REQUIRE_ALL_BACKENDS=1` a missing or unreachable backend
+//! fails the test instead of skipping it.
 
 pub mod pgbouncer;
 pub mod proxy;
@@ -30,6 +31,7 @@ pub enum Backend {
     Sqlite,
     Postgres,
     MySql,
+    Mongo,
 }
 
 impl Backend {
@@ -38,6 +40,7 @@ impl Backend {
             Backend::Sqlite => return None,
             Backend::Postgres => "TEST_POSTGRES_URL",
             Backend::MySql => "TEST_MYSQL_URL",
+            Backend::Mongo => "TEST_MONGODB_URL",
         };
         std::env::var(var).ok().filter(|url| !url.is_empty())
     }
@@ -88,6 +91,9 @@ impl TestDb {
         let Some(admin_url) = backend.admin_url() else {
             return skip(backend, "its URL variable is not set");
         };
+        if backend == Backend::Mongo {
+            return Self::create_mongo(admin_url, name).await;
+        }
         let admin = match Database::connect(admin_url.as_str()).await {
             Ok(admin) => admin,
             Err(err) => return skip(backend, &format!("it is unreachable: {err}")),
@@ -136,8 +142,36 @@ impl TestDb {
         self.pooler.as_ref().map(|pooler| pooler.pool_mode)
     }
 
-    /// A connection of the test's own (for arranging data, holding locks, reading plans), straight
-    /// to the database.
+    /// MongoDB creates a database on its first write, so there is nothing to create: the test's
+    /// database is a fresh name on a server that answers.
+    async fn create_mongo(admin_url: String, name: String) -> Option<Self> {
+        let client = match mongo_client(&admin_url).await {
+            Ok(client) => client,
+            Err(err) => return skip(Backend::Mongo, &format!("it is unreachable: {err}")),
+        };
+        client.shutdown().await;
+        let mut url = url::Url::parse(&admin_url).expect("a valid admin URL");
+        url.set_path(&name);
+        Some(Self {
+            backend: Backend::Mongo,
+            url: url.into(),
+            direct_url: None,
+            admin_url: Some(admin_url),
+            name,
+            file: None,
+            pooler: None,
+        })
+    }
+
+    /// The test's MongoDB database, through a client of the test's own.
+    pub async fn mongo(&self) -> mongodb::Database {
+        assert_eq!(self.backend, Backend::Mongo, "not a MongoDB test database");
+        let client = mongo_client(&self.url).await.expect("connect to MongoDB");
+        client.database(&self.name)
+    }
+
+    /// A connection of the test's own (for arranging data, holding locks, reading plans). SQL
+    /// backends only: tests that need it run through `on_sql_backends!`.
     pub async fn connect(&self) -> DatabaseConnection {
         let url = self.direct_url.as_ref().unwrap_or(&self.url);
         Database::connect(url.as_str())
@@ -158,6 +192,15 @@ impl TestDb {
         let Some(admin_url) = &self.admin_url else {
             return;
         };
+        if self.backend == Backend::Mongo {
+            if let Ok(client) = mongo_client(admin_url).await {
+                if let Err(err) = client.database(&self.name).drop().await {
+                    eprintln!("could not drop {}: {err}", self.name);
+                }
+                client.shutdown().await;
+            }
+            return;
+        }
         let Ok(admin) = Database::connect(admin_url.as_str()).await else {
             return;
         };
@@ -171,13 +214,93 @@ impl TestDb {
         let _ = admin.close().await;
     }
 
+    /// What the database keeps of every session's token, read around the service.
+    pub async fn stored_session_hashes(&self) -> Vec<String> {
+        if self.backend == Backend::Mongo {
+            use futures::TryStreamExt;
+            let sessions: Vec<bson::Document> = self
+                .mongo()
+                .await
+                .collection::<bson::Document>("sessions")
+                .find(bson::doc! {})
+                .await
+                .expect("read sessions")
+                .try_collect()
+                .await
+                .expect("read sessions");
+            return sessions
+                .iter()
+                .map(|session| session.get_str("_id").expect("a text hash").to_owned())
+                .collect();
+        }
+        let conn = self.connect().await;
+        let rows = conn
+            .query_all_raw(sea_orm::Statement::from_string(
+                conn.get_database_backend(),
+                "SELECT token_hash FROM sessions",
+            ))
+            .await
+            .expect("read sessions");
+        let _ = conn.close().await;
+        rows.iter()
+            .map(|row| row.try_get_by_index::<String>(0).expect("a text hash"))
+            .collect()
+    }
+
+    /// The password hash stored for the user with this email, read around the service.
+    pub async fn stored_password_hash(&self, email: &str) -> String {
+        if self.backend == Backend::Mongo {
+            let user = self
+                .mongo()
+                .await
+                .collection::<bson::Document>("users")
+                .find_one(bson::doc! {"email": email})
+                .await
+                .expect("read the hash")
+                .expect("one user");
+            return user
+                .get_str("password_hash")
+                .expect("a text hash")
+                .to_owned();
+        }
+        let conn = self.connect().await;
+        let row = conn
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                conn.get_database_backend(),
+                match self.backend {
+                    Backend::Postgres => "SELECT password_hash FROM users WHERE email = $1",
+                    _ => "SELECT password_hash FROM users WHERE email = ?",
+                },
+                [email.into()],
+            ))
+            .await
+            .expect("read the hash")
+            .expect("one user");
+        let hash = row.try_get_by_index::<String>(0).expect("a text hash");
+        let _ = conn.close().await;
+        hash
+    }
+
     pub fn db_backend(&self) -> DbBackend {
         match self.backend {
             Backend::Sqlite => DbBackend::Sqlite,
             Backend::Postgres => DbBackend::Postgres,
             Backend::MySql => DbBackend::MySql,
+            Backend::Mongo => panic!("MongoDB has no SQL backend"),
         }
     }
+}
+
+/// A client that has answered a ping.
+async fn mongo_client(url: &str) -> mongodb::error::Result<mongodb::Client> {
+    let mut options = mongodb::options::ClientOptions::parse(url).await?;
+    options.server_selection_timeout = Some(std::time::Duration::from_secs(3));
+    let client = mongodb::Client::with_options(options)?;
+    client
+        .database("admin")
+        .run_command(bson::doc! {"ping": 1})
+        .await?;
+    Ok(client)
 }
 
 /// The admin every test server makes sure of (`ADMIN_EMAIL`/`ADMIN_PASSWORD`); the harness logs
@@ -558,7 +681,7 @@ pub fn fields_of(problem: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Declares each test once and runs it on SQLite, PostgreSQL and MariaDB/MySQL:
+/// Declares each test once and runs it on SQLite, PostgreSQL, MariaDB/MySQL and MongoDB:
 ///
 /// ```ignore
 /// on_every_backend! {
@@ -566,10 +689,50 @@ pub fn fields_of(problem: &Value) -> Vec<String> {
 /// }
 /// ```
 ///
-/// Each becomes a module with one `#[tokio::test]` per backend (`sqlite`, `postgres`, `mysql`, and
-/// `pgbouncer`: PostgreSQL behind PgBouncer).
+/// Each becomes a module with one `#[tokio::test]` per backend (`sqlite`, `postgres`, `mysql`,
+/// `pgbouncer`: PostgreSQL behind PgBouncer, and `mongo`).
 #[macro_export]
 macro_rules! on_every_backend {
+    ($($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($app: $crate::TestApp) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                $crate::run($crate::Backend::Sqlite, body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                $crate::run($crate::Backend::Postgres, body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn mysql() {
+                $crate::run($crate::Backend::MySql, body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn pgbouncer() {
+                $crate::run_behind_pgbouncer(body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn mongo() {
+                $crate::run($crate::Backend::Mongo, body).await
+            }
+        }
+    )*};
+}
+
+/// Like `on_every_backend!`, for tests that reach into the database through SQL (fault injection,
+/// seeding with SQL, query plans): SQLite, PostgreSQL and MariaDB/MySQL.
+#[macro_export]
+macro_rules! on_sql_backends {
     ($($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
         $(#[$meta])*
         mod $name {
@@ -611,6 +774,19 @@ macro_rules! on_postgres {
         async fn $name() {
             async fn body($app: $crate::TestApp) $body
             $crate::run($crate::Backend::Postgres, body).await
+        }
+    )*};
+}
+
+/// Like `on_postgres!`, for tests of what only MongoDB has (its transactions, its query plans).
+#[macro_export]
+macro_rules! on_mongo {
+    ($($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
+        $(#[$meta])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            async fn body($app: $crate::TestApp) $body
+            $crate::run($crate::Backend::Mongo, body).await
         }
     )*};
 }

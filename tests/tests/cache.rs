@@ -256,3 +256,8 @@ async fn two_instances_stay_coherent(db: Option<TestDb>) {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reads_of_different_users_share_queries_on_mongo() {
+    concurrent_reads_of_different_users_share_queries(Backend::Mongo).await;
+}

@@ -8,7 +8,7 @@ use chrono::{TimeZone, Utc};
 use sea_orm::sea_query::{Alias, Query};
 use sea_orm::{ConnectionTrait, Value as DbValue};
 use serde_json::Value;
-use tests::{Backend, TestApp, id_of, ids_of, json, on_every_backend, run_with, test_config};
+use tests::{Backend, TestApp, id_of, ids_of, json, on_sql_backends, run_with, test_config};
 use uuid::Uuid;
 
 /// Rows between two recorded positions (the service's `cache::listing::BLOCK`).
@@ -150,7 +150,7 @@ async fn assert_pages(app: &TestApp, filter: &[(&str, &str)], all: &[String]) {
     }
 }
 
-on_every_backend! {
+on_sql_backends! {
     async fn deep_pages_are_exactly_the_offset_pages(app) {
         seed(&app).await;
         for filter in [&[][..], &[("status", "active")][..], &[("status", "inactive")][..]] {

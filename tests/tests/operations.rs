@@ -16,6 +16,7 @@ fn id_literal(backend: Backend, id: &str) -> String {
         Backend::Postgres => format!("'{id}'"),
         Backend::MySql => format!("UNHEX(REPLACE('{id}', '-', ''))"),
         Backend::Sqlite => format!("X'{}'", id.replace('-', "")),
+        Backend::Mongo => unreachable!("a SQL-only test"),
     }
 }
 

@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::AuthConfig;
 use crate::http::error::ApiError;
-use crate::repo::SessionRepo;
 use crate::repo::sessions::Failures;
+use crate::store::Sessions;
 
 /// What one login attempt counts against.
 pub struct Subjects {
@@ -40,7 +40,7 @@ fn subject(kind: &str, value: &str) -> String {
 
 /// Refuses the attempt (429 with `Retry-After`) when either subject is over its limit.
 pub async fn check(
-    repo: &SessionRepo,
+    repo: &Sessions,
     config: &AuthConfig,
     subjects: &Subjects,
 ) -> Result<(), ApiError> {
@@ -68,7 +68,7 @@ pub async fn check(
 }
 
 pub async fn failed(
-    repo: &SessionRepo,
+    repo: &Sessions,
     config: &AuthConfig,
     subjects: &Subjects,
 ) -> Result<(), ApiError> {
@@ -79,7 +79,7 @@ pub async fn failed(
 }
 
 /// A successful login clears its email's count (not the address's: others share it).
-pub async fn succeeded(repo: &SessionRepo, subjects: &Subjects) -> Result<(), ApiError> {
+pub async fn succeeded(repo: &Sessions, subjects: &Subjects) -> Result<(), ApiError> {
     repo.clear_failures(&subjects.email).await?;
     Ok(())
 }

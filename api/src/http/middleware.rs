@@ -104,7 +104,7 @@ fn unreachable_is_not_exhausted(state: &AppState, response: Response) -> Respons
     if !exhausted {
         return response;
     }
-    let pool = crate::db::pool_stats(&state.db);
+    let pool = state.db.pool_stats();
     if pool.in_use + pool.idle >= state.config.database.max_connections {
         return response;
     }

@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use poem::{Endpoint, EndpointExt, Route, get};
 use poem_openapi::{OpenApiService, Tags};
-use sea_orm::DatabaseConnection;
 
 use crate::cache::EntityCache;
 use crate::config::Config;
@@ -29,17 +28,17 @@ use crate::metrics::Metrics;
 use crate::repo::products::Product;
 use crate::repo::sessions::Session;
 use crate::repo::users::User;
-use crate::repo::{OrderRepo, ProductRepo, SessionRepo, UserRepo};
+use crate::store::{Engine, Orders, Products, Repositories, Sessions, Users};
 
 /// Everything a request handler may use.
 pub struct AppState {
     pub config: Config,
-    pub db: DatabaseConnection,
+    pub db: Engine,
     pub metrics: Arc<Metrics>,
-    pub users: UserRepo,
-    pub products: ProductRepo,
-    pub orders: OrderRepo,
-    pub sessions: SessionRepo,
+    pub users: Users,
+    pub products: Products,
+    pub orders: Orders,
+    pub sessions: Sessions,
     /// Every password hash and verification, on a bounded queue.
     pub hasher: Hasher,
     pub user_cache: Arc<EntityCache<User>>,
@@ -50,15 +49,23 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, db: DatabaseConnection, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: Config, db: Engine, metrics: Arc<Metrics>) -> Self {
         let user_cache = Arc::new(EntityCache::new("users", &config.cache, metrics.clone()));
         let product_cache = Arc::new(EntityCache::new("products", &config.cache, metrics.clone()));
         let session_cache = Arc::new(EntityCache::new("sessions", &config.cache, metrics.clone()));
-        let users = UserRepo::new(db.clone(), user_cache.clone(), session_cache.clone());
-        let sessions = SessionRepo::new(db.clone(), session_cache.clone());
+        let Repositories {
+            users,
+            products,
+            orders,
+            sessions,
+        } = Repositories::new(
+            &db,
+            user_cache.clone(),
+            product_cache.clone(),
+            session_cache.clone(),
+            metrics.clone(),
+        );
         let hasher = Hasher::new(config.auth.hash_queue_limit);
-        let products = ProductRepo::new(db.clone(), product_cache.clone());
-        let orders = OrderRepo::new(db.clone(), products.clone(), metrics.clone());
         Self {
             config,
             db,

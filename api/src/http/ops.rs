@@ -6,7 +6,6 @@ use poem_openapi::payload::PlainText;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::{AppState, Tag};
-use crate::db;
 
 #[derive(ApiResponse)]
 pub enum Readiness {
@@ -35,11 +34,11 @@ impl OpsApi {
     /// 200 when a database round trip succeeds, else 503.
     #[oai(path = "/ready", method = "get", operation_id = "ready")]
     async fn ready(&self) -> Readiness {
-        match db::ping(&self.0.db).await {
+        match self.0.db.ping().await {
             Ok(()) => Readiness::Ready(PlainText("ready".to_owned())),
             Err(err) => {
                 tracing::warn!(
-                    error_kind = db::classify(&err).label(),
+                    error_kind = err.failure().map_or("other", |failure| failure.label()),
                     "readiness check failed"
                 );
                 Readiness::NotReady(PlainText("database unavailable".to_owned()))
@@ -51,7 +50,7 @@ impl OpsApi {
     #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
     async fn metrics(&self) -> PlainText<String> {
         let state = &self.0;
-        let pool = db::pool_stats(&state.db);
+        let pool = state.db.pool_stats();
         let metrics = &state.metrics;
         metrics
             .pool_connections

@@ -272,7 +272,25 @@ pub fn route_templates(document: &Value) -> std::collections::HashMap<String, St
 }
 
 pub fn to_yaml(document: &Value) -> String {
-    serde_yaml::to_string(document).unwrap_or_default()
+    serde_yaml::to_string(&sorted(document)).unwrap_or_default()
+}
+
+/// `value` with every object's keys in alphabetical order, so the YAML is the same whether or not
+/// a dependency (bson does) turns on serde_json's insertion-ordered maps.
+fn sorted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|key| (key.clone(), sorted(&map[key])))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
 }
 
 /// Swagger UI with the finished document and every asset inline.

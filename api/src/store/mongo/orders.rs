@@ -1,0 +1,522 @@
+//! Orders on MongoDB: one multi-document transaction per placement or transition, retried as a
+//! whole on write conflicts (`TransientTransactionError`) with the shared backoff.
+//!
+//! There are no foreign keys, so the invariants they give SQL are kept by the transactions
+//! themselves: placing an order writes the user's document (the first time, its `has_orders`
+//! flag) and every product's (the stock, and its `ordered` flag), while deleting a user or product
+//! reads that flag and deletes in a transaction of its own. Whichever commits second has written a
+//! document the other changed since its snapshot, so it conflicts, is retried, and then sees the
+//! other's outcome: the order finds no user (404), or the delete finds the flag (409).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bson::{Bson, Document, doc};
+use entity::{order_items, orders};
+use futures::TryStreamExt;
+use mongodb::ClientSession;
+use mongodb::options::ReturnDocument;
+use sea_orm::DbErr;
+use uuid::Uuid;
+
+use super::document::{self, read_flag, read_i32, read_i64, read_id, read_str, read_time};
+use super::error::is_duplicate_on;
+use super::locks::Stripes;
+use super::products::{ORDERED, ProductRepo, product_from};
+use super::schema::{IDEMPOTENCY_KEYS, ORDERS, PRODUCTS, USERS};
+use super::users::HAS_ORDERS;
+use super::{Mongo, page, settle};
+use crate::db::{RetryPolicy, with_retry};
+use crate::domain::OrderStatus;
+use crate::metrics::Metrics;
+use crate::repo::orders::{Order, OrderFilter, PlaceOrder, Placed};
+use crate::repo::products::Product;
+use crate::repo::{Conflict, PageOf, PageRequest, RepoError, Resource};
+
+/// MongoDB aborts a conflicting transaction at once instead of making it wait, so conflicts
+/// between instances take more, shorter tries than SQL's deadlock retries: ten tries with delays
+/// of up to 5, 10, 20 … 200 ms, about a second in all.
+const RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 10,
+    base_delay: Duration::from_millis(5),
+    max_delay: Duration::from_millis(200),
+};
+
+/// Why one attempt at placing an order stopped short of committing.
+enum Attempt {
+    Failed(RepoError),
+    /// The idempotency key was claimed by a request that has committed since.
+    KeyTaken,
+}
+
+impl From<RepoError> for Attempt {
+    fn from(err: RepoError) -> Self {
+        Self::Failed(err)
+    }
+}
+
+impl From<mongodb::error::Error> for Attempt {
+    fn from(err: mongodb::error::Error) -> Self {
+        Self::Failed(err.into())
+    }
+}
+
+#[derive(Clone)]
+pub struct OrderRepo {
+    mongo: Mongo,
+    products: ProductRepo,
+    metrics: Arc<Metrics>,
+    locks: Arc<Stripes>,
+}
+
+fn malformed(what: &str) -> RepoError {
+    RepoError::Internal(DbErr::Type(format!("stored order has no valid {what}")))
+}
+
+fn order_from(doc: &Document) -> Result<Order, RepoError> {
+    let id = read_id(doc, "_id")?;
+    let status = read_str(doc, "status")?;
+    if OrderStatus::from_db(&status).is_none() {
+        return Err(RepoError::Internal(DbErr::Type(format!(
+            "unknown order status {status:?}"
+        ))));
+    }
+    let mut items = Vec::new();
+    for item in doc.get_array("items").map_err(|_| malformed("items"))? {
+        let item = item.as_document().ok_or_else(|| malformed("item"))?;
+        items.push(order_items::Model {
+            order_id: id,
+            product_id: read_id(item, "product_id")?,
+            quantity: read_i32(item, "quantity")?,
+            unit_price_cents: read_i64(item, "unit_price_cents")?,
+        });
+    }
+    items.sort_by_key(|item| item.product_id);
+    Ok(Order {
+        order: orders::Model {
+            id,
+            user_id: read_id(doc, "user_id")?,
+            status,
+            total_cents: read_i64(doc, "total_cents")?,
+            created_at: read_time(doc, "created_at")?,
+            updated_at: read_time(doc, "updated_at")?,
+            version: read_i64(doc, "version")?,
+        },
+        items,
+    })
+}
+
+/// What one transaction writes, for the in-process queue (see `locks`).
+fn user_key(id: Uuid) -> String {
+    format!("user:{id}")
+}
+
+fn product_key(id: Uuid) -> String {
+    format!("product:{id}")
+}
+
+impl OrderRepo {
+    pub fn new(mongo: Mongo, products: ProductRepo, metrics: Arc<Metrics>) -> Self {
+        Self {
+            mongo,
+            products,
+            metrics,
+            locks: Arc::new(Stripes::default()),
+        }
+    }
+
+    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, RepoError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, RepoError>>,
+    {
+        let retries = &self.metrics.transaction_retries;
+        with_retry(RETRY, |_| retries.inc(), attempt).await
+    }
+
+    /// Places an order in one transaction: claims the idempotency key, checks the user, takes
+    /// the stock with conditional updates, and inserts the order with its items — all of it
+    /// commits or none.
+    pub async fn place(&self, request: PlaceOrder) -> Result<Placed, RepoError> {
+        let order_id = Uuid::now_v7();
+        let mut keys = vec![user_key(request.user_id)];
+        keys.extend(request.lines.product_ids().into_iter().map(product_key));
+        if let Some(idempotency) = &request.idempotency {
+            // A duplicate arriving while the first runs waits here, then finds the key taken.
+            keys.push(format!("key:{}", idempotency.key.as_str()));
+        }
+        let held = self.locks.lock(keys).await;
+        let placed = self
+            .retrying(|| async {
+                let mut session = self.mongo.begin().await?;
+                let outcome = self.place_in(&mut session, order_id, &request).await;
+                match settle(&mut session, outcome).await {
+                    Ok(order) => Ok(Some(order)),
+                    Err(Attempt::KeyTaken) => Ok(None),
+                    Err(Attempt::Failed(err)) => Err(err),
+                }
+            })
+            .await;
+        drop(held);
+        match placed? {
+            Some(order) => {
+                self.products.forget(request.lines.product_ids()).await;
+                Ok(Placed::New(order))
+            }
+            None => self.replay(&request).await.map(Placed::Replayed),
+        }
+    }
+
+    async fn place_in(
+        &self,
+        session: &mut ClientSession,
+        order_id: Uuid,
+        request: &PlaceOrder,
+    ) -> Result<Order, Attempt> {
+        let now = document::now();
+        self.claim_key(session, order_id, request).await?;
+        self.mark_user(session, request.user_id).await?;
+        let products = self.read_products(session, request).await?;
+
+        let mut total: i64 = 0;
+        let mut items = Vec::new();
+        for line in request.lines.iter() {
+            let product = &products[&line.product_id];
+            if product.stock < line.quantity {
+                return Err(RepoError::Conflict(Conflict::InsufficientStock {
+                    product_id: line.product_id,
+                    requested: i64::from(line.quantity),
+                    available: i64::from(product.stock),
+                })
+                .into());
+            }
+            self.take_stock(session, line.product_id, line.quantity, now)
+                .await?;
+            total =
+                total.saturating_add(product.price_cents.saturating_mul(i64::from(line.quantity)));
+            items.push(order_items::Model {
+                order_id,
+                product_id: line.product_id,
+                quantity: line.quantity,
+                unit_price_cents: product.price_cents,
+            });
+        }
+
+        let order = orders::Model {
+            id: order_id,
+            user_id: request.user_id,
+            status: OrderStatus::Pending.as_str().to_owned(),
+            total_cents: total,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        let item_docs: Vec<Bson> = items
+            .iter()
+            .map(|item| {
+                Bson::Document(doc! {
+                    "product_id": document::id(item.product_id),
+                    "quantity": i64::from(item.quantity),
+                    "unit_price_cents": item.unit_price_cents,
+                })
+            })
+            .collect();
+        self.mongo
+            .collection(ORDERS)
+            .insert_one(doc! {
+                "_id": document::id(order.id),
+                "user_id": document::id(order.user_id),
+                "status": &order.status,
+                "total_cents": order.total_cents,
+                "items": item_docs,
+                "version": 1_i64,
+                "created_at": document::time(now),
+                "updated_at": document::time(now),
+            })
+            .session(&mut *session)
+            .await?;
+        Ok(Order { order, items })
+    }
+
+    /// Claims the idempotency key first. A key committed by an earlier request is a duplicate
+    /// key (answer with its order); one held by a request still running elsewhere is a write
+    /// conflict, retried until that request has finished either way.
+    async fn claim_key(
+        &self,
+        session: &mut ClientSession,
+        order_id: Uuid,
+        request: &PlaceOrder,
+    ) -> Result<(), Attempt> {
+        let Some(idempotency) = &request.idempotency else {
+            return Ok(());
+        };
+        let claim = self
+            .mongo
+            .collection(IDEMPOTENCY_KEYS)
+            .insert_one(doc! {
+                "_id": idempotency.key.as_str(),
+                "request_hash": &idempotency.request_hash,
+                "order_id": document::id(order_id),
+                "created_at": document::time(document::now()),
+            })
+            .session(&mut *session)
+            .await;
+        match claim {
+            Ok(_) => Ok(()),
+            Err(err) if is_duplicate_on(&err, "_id") => Err(Attempt::KeyTaken),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The user must exist; the first order also flags it, which is the write a concurrent
+    /// delete of the user conflicts with.
+    async fn mark_user(&self, session: &mut ClientSession, user_id: Uuid) -> Result<(), Attempt> {
+        let users = self.mongo.collection(USERS);
+        let user = users
+            .find_one(doc! {"_id": document::id(user_id)})
+            .projection(doc! {HAS_ORDERS: 1})
+            .max_time(self.mongo.max_time)
+            .session(&mut *session)
+            .await?
+            .ok_or(RepoError::not_found(Resource::User, user_id))?;
+        if !read_flag(&user, HAS_ORDERS) {
+            users
+                .update_one(
+                    doc! {"_id": document::id(user_id)},
+                    doc! {"$set": {HAS_ORDERS: true}},
+                )
+                .session(&mut *session)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every product of the order as of the transaction's snapshot; any missing is a 404 before
+    /// any stock question is asked.
+    async fn read_products(
+        &self,
+        session: &mut ClientSession,
+        request: &PlaceOrder,
+    ) -> Result<HashMap<Uuid, Product>, Attempt> {
+        let mut cursor = self
+            .mongo
+            .collection(PRODUCTS)
+            .find(doc! {"_id": {"$in": document::ids(request.lines.product_ids())}})
+            .max_time(self.mongo.max_time)
+            .session(&mut *session)
+            .await?;
+        let docs: Vec<Document> = cursor.stream(&mut *session).try_collect().await?;
+        let mut products = HashMap::new();
+        for doc in &docs {
+            let product = product_from(doc)?;
+            products.insert(product.id, product);
+        }
+        for line in request.lines.iter() {
+            if !products.contains_key(&line.product_id) {
+                return Err(RepoError::not_found(Resource::Product, line.product_id).into());
+            }
+        }
+        Ok(products)
+    }
+
+    /// The guard repeats the stock check in the update itself: whatever happened since the
+    /// read, this can never take stock below zero.
+    async fn take_stock(
+        &self,
+        session: &mut ClientSession,
+        product_id: Uuid,
+        quantity: i32,
+        now: chrono::DateTime<chrono::FixedOffset>,
+    ) -> Result<(), Attempt> {
+        let quantity = i64::from(quantity);
+        let taken = self
+            .mongo
+            .collection(PRODUCTS)
+            .update_one(
+                doc! {"_id": document::id(product_id), "stock": {"$gte": quantity}},
+                doc! {
+                    "$inc": {"stock": -quantity, "version": 1_i64},
+                    "$set": {"updated_at": document::time(now), ORDERED: true},
+                },
+            )
+            .session(&mut *session)
+            .await?;
+        if taken.matched_count != 1 {
+            return Err(RepoError::Contended {
+                attempts: 1,
+                source: None,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The order an earlier request with this key placed, if the request was the same.
+    async fn replay(&self, request: &PlaceOrder) -> Result<Order, RepoError> {
+        let Some(idempotency) = &request.idempotency else {
+            return Err(RepoError::Internal(DbErr::Custom(
+                "idempotency conflict without a key".into(),
+            )));
+        };
+        let claim = self
+            .mongo
+            .collection(IDEMPOTENCY_KEYS)
+            .find_one(doc! {"_id": idempotency.key.as_str()})
+            .max_time(self.mongo.max_time)
+            .await?
+            .ok_or_else(|| RepoError::Internal(DbErr::RecordNotFound("idempotency key".into())))?;
+        if read_str(&claim, "request_hash")? != idempotency.request_hash {
+            return Err(RepoError::Conflict(Conflict::IdempotencyKeyReused));
+        }
+        self.get(read_id(&claim, "order_id")?).await
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Order, RepoError> {
+        let doc = self
+            .mongo
+            .collection(ORDERS)
+            .find_one(doc! {"_id": document::id(id)})
+            .max_time(self.mongo.max_time)
+            .await?
+            .ok_or(RepoError::not_found(Resource::Order, id))?;
+        order_from(&doc)
+    }
+
+    /// A user's orders, newest first, each with its items (embedded: one query for the page).
+    pub async fn list_for_user(
+        &self,
+        user_id: Uuid,
+        filter: OrderFilter,
+        request: PageRequest,
+    ) -> Result<PageOf<Order>, RepoError> {
+        let user = self
+            .mongo
+            .collection(USERS)
+            .find_one(doc! {"_id": document::id(user_id)})
+            .projection(doc! {"_id": 1})
+            .max_time(self.mongo.max_time)
+            .await?;
+        if user.is_none() {
+            return Err(RepoError::not_found(Resource::User, user_id));
+        }
+        let mut query = doc! {"user_id": document::id(user_id)};
+        page::set_if(&mut query, "status", filter.status.map(OrderStatus::as_str));
+        let page = page::list(
+            &self.mongo.collection(ORDERS),
+            query,
+            request,
+            self.mongo.max_time,
+        )
+        .await?;
+        Ok(PageOf {
+            items: page
+                .items
+                .iter()
+                .map(order_from)
+                .collect::<Result<_, _>>()?,
+            total: page.total,
+            next: page.next,
+        })
+    }
+
+    /// Moves an order along the transition table; cancelling gives the stock back in the same
+    /// transaction.
+    /// With `expected`, only when the order's version is one of those (`If-Match`), checked in
+    /// the transaction that writes it.
+    pub async fn transition(
+        &self,
+        id: Uuid,
+        to: OrderStatus,
+        expected: Option<&[i64]>,
+    ) -> Result<Order, RepoError> {
+        // An order's items never change, so the documents a cancellation writes are known
+        // before it starts: it queues with the orders that write them.
+        let current = self.get(id).await?;
+        let mut keys = vec![format!("order:{id}")];
+        if to == OrderStatus::Cancelled {
+            keys.extend(
+                current
+                    .items
+                    .iter()
+                    .map(|item| product_key(item.product_id)),
+            );
+        }
+        let held = self.locks.lock(keys).await;
+        let order = self
+            .retrying(|| async {
+                let mut session = self.mongo.begin().await?;
+                let outcome = self.transition_in(&mut session, id, to, expected).await;
+                settle(&mut session, outcome).await
+            })
+            .await;
+        drop(held);
+        let order = order?;
+        if to == OrderStatus::Cancelled {
+            let restocked: Vec<Uuid> = order.items.iter().map(|item| item.product_id).collect();
+            self.products.forget(restocked).await;
+        }
+        Ok(order)
+    }
+
+    async fn transition_in(
+        &self,
+        session: &mut ClientSession,
+        id: Uuid,
+        to: OrderStatus,
+        expected: Option<&[i64]>,
+    ) -> Result<Order, RepoError> {
+        let orders = self.mongo.collection(ORDERS);
+        let current = orders
+            .find_one(doc! {"_id": document::id(id)})
+            .max_time(self.mongo.max_time)
+            .session(&mut *session)
+            .await?
+            .ok_or(RepoError::not_found(Resource::Order, id))?;
+        let current = order_from(&current)?;
+        if expected.is_some_and(|versions| !versions.contains(&current.order.version)) {
+            return Err(RepoError::PreconditionFailed);
+        }
+        let from =
+            OrderStatus::from_db(&current.order.status).ok_or_else(|| malformed("status"))?;
+        if !from.can_move_to(to) {
+            return Err(RepoError::Conflict(Conflict::InvalidTransition {
+                from: from.as_str(),
+                to: to.as_str(),
+            }));
+        }
+        let now = document::now();
+        let updated = orders
+            .find_one_and_update(
+                doc! {"_id": document::id(id), "status": from.as_str()},
+                doc! {
+                    "$set": {"status": to.as_str(), "updated_at": document::time(now)},
+                    "$inc": {"version": 1_i64},
+                },
+            )
+            .return_document(ReturnDocument::After)
+            .max_time(self.mongo.max_time)
+            .session(&mut *session)
+            .await?
+            .ok_or(RepoError::Contended {
+                attempts: 1,
+                source: None,
+            })?;
+        if to == OrderStatus::Cancelled {
+            let products = self.mongo.collection(PRODUCTS);
+            for item in &current.items {
+                products
+                    .update_one(
+                        doc! {"_id": document::id(item.product_id)},
+                        doc! {
+                            "$inc": {"stock": i64::from(item.quantity), "version": 1_i64},
+                            "$set": {"updated_at": document::time(now)},
+                        },
+                    )
+                    .session(&mut *session)
+                    .await?;
+            }
+        }
+        order_from(&updated)
+    }
+}
