@@ -348,43 +348,4 @@ impl UserRepo {
         sessions::forget(&self.sessions, acknowledgements, &revoked).await;
         Ok(())
     }
-
-    /// Makes sure the account `email` exists with role admin: created with `password` when
-    /// absent, promoted (password untouched) when present. Several instances starting at once
-    /// may race to create it; the loser finds it and promotes it.
-    pub async fn ensure_admin<F, Fut>(&self, email: &Email, password: F) -> Result<User, RepoError>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<PasswordHash, RepoError>>,
-    {
-        for _ in 0..3 {
-            if let Some(user) = self.find_by_email(email).await? {
-                if user.role == UserRole::Admin {
-                    return Ok(user);
-                }
-                let promote = UserChanges {
-                    role: Some(UserRole::Admin),
-                    ..Default::default()
-                };
-                return self.update(user.id, promote, None).await;
-            }
-            let created = self
-                .create(NewUser {
-                    name: UserName::parse("Administrator")
-                        .map_err(|why| RepoError::Internal(DbErr::Custom(why)))?,
-                    email: email.clone(),
-                    password: password().await?,
-                    status: UserStatus::Active,
-                    role: UserRole::Admin,
-                })
-                .await;
-            match created {
-                Err(RepoError::Conflict(Conflict::EmailTaken)) => continue,
-                other => return other,
-            }
-        }
-        Err(RepoError::Internal(DbErr::Custom(
-            "the admin account kept changing while it was being made sure of".into(),
-        )))
-    }
 }

@@ -13,13 +13,13 @@ use crate::cache::EntityCache;
 use crate::db::PoolStats;
 use chrono::{DateTime, FixedOffset};
 
-use crate::domain::{Email, OrderStatus, PasswordHash};
+use crate::domain::{Email, OrderStatus, PasswordHash, UserName, UserRole, UserStatus};
 use crate::metrics::Metrics;
 use crate::repo::orders::{Order, OrderFilter, PlaceOrder, Placed};
 use crate::repo::products::{NewProduct, Product, ProductChanges, ProductFilter};
 use crate::repo::sessions::{Failures, Session};
 use crate::repo::users::{NewUser, User, UserChanges, UserFilter};
-use crate::repo::{PageOf, PageRequest, RepoError};
+use crate::repo::{Conflict, PageOf, PageRequest, RepoError};
 
 /// The database the service runs on: a SeaORM pool (SQLite, PostgreSQL, MariaDB/MySQL) or a
 /// MongoDB client.
@@ -161,12 +161,43 @@ impl Users {
         delegate!(self.credentials(email))
     }
 
+    /// Makes sure the account `email` exists with role admin: created with `password` when
+    /// absent, promoted (password untouched) when present. Several instances starting at once
+    /// may race to create it; the loser finds it and promotes it. The same on every engine.
     pub async fn ensure_admin<F, Fut>(&self, email: &Email, password: F) -> Result<User, RepoError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<PasswordHash, RepoError>>,
     {
-        delegate!(self.ensure_admin(email, password))
+        let internal = |why: String| RepoError::Internal(sea_orm::DbErr::Custom(why));
+        for _ in 0..3 {
+            if let Some(user) = self.find_by_email(email).await? {
+                if user.role == UserRole::Admin {
+                    return Ok(user);
+                }
+                let promote = UserChanges {
+                    role: Some(UserRole::Admin),
+                    ..Default::default()
+                };
+                return self.update(user.id, promote, None).await;
+            }
+            let created = self
+                .create(NewUser {
+                    name: UserName::parse("Administrator").map_err(internal)?,
+                    email: email.clone(),
+                    password: password().await?,
+                    status: UserStatus::Active,
+                    role: UserRole::Admin,
+                })
+                .await;
+            match created {
+                Err(RepoError::Conflict(Conflict::EmailTaken)) => continue,
+                other => return other,
+            }
+        }
+        Err(internal(
+            "the admin account kept changing while it was being made sure of".to_owned(),
+        ))
     }
 
     pub async fn list(
