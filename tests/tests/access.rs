@@ -455,9 +455,10 @@ async fn a_full_hashing_queue_answers_busy_at_once() {
 }
 
 /// A token revoked through one instance is refused by another from the moment the revoking
-/// request has been answered — logout, password change and deletion alike.
+/// request has been answered — logout, password change, role change and deletion alike — and an
+/// expired one is refused by both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn revocation_holds_across_instances_on_postgres() {
+async fn revocation_and_expiry_hold_across_instances_on_postgres() {
     run_with(
         Backend::Postgres,
         |_| {},
@@ -469,7 +470,7 @@ async fn revocation_holds_across_instances_on_postgres() {
                 let path = format!("/v1/users/{}", user.id);
                 // Instance B has the session cached.
                 as_client(&b, &user.client, "GET", &path).await.expect(200);
-                match round % 3 {
+                match round % 4 {
                     0 => {
                         as_client(&a, &user.client, "DELETE", "/v1/sessions/current")
                             .await
@@ -480,6 +481,9 @@ async fn revocation_holds_across_instances_on_postgres() {
                             .await
                             .expect(200);
                     }
+                    2 => {
+                        a.patch(&path, &json!({"role": "admin"})).await.expect(200);
+                    }
                     _ => {
                         a.delete(&path).await.expect_empty(204);
                     }
@@ -487,6 +491,20 @@ async fn revocation_holds_across_instances_on_postgres() {
                 unauthenticated(&as_client(&b, &user.client, "GET", &path).await);
             }
             let _ = b.stop().await;
+            // Expiry: a session two instances have cached is refused by both once it ends.
+            let mut short = test_config(&a.db);
+            short.auth.session_ttl = Duration::from_secs(2);
+            let c = TestApp::start(a.db.clone(), short.clone()).await;
+            let d = TestApp::start(a.db.clone(), short).await;
+            let user = c.sign_up("Expiring", "expiring@example.com").await;
+            let path = format!("/v1/users/{}", user.id);
+            as_client(&c, &user.client, "GET", &path).await.expect(200);
+            as_client(&d, &user.client, "GET", &path).await.expect(200);
+            tokio::time::sleep(Duration::from_millis(2_200)).await;
+            unauthenticated(&as_client(&c, &user.client, "GET", &path).await);
+            unauthenticated(&as_client(&d, &user.client, "GET", &path).await);
+            let _ = c.stop().await;
+            let _ = d.stop().await;
         },
     )
     .await;
