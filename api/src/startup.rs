@@ -8,13 +8,14 @@ use std::time::Duration;
 use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpListener};
 
-use crate::cache::peers;
+use crate::cache::Caches;
 use crate::config::{Config, mask_password};
-use crate::db;
+use crate::domain::Hasher;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::store::Engine;
 use crate::store::mongo::{self, Mongo};
+use crate::store::sql::{notify, pool};
+use crate::store::{Engine, Repositories};
 
 /// Why the service could not start; each renders as one line for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -22,13 +23,43 @@ pub enum StartupError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
-    Database(#[from] db::ConnectError),
+    Database(#[from] pool::ConnectError),
     #[error("cannot apply migrations to {url}: {reason}")]
     Migrations { url: String, reason: String },
     #[error("cannot make sure of the admin account {email}: {reason}")]
     Admin { email: String, reason: String },
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
+}
+
+impl AppState {
+    /// The one place the parts meet: caches, the engine's repositories, the hasher.
+    pub fn new(config: Config, db: Engine, metrics: Arc<Metrics>) -> Self {
+        let caches = Caches::new(&config.cache, &metrics);
+        let Repositories {
+            users,
+            products,
+            orders,
+            sessions,
+        } = Repositories::new(&db, &caches, metrics.clone());
+        let hasher = Hasher::new(config.auth.hash_queue_limit);
+        Self {
+            config,
+            db,
+            metrics,
+            users,
+            products,
+            orders,
+            sessions,
+            hasher,
+            caches,
+            listener_name: format!(
+                "{}{}",
+                notify::LISTENER_PREFIX,
+                uuid::Uuid::now_v7().simple()
+            ),
+        }
+    }
 }
 
 /// How long in-flight requests may take to finish once shutdown has begun.
@@ -119,22 +150,17 @@ async fn connect(config: &Config, metrics: &Metrics) -> Result<Engine, StartupEr
         let mongo = Mongo::connect(&config.database, queries).await?;
         return Ok(Engine::Mongo(mongo));
     }
-    let mut db = db::connect(&config.database).await?;
+    let mut db = pool::connect(&config.database).await?;
     db.set_metric_callback(move |_| queries.inc());
     Ok(Engine::Sql(db))
 }
 
 async fn listen_to_peers(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<()>> {
-    if !state.user_cache.is_enabled() {
+    if !state.caches.users.is_enabled() {
         return None;
     }
     if let Some(mongo) = state.db.mongo() {
-        let caches = mongo::watch::Caches {
-            users: state.user_cache.clone(),
-            products: state.product_cache.clone(),
-            sessions: state.session_cache.clone(),
-        };
-        return Some(mongo::watch::start(mongo.clone(), caches).await);
+        return Some(mongo::watch::start(mongo.clone(), state.caches.clone()).await);
     }
     let postgres = state
         .db
@@ -143,10 +169,8 @@ async fn listen_to_peers(state: &Arc<AppState>) -> Option<tokio::task::JoinHandl
     if !postgres {
         return None;
     }
-    let caches = peers::Caches {
-        users: state.user_cache.clone(),
-        products: state.product_cache.clone(),
-        sessions: state.session_cache.clone(),
+    let evictor = notify::Evictor {
+        caches: state.caches.clone(),
         sender: state.config.database.application_name.clone(),
     };
     // LISTEN holds a session: a transaction pooler cannot carry it.
@@ -156,7 +180,7 @@ async fn listen_to_peers(state: &Arc<AppState>) -> Option<tokio::task::JoinHandl
         .as_ref()
         .unwrap_or(&database.url)
         .clone();
-    Some(peers::start_listener(url, state.listener_name.clone(), caches).await)
+    Some(notify::start_listener(url, state.listener_name.clone(), evictor).await)
 }
 
 /// `ADMIN_EMAIL`/`ADMIN_PASSWORD`: that user exists with role admin (created with the password
@@ -170,9 +194,7 @@ async fn ensure_admin(state: &AppState) -> Result<(), StartupError> {
             .hasher
             .hash(admin.password.clone())
             .await
-            .map_err(|err| {
-                crate::repo::RepoError::Internal(sea_orm::DbErr::Custom(err.to_string()))
-            })
+            .map_err(|err| crate::store::StoreError::internal(err.to_string()))
     };
     let user = state
         .users
@@ -193,9 +215,9 @@ async fn prepare_for_pooler(direct: &str, config: &Config) -> Result<(), Startup
         url: direct.to_owned(),
         ..config.database.clone()
     };
-    db::probe(&direct_config).await?;
+    pool::probe(&direct_config).await?;
     let timeout = config.database.statement_timeout;
-    match db::apply_statement_timeout(direct, timeout).await {
+    match pool::apply_statement_timeout(direct, timeout).await {
         Ok(()) => tracing::info!(
             statement_timeout_ms = timeout.as_millis(),
             "statement timeout set as this role's default in the database (behind a pooler)"
@@ -231,7 +253,7 @@ pub async fn migrate(db: &Engine, config: &Config) -> Result<(), StartupError> {
         }
     };
     let direct = match &database.direct_url {
-        Some(url) => Some(db::connect_direct(url, database).await?),
+        Some(url) => Some(pool::connect_direct(url, database).await?),
         None => None,
     };
     let conn = direct.as_ref().unwrap_or(db);
@@ -290,7 +312,7 @@ pub async fn shutdown_signal() {
 pub async fn openapi_yaml() -> Result<String, StartupError> {
     let mut config = Config::from_vars(Vec::new())?;
     config.database.url = "sqlite::memory:".to_owned();
-    let db = db::connect(&config.database).await?;
+    let db = pool::connect(&config.database).await?;
     let metrics = Arc::new(Metrics::new());
     Ok(http::openapi_yaml(Arc::new(AppState::new(
         config,

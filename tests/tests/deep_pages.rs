@@ -12,7 +12,7 @@ use tests::{Backend, TestApp, id_of, ids_of, json, on_sql_backends, run_with, te
 use uuid::Uuid;
 
 /// Rows between two recorded positions (the service's `cache::listing::BLOCK`).
-const BLOCK: usize = api::cache::listing::BLOCK as usize;
+const BLOCK: usize = api::store::positions::BLOCK as usize;
 
 const USERS: usize = 1_000;
 

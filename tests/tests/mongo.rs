@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use api::repo::CursorKey;
+use api::store::CursorKey;
 use api::store::mongo::page::older_than;
 use api::store::mongo::schema;
 use bson::{Document, doc};

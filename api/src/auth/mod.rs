@@ -18,9 +18,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::domain::UserRole;
+use crate::domain::model::Session;
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::repo::sessions::Session;
 
 /// 256 bits from the OS, the least API.md allows: guessing one is hopeless, so a fast hash of it
 /// (not Argon2) is all the database needs to keep.
@@ -133,5 +133,5 @@ async fn check_bearer(request: &Request, bearer: Bearer) -> poem::Result<Caller>
 pub fn expiry(state: &AppState) -> DateTime<FixedOffset> {
     let ttl = chrono::Duration::from_std(state.config.auth.session_ttl)
         .unwrap_or(chrono::Duration::days(7));
-    crate::repo::now() + ttl
+    crate::store::now() + ttl
 }

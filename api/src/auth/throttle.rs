@@ -8,8 +8,8 @@ use chrono::{DateTime, FixedOffset};
 use sha2::{Digest, Sha256};
 
 use crate::config::AuthConfig;
+use crate::domain::model::Failures;
 use crate::http::error::ApiError;
-use crate::repo::sessions::Failures;
 use crate::store::Sessions;
 
 /// What one login attempt counts against.
@@ -44,7 +44,7 @@ pub async fn check(
     config: &AuthConfig,
     subjects: &Subjects,
 ) -> Result<(), ApiError> {
-    let now = crate::repo::now();
+    let now = crate::store::now();
     let since = window_start(config, now);
     let counts = repo.failures(&subjects.all(), since).await?;
     let limits = std::iter::once(config.max_failures_per_email).chain(
@@ -72,7 +72,7 @@ pub async fn failed(
     config: &AuthConfig,
     subjects: &Subjects,
 ) -> Result<(), ApiError> {
-    let now = crate::repo::now();
+    let now = crate::store::now();
     repo.record_failure(&subjects.all(), window_start(config, now))
         .await?;
     Ok(())

@@ -9,9 +9,6 @@
 //! array of stripes indexed by the id's hash, so memory stays bounded; a write merely makes the
 //! few other ids that share its stripe miss once.
 
-pub mod listing;
-pub mod peers;
-
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -20,9 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use prometheus::IntCounter;
 use uuid::Uuid;
 
-use self::listing::ListingIndex;
 use crate::config::CacheConfig;
+use crate::domain::model::{Product, Session, User};
 use crate::metrics::Metrics;
+use crate::store::positions::ListingIndex;
 
 const STRIPES: usize = 4096;
 
@@ -32,9 +30,9 @@ pub struct EntityCache<V> {
     entries: Option<moka::future::Cache<(Uuid, u64), Arc<V>>>,
     generations: Box<[AtomicU64]>,
     hasher: RandomState,
-    /// Off while this instance cannot hear other instances' invalidations (see `peers`).
+    /// Off while this instance cannot hear other instances' invalidations (see `store::sql::notify`).
     suspended: AtomicBool,
-    /// On while a listener hears the invalidations all instances announce (see `peers`).
+    /// On while a listener hears the invalidations all instances announce (see `store::sql::notify`).
     listening: AtomicBool,
     /// Every instance's acknowledgement of an announced eviction (the key, the listener's name),
     /// for writers that wait until theirs has gone round.
@@ -152,9 +150,10 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
         }
     }
 
-    /// Makes every later read of `id` go to the database. Call after the write committed.
-    pub async fn invalidate(&self, id: Uuid) {
-        self.listing.changed();
+    /// Makes every later read of `id` (and of the listing) go to the database. Call after the
+    /// write committed.
+    pub async fn evict(&self, id: Uuid) {
+        self.listing.evict();
         let Some(entries) = &self.entries else {
             return;
         };
@@ -179,8 +178,8 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
     }
 
     /// Drops everything (e.g. when this instance may have missed invalidations).
-    pub fn clear(&self) {
-        self.listing.changed();
+    pub fn evict_all(&self) {
+        self.listing.evict();
         if let Some(entries) = &self.entries {
             for stripe in self.generations.iter() {
                 stripe.fetch_add(1, Ordering::AcqRel);
@@ -193,19 +192,19 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
     pub fn suspend(&self) {
         self.listening.store(false, Ordering::Release);
         self.suspended.store(true, Ordering::Release);
-        self.clear();
+        self.evict_all();
     }
 
     /// Empties the cache (it may have missed invalidations) and serves from it again.
     pub fn resume(&self) {
-        self.clear();
+        self.evict_all();
         self.suspended.store(false, Ordering::Release);
         self.listening.store(true, Ordering::Release);
     }
 
-    /// A row was added: listings change, no entry does. Call after the insert committed.
-    pub fn inserted(&self) {
-        self.listing.changed();
+    /// A row was added: the listing changes, no entry does (a miss caches nothing).
+    pub fn evict_listing(&self) {
+        self.listing.evict();
     }
 
     /// The listing's page positions, unless this instance may have missed a write (suspended).
@@ -229,5 +228,87 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
 
     pub fn name(&self) -> &'static str {
         self.name
+    }
+}
+
+/// Which cache a key belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topic {
+    Users,
+    Products,
+    /// Keyed by `domain::model::cache_key` of the token hash.
+    Sessions,
+}
+
+impl Topic {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topic::Users => "users",
+            Topic::Products => "products",
+            Topic::Sessions => "sessions",
+        }
+    }
+
+    pub fn parse(topic: &str) -> Option<Self> {
+        [Topic::Users, Topic::Products, Topic::Sessions]
+            .into_iter()
+            .find(|known| known.as_str() == topic)
+    }
+}
+
+/// The caches an instance keeps: what its own writes, and what it hears of other instances'
+/// writes, evict from. The listeners of each engine reach the caches only through this.
+#[derive(Clone)]
+pub struct Caches {
+    pub users: Arc<EntityCache<User>>,
+    pub products: Arc<EntityCache<Product>>,
+    pub sessions: Arc<EntityCache<Session>>,
+}
+
+impl Caches {
+    pub fn new(config: &CacheConfig, metrics: &Arc<Metrics>) -> Self {
+        Self {
+            users: Arc::new(EntityCache::new("users", config, Arc::clone(metrics))),
+            products: Arc::new(EntityCache::new("products", config, Arc::clone(metrics))),
+            sessions: Arc::new(EntityCache::new("sessions", config, Arc::clone(metrics))),
+        }
+    }
+
+    /// `id` changed (or was added, or is gone): later reads of it go to the database.
+    pub async fn evict(&self, topic: Topic, id: Uuid) {
+        match topic {
+            Topic::Users => self.users.evict(id).await,
+            Topic::Products => self.products.evict(id).await,
+            Topic::Sessions => self.sessions.evict(id).await,
+        }
+    }
+
+    /// A row was added to `topic`'s table: only its listing changes.
+    pub fn evict_listing(&self, topic: Topic) {
+        match topic {
+            Topic::Users => self.users.evict_listing(),
+            Topic::Products => self.products.evict_listing(),
+            Topic::Sessions => self.sessions.evict_listing(),
+        }
+    }
+
+    pub fn evict_all(&self) {
+        self.users.evict_all();
+        self.products.evict_all();
+        self.sessions.evict_all();
+    }
+
+    /// While this instance cannot hear other instances' writes: serve nothing from the caches.
+    pub fn suspend(&self) {
+        self.users.suspend();
+        self.products.suspend();
+        self.sessions.suspend();
+    }
+
+    /// Hearing again: empty the caches (writes may have been missed) and serve from them.
+    pub fn resume(&self) {
+        self.users.resume();
+        self.products.resume();
+        self.sessions.resume();
     }
 }

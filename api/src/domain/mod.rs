@@ -1,7 +1,9 @@
 //! Types that can only hold valid values. Requests are parsed into them once, at the edge; past
-//! that point nothing re-checks a name's length or an email's shape.
+//! that point nothing re-checks a name's length or an email's shape. Also the read models
+//! (`model`): what the store answers and takes, whichever engine holds the data.
 
 mod email;
+pub mod model;
 mod order;
 mod password;
 mod product;

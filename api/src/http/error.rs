@@ -11,9 +11,9 @@ use poem_openapi::types::{ToJSON, Type};
 use poem_openapi::{ApiResponse, Object};
 use uuid::Uuid;
 
-use crate::db::DbFailure;
 use crate::domain::FieldError;
-use crate::repo::{Conflict, RepoError};
+use crate::store::DbFailure;
+use crate::store::{Conflict, StoreError};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -147,6 +147,29 @@ impl ApiError {
         }
     }
 
+    /// The problem's `code`, for the response body and the log line alike.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::NotFound { .. } => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unauthenticated => "unauthenticated",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::Forbidden(_) => "forbidden",
+            Self::PreconditionFailed => "precondition_failed",
+            Self::TooManyAttempts { .. } => "too_many_attempts",
+            Self::Busy => "busy",
+            Self::Conflict(conflict) => conflict_code(conflict),
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Validation(_) => "validation_failed",
+            Self::Unavailable { code, .. } => code,
+            Self::QueryTimeout => "query_timeout",
+            Self::RequestTimeout => "request_timeout",
+            Self::Internal { .. } => "internal",
+        }
+    }
+
     pub fn problem(&self) -> Problem {
         let status = self.status();
         let mut problem = Problem {
@@ -162,49 +185,35 @@ impl ApiError {
             requested: None,
             available: None,
         };
-        let (code, detail): (&str, String) = match self {
-            Self::BadRequest(detail) => ("bad_request", detail.clone()),
+        let detail = match self {
+            Self::BadRequest(detail) => detail.clone(),
             Self::NotFound { detail, reference } => {
                 if let Some((resource, id)) = reference {
                     problem.resource = Some((*resource).to_owned());
                     problem.id = Some(id.to_string());
                 }
-                ("not_found", detail.clone())
+                detail.clone()
             }
-            Self::MethodNotAllowed => (
-                "method_not_allowed",
-                "this path does not support that method".to_owned(),
-            ),
-            Self::Unauthenticated => (
-                "unauthenticated",
-                "a valid bearer token is required (Authorization: Bearer <token>)".to_owned(),
-            ),
-            Self::InvalidCredentials => (
-                "invalid_credentials",
-                "the email or the password is wrong".to_owned(),
-            ),
-            Self::Forbidden(why) => ("forbidden", why.clone()),
-            Self::PreconditionFailed => (
-                "precondition_failed",
-                "the resource has changed since the version named in If-Match".to_owned(),
-            ),
-            Self::TooManyAttempts { retry_after } => (
-                "too_many_attempts",
-                format!("too many failed logins; retry in {retry_after} s"),
-            ),
-            Self::Busy => (
-                "busy",
-                "too many password operations are waiting; retry shortly".to_owned(),
-            ),
+            Self::MethodNotAllowed => "this path does not support that method".to_owned(),
+            Self::Unauthenticated => {
+                "a valid bearer token is required (Authorization: Bearer <token>)".to_owned()
+            }
+            Self::InvalidCredentials => "the email or the password is wrong".to_owned(),
+            Self::Forbidden(why) => why.clone(),
+            Self::PreconditionFailed => {
+                "the resource has changed since the version named in If-Match".to_owned()
+            }
+            Self::TooManyAttempts { retry_after } => {
+                format!("too many failed logins; retry in {retry_after} s")
+            }
+            Self::Busy => "too many password operations are waiting; retry shortly".to_owned(),
             Self::Conflict(conflict) => conflict_problem(conflict, &mut problem),
-            Self::PayloadTooLarge { limit } => (
-                "payload_too_large",
-                format!("the request body exceeds the limit of {limit} bytes"),
-            ),
-            Self::UnsupportedMediaType => (
-                "unsupported_media_type",
-                "the request body must be sent as Content-Type: application/json".to_owned(),
-            ),
+            Self::PayloadTooLarge { limit } => {
+                format!("the request body exceeds the limit of {limit} bytes")
+            }
+            Self::UnsupportedMediaType => {
+                "the request body must be sent as Content-Type: application/json".to_owned()
+            }
             Self::Validation(errors) => {
                 problem.errors = Some(
                     errors
@@ -216,35 +225,26 @@ impl ApiError {
                         .collect(),
                 );
                 let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-                (
-                    "validation_failed",
-                    format!("invalid: {}", fields.join(", ")),
-                )
+                format!("invalid: {}", fields.join(", "))
             }
-            Self::Unavailable { code, failure, .. } => (
-                code,
-                match failure {
-                    DbFailure::PoolExhausted => {
-                        "all database connections are busy; retry shortly".to_owned()
-                    }
-                    DbFailure::Contention => {
-                        "the database is too contended to complete this now; retry shortly"
-                            .to_owned()
-                    }
-                    _ => "the database is unavailable; retry shortly".to_owned(),
-                },
-            ),
-            Self::QueryTimeout => (
-                "query_timeout",
-                "the database did not answer within the statement timeout".to_owned(),
-            ),
-            Self::RequestTimeout => (
-                "request_timeout",
-                "the request did not complete within the request deadline".to_owned(),
-            ),
-            Self::Internal { .. } => ("internal", "an internal error occurred".to_owned()),
+            Self::Unavailable { failure, .. } => match failure {
+                DbFailure::PoolExhausted => {
+                    "all database connections are busy; retry shortly".to_owned()
+                }
+                DbFailure::Contention => {
+                    "the database is too contended to complete this now; retry shortly".to_owned()
+                }
+                _ => "the database is unavailable; retry shortly".to_owned(),
+            },
+            Self::QueryTimeout => {
+                "the database did not answer within the statement timeout".to_owned()
+            }
+            Self::RequestTimeout => {
+                "the request did not complete within the request deadline".to_owned()
+            }
+            Self::Internal { .. } => "an internal error occurred".to_owned(),
         };
-        problem.code = code.to_owned();
+        problem.code = self.code().to_owned();
         problem.detail = Some(detail);
         problem
     }
@@ -270,40 +270,29 @@ impl ApiError {
     }
 }
 
-fn conflict_problem(conflict: &Conflict, problem: &mut Problem) -> (&'static str, String) {
+fn conflict_problem(conflict: &Conflict, problem: &mut Problem) -> String {
     match conflict {
         Conflict::EmailTaken => {
             problem.errors = Some(vec![FieldProblem {
                 field: "email".to_owned(),
                 message: "already taken".to_owned(),
             }]);
-            (
-                "email_taken",
-                "a user with this email already exists".to_owned(),
-            )
+            "a user with this email already exists".to_owned()
         }
         Conflict::SkuTaken => {
             problem.errors = Some(vec![FieldProblem {
                 field: "sku".to_owned(),
                 message: "already taken".to_owned(),
             }]);
-            (
-                "sku_taken",
-                "a product with this sku already exists".to_owned(),
-            )
+            "a product with this sku already exists".to_owned()
         }
-        Conflict::UserHasOrders => (
-            "user_has_orders",
-            "the user has orders, which are kept as records".to_owned(),
-        ),
-        Conflict::ProductHasOrders => (
-            "product_has_orders",
-            "the product has been ordered and is kept for those orders' records".to_owned(),
-        ),
-        Conflict::InvalidTransition { from, to } => (
-            "invalid_transition",
-            format!("an order cannot move from {from} to {to}"),
-        ),
+        Conflict::UserHasOrders => "the user has orders, which are kept as records".to_owned(),
+        Conflict::ProductHasOrders => {
+            "the product has been ordered and is kept for those orders' records".to_owned()
+        }
+        Conflict::InvalidTransition { from, to } => {
+            format!("an order cannot move from {from} to {to}")
+        }
         Conflict::InsufficientStock {
             product_id,
             requested,
@@ -312,15 +301,24 @@ fn conflict_problem(conflict: &Conflict, problem: &mut Problem) -> (&'static str
             problem.product_id = Some(*product_id);
             problem.requested = Some(*requested);
             problem.available = Some(*available);
-            (
-                "insufficient_stock",
-                format!("product {product_id} has {available} in stock, {requested} requested"),
-            )
+            format!("product {product_id} has {available} in stock, {requested} requested")
         }
-        Conflict::IdempotencyKeyReused => (
-            "idempotency_key_reused",
-            "this Idempotency-Key was used for a different request".to_owned(),
-        ),
+        Conflict::IdempotencyKeyReused => {
+            "this Idempotency-Key was used for a different request".to_owned()
+        }
+    }
+}
+
+/// The `code` of a conflict: what a client branches on.
+fn conflict_code(conflict: &Conflict) -> &'static str {
+    match conflict {
+        Conflict::EmailTaken => "email_taken",
+        Conflict::SkuTaken => "sku_taken",
+        Conflict::UserHasOrders => "user_has_orders",
+        Conflict::ProductHasOrders => "product_has_orders",
+        Conflict::InvalidTransition { .. } => "invalid_transition",
+        Conflict::InsufficientStock { .. } => "insufficient_stock",
+        Conflict::IdempotencyKeyReused => "idempotency_key_reused",
     }
 }
 
@@ -361,27 +359,27 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<RepoError> for ApiError {
-    fn from(err: RepoError) -> Self {
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
         match err {
-            RepoError::NotFound { resource, id } => Self::NotFound {
+            StoreError::NotFound { resource, id } => Self::NotFound {
                 detail: format!("{} {id} does not exist", resource.as_str()),
                 reference: Some((resource.as_str(), id)),
             },
-            RepoError::Conflict(conflict) => Self::Conflict(conflict),
-            RepoError::PreconditionFailed => Self::PreconditionFailed,
-            RepoError::Unavailable { failure, source } => Self::Unavailable {
+            StoreError::Conflict(conflict) => Self::Conflict(conflict),
+            StoreError::PreconditionFailed => Self::PreconditionFailed,
+            StoreError::Unavailable { failure, source } => Self::Unavailable {
                 code: "database_unavailable",
                 detail: source.to_string(),
                 failure,
             },
-            RepoError::PoolExhausted => Self::Unavailable {
+            StoreError::PoolExhausted => Self::Unavailable {
                 code: "pool_exhausted",
                 failure: DbFailure::PoolExhausted,
                 detail: "no connection became free within the acquire timeout".to_owned(),
             },
-            RepoError::Timeout => Self::QueryTimeout,
-            RepoError::Contended { attempts, source } => Self::Unavailable {
+            StoreError::Timeout => Self::QueryTimeout,
+            StoreError::Contended { attempts, source } => Self::Unavailable {
                 code: "database_unavailable",
                 failure: DbFailure::Contention,
                 detail: format!(
@@ -389,9 +387,9 @@ impl From<RepoError> for ApiError {
                     source.map(|err| format!(": {err}")).unwrap_or_default()
                 ),
             },
-            RepoError::Internal(err) => Self::Internal {
-                failure: Some(crate::db::classify(&err)),
-                detail: err.to_string(),
+            StoreError::Internal { failure, source } => Self::Internal {
+                failure: Some(failure),
+                detail: source.to_string(),
             },
         }
     }
@@ -463,8 +461,8 @@ impl<F> From<ApiError> for Failure<F> {
     }
 }
 
-impl<F> From<RepoError> for Failure<F> {
-    fn from(err: RepoError) -> Self {
+impl<F> From<StoreError> for Failure<F> {
+    fn from(err: StoreError) -> Self {
         Self(err.into(), PhantomData)
     }
 }
@@ -559,8 +557,8 @@ fn problem_response(status: u16) -> MetaResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{RetryPolicy, with_retry};
-    use sea_orm::DbErr;
+    use crate::store::Cause;
+    use crate::store::retry::{RetryPolicy, with_retry};
 
     #[tokio::test]
     async fn a_transaction_that_keeps_deadlocking_becomes_a_503_with_retry_after() {
@@ -569,13 +567,13 @@ mod tests {
             base_delay: std::time::Duration::from_millis(1),
             max_delay: std::time::Duration::from_millis(2),
         };
-        let outcome: Result<(), RepoError> = with_retry(
+        let outcome: Result<(), StoreError> = with_retry(
             policy,
             |_| {},
             || async {
-                Err(RepoError::Contended {
+                Err(StoreError::Contended {
                     attempts: 1,
-                    source: Some(DbErr::Custom("deadlock detected".into())),
+                    source: Some(Cause::message("deadlock detected")),
                 })
             },
         )
@@ -594,9 +592,7 @@ mod tests {
 
     #[test]
     fn internal_errors_say_nothing_of_their_cause() {
-        let err = ApiError::from(RepoError::Internal(DbErr::Custom(
-            "SELECT password_hash FROM users".into(),
-        )));
+        let err = ApiError::from(StoreError::internal("SELECT password_hash FROM users"));
         let problem = err.problem();
         assert_eq!(problem.status, 500);
         assert_eq!(problem.code, "internal");

@@ -19,8 +19,8 @@ use uuid::Uuid;
 use super::AppState;
 use super::consistency;
 use super::error::{ApiError, FailureNote};
-use crate::db::DbFailure;
 use crate::domain::FieldError;
+use crate::store::DbFailure;
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -58,7 +58,6 @@ pub async fn observe<E: Endpoint>(
                 ApiError::RequestTimeout.as_response()
             }
         };
-        let response = unreachable_is_not_exhausted(&state, response);
         let status = response.status();
         let route = route_of(&response, &templates);
         let mut response = response;
@@ -91,36 +90,6 @@ pub async fn observe<E: Endpoint>(
     }
     .instrument(span)
     .await
-}
-
-/// The pool reports "no connection within the acquire timeout" both when every connection is busy
-/// and when none could be opened (it keeps retrying the connect until the deadline). Only a full
-/// pool is exhaustion; with free slots left, the database itself could not be reached.
-fn unreachable_is_not_exhausted(state: &AppState, response: Response) -> Response {
-    let exhausted = response
-        .extensions()
-        .get::<FailureNote>()
-        .is_some_and(|note| note.failure == DbFailure::PoolExhausted);
-    if !exhausted {
-        return response;
-    }
-    let pool = state.db.pool_stats();
-    if pool.in_use + pool.idle >= state.config.database.max_connections {
-        return response;
-    }
-    let mut rewritten = ApiError::Unavailable {
-        code: "database_unavailable",
-        failure: DbFailure::Unavailable,
-        detail: "no connection to the database could be opened".to_owned(),
-    }
-    .as_response();
-    if let Some(pattern) = response.data::<PathPattern>() {
-        rewritten.set_data(pattern.clone());
-    }
-    if let Some(operation) = response.data::<OperationId>() {
-        rewritten.set_data(*operation);
-    }
-    rewritten
 }
 
 /// A client's id is echoed only when it is short, visible ASCII: it ends up in every log line.

@@ -21,14 +21,11 @@ use std::sync::Arc;
 use poem::{Endpoint, EndpointExt, Route, get};
 use poem_openapi::{OpenApiService, Tags};
 
-use crate::cache::EntityCache;
+use crate::cache::Caches;
 use crate::config::Config;
 use crate::domain::Hasher;
 use crate::metrics::Metrics;
-use crate::repo::products::Product;
-use crate::repo::sessions::Session;
-use crate::repo::users::User;
-use crate::store::{Engine, Orders, Products, Repositories, Sessions, Users};
+use crate::store::{Engine, Orders, Products, Sessions, Users};
 
 /// Everything a request handler may use.
 pub struct AppState {
@@ -41,50 +38,9 @@ pub struct AppState {
     pub sessions: Sessions,
     /// Every password hash and verification, on a bounded queue.
     pub hasher: Hasher,
-    pub user_cache: Arc<EntityCache<User>>,
-    pub product_cache: Arc<EntityCache<Product>>,
-    pub session_cache: Arc<EntityCache<Session>>,
+    pub caches: Caches,
     /// The `application_name` of this instance's cache-invalidation listener (PostgreSQL).
     pub listener_name: String,
-}
-
-impl AppState {
-    pub fn new(config: Config, db: Engine, metrics: Arc<Metrics>) -> Self {
-        let user_cache = Arc::new(EntityCache::new("users", &config.cache, metrics.clone()));
-        let product_cache = Arc::new(EntityCache::new("products", &config.cache, metrics.clone()));
-        let session_cache = Arc::new(EntityCache::new("sessions", &config.cache, metrics.clone()));
-        let Repositories {
-            users,
-            products,
-            orders,
-            sessions,
-        } = Repositories::new(
-            &db,
-            user_cache.clone(),
-            product_cache.clone(),
-            session_cache.clone(),
-            metrics.clone(),
-        );
-        let hasher = Hasher::new(config.auth.hash_queue_limit);
-        Self {
-            config,
-            db,
-            metrics,
-            users,
-            products,
-            orders,
-            sessions,
-            hasher,
-            user_cache,
-            product_cache,
-            session_cache,
-            listener_name: format!(
-                "{}{}",
-                crate::cache::peers::LISTENER_PREFIX,
-                uuid::Uuid::now_v7().simple()
-            ),
-        }
-    }
 }
 
 #[derive(Tags)]

@@ -64,14 +64,14 @@ impl OpsApi {
             .pool_max_connections
             .set(i64::from(state.config.database.max_connections));
         for (name, entries) in [
-            (state.user_cache.name(), state.user_cache.entry_count()),
+            (state.caches.users.name(), state.caches.users.entry_count()),
             (
-                state.product_cache.name(),
-                state.product_cache.entry_count(),
+                state.caches.products.name(),
+                state.caches.products.entry_count(),
             ),
             (
-                state.session_cache.name(),
-                state.session_cache.entry_count(),
+                state.caches.sessions.name(),
+                state.caches.sessions.entry_count(),
             ),
         ] {
             metrics

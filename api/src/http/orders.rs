@@ -21,8 +21,8 @@ use super::timestamp::Timestamp;
 use super::users::default_per_page;
 use super::{AppState, Tag};
 use crate::auth::{BearerAuth, Caller, access};
+use crate::domain::model::{Idempotency, Order, OrderFilter, PlaceOrder, Placed};
 use crate::domain::{IdempotencyKey, OrderLines, OrderStatus, Quantity, Validator};
-use crate::repo::orders::{Idempotency, Order, OrderFilter, PlaceOrder, Placed};
 
 #[derive(Object)]
 #[oai(rename = "OrderItem")]
@@ -50,16 +50,14 @@ pub struct OrderDto {
 }
 
 impl From<Order> for OrderDto {
-    fn from(Order { order, items }: Order) -> Self {
+    fn from(order: Order) -> Self {
         Self {
             id: order.id,
             user_id: order.user_id,
-            // Written only by this service from the same enum; an unknown value cannot occur.
-            status: OrderStatus::from_db(&order.status)
-                .unwrap_or(OrderStatus::Pending)
-                .into(),
+            status: order.status.into(),
             total_cents: order.total_cents,
-            items: items
+            items: order
+                .items
                 .into_iter()
                 .map(|item| OrderItemDto {
                     product_id: item.product_id,
@@ -179,8 +177,8 @@ impl OrdersApi {
         let order = match placed {
             Placed::New(order) | Placed::Replayed(order) => order,
         };
-        let location = format!("/v1/orders/{}", order.order.id);
-        let tag = conditional::etag(order.order.version);
+        let location = format!("/v1/orders/{}", order.id);
+        let tag = conditional::etag(order.version);
         Ok(OrderPlaced::Created(Json(order.into()), location, tag))
     }
 
@@ -196,7 +194,7 @@ impl OrdersApi {
     ) -> Result<OrderRead, Failure<ReadFailures>> {
         let order = self.visible_order(&auth.0, id.0).await?;
         Ok(OrderRead::of(
-            order.order.version,
+            order.version,
             if_none_match.0.as_deref(),
             || order.into(),
         ))
@@ -222,14 +220,14 @@ impl OrdersApi {
     ) -> Result<OrderWritten, Failure<UpdateFailures>> {
         let to = OrderStatus::from(body.0.status);
         let current = self.0.orders.get(id.0).await?;
-        access::change_order(&auth.0, current.order.user_id, to)?;
+        access::change_order(&auth.0, current.user_id, to)?;
         let expected = conditional::if_match(if_match.0.as_deref());
         let order = self
             .0
             .orders
             .transition(id.0, to, expected.as_deref())
             .await?;
-        let tag = conditional::etag(order.order.version);
+        let tag = conditional::etag(order.version);
         Ok(OrderWritten::Ok(Json(order.into()), tag))
     }
 
@@ -271,7 +269,7 @@ impl OrdersApi {
     /// The order, if the caller may see it; otherwise 404, as if it did not exist.
     async fn visible_order(&self, caller: &Caller, id: Uuid) -> Result<Order, ApiError> {
         let order = self.0.orders.get(id).await?;
-        access::see_order(caller, order.order.user_id)?;
+        access::see_order(caller, order.user_id)?;
         Ok(order)
     }
 }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use crate::domain::FieldError;
-use crate::repo::{CursorKey, PageOf, PageRequest};
+use crate::store::{CursorKey, PageOf, PageRequest};
 
 pub const DEFAULT_PER_PAGE: u64 = 20;
 pub const MAX_PER_PAGE: u64 = 100;
@@ -127,8 +127,8 @@ macro_rules! page_of {
             /// The envelope of a repository page listed for `request`.
             pub fn of<T: Into<$item>>(
                 resource: &str,
-                request: $crate::repo::PageRequest,
-                page: $crate::repo::PageOf<T>,
+                request: $crate::store::PageRequest,
+                page: $crate::store::PageOf<T>,
             ) -> Self {
                 let meta = $crate::http::pagination::envelope(resource, request, &page);
                 Self {

@@ -19,8 +19,8 @@ use super::timestamp::Timestamp;
 use super::users::{Deleted, default_per_page};
 use super::{AppState, Tag};
 use crate::auth::{BearerAuth, access};
+use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
 use crate::domain::{Cents, ProductName, Sku, Stock, Validator};
-use crate::repo::products::{NewProduct, Product, ProductChanges, ProductFilter};
 
 #[derive(Object)]
 #[oai(rename = "Product")]

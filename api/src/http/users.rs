@@ -19,8 +19,8 @@ use super::pagination::{page_of, page_request};
 use super::timestamp::Timestamp;
 use super::{AppState, Tag};
 use crate::auth::{self, BearerAuth, access};
+use crate::domain::model::{NewUser, User, UserChanges, UserFilter};
 use crate::domain::{Email, Password, UserName, UserRole, UserStatus, Validator};
-use crate::repo::users::{NewUser, User, UserChanges, UserFilter};
 
 /// A user. The password is never returned.
 #[derive(Object)]

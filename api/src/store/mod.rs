@@ -1,25 +1,50 @@
-//! The storage engines behind one set of repositories. Each aggregate's repository is an enum over
-//! the engines (static dispatch) whose methods have exactly the SQL repositories' signatures, so
-//! handlers call the same methods whichever engine holds the data.
+//! Storage, behind one interface. Each aggregate's repository is an enum over the engines
+//! (static dispatch) whose methods every engine implements with the same signatures, taking and
+//! returning the read models of `domain::model` and failing with `error::StoreError`, so handlers and the
+//! cache never know which engine holds the data. The engines are sibling folders: `sql`
+//! (SeaORM: SQLite, PostgreSQL, MariaDB/MySQL) and `mongo` (the official driver). What they
+//! share — paging, batching point reads, retrying contended transactions, page positions — sits
+//! beside them.
 
+pub mod batch;
+pub mod error;
+pub mod failure;
 pub mod mongo;
+pub mod page;
+pub mod positions;
+pub mod retry;
+pub mod sql;
+
+pub use error::{Cause, Conflict, Resource, StoreError};
+pub use failure::DbFailure;
+pub use page::{CursorKey, PageOf, PageRequest, Total};
 
 use std::sync::Arc;
 
+use chrono::{DateTime, FixedOffset, SubsecRound, Utc};
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
-use crate::cache::EntityCache;
-use crate::db::PoolStats;
-use chrono::{DateTime, FixedOffset};
-
+use crate::cache::Caches;
+use crate::domain::model::{
+    Failures, NewProduct, NewUser, Order, OrderFilter, PlaceOrder, Placed, Product, ProductChanges,
+    ProductFilter, Session, User, UserChanges, UserFilter,
+};
 use crate::domain::{Email, OrderStatus, PasswordHash, UserName, UserRole, UserStatus};
 use crate::metrics::Metrics;
-use crate::repo::orders::{Order, OrderFilter, PlaceOrder, Placed};
-use crate::repo::products::{NewProduct, Product, ProductChanges, ProductFilter};
-use crate::repo::sessions::{Failures, Session};
-use crate::repo::users::{NewUser, User, UserChanges, UserFilter};
-use crate::repo::{Conflict, PageOf, PageRequest, RepoError};
+
+/// The current time as stored: UTC, truncated to the microseconds every SQL backend keeps, so
+/// that a GET returns exactly the timestamp the create or PATCH answered. (MongoDB keeps
+/// milliseconds and truncates further, in `mongo::document`.)
+pub fn now() -> DateTime<FixedOffset> {
+    Utc::now().trunc_subsecs(6).fixed_offset()
+}
+
+/// Connections in use and idle, for `/metrics`.
+pub struct PoolStats {
+    pub in_use: u32,
+    pub idle: u32,
+}
 
 /// The database the service runs on: a SeaORM pool (SQLite, PostgreSQL, MariaDB/MySQL) or a
 /// MongoDB client.
@@ -31,17 +56,26 @@ pub enum Engine {
 
 impl Engine {
     /// One round trip, for `/ready`.
-    pub async fn ping(&self) -> Result<(), RepoError> {
+    pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
-            Self::Sql(db) => crate::db::ping(db).await.map_err(RepoError::from),
+            Self::Sql(db) => sql::pool::ping(db)
+                .await
+                .map_err(|err| sql::pool::refine(db, err.into())),
             Self::Mongo(mongo) => mongo.ping().await,
         }
+    }
+
+    /// The current time as stored: UTC, truncated to the microseconds every SQL backend keeps, so
+    /// that a GET returns exactly the timestamp the create or PATCH answered. (MongoDB keeps
+    /// milliseconds and truncates further, in `mongo::document`.)
+    pub fn now() -> DateTime<FixedOffset> {
+        Utc::now().trunc_subsecs(6).fixed_offset()
     }
 
     /// Connections in use and idle, for `/metrics`.
     pub fn pool_stats(&self) -> PoolStats {
         match self {
-            Self::Sql(db) => crate::db::pool_stats(db),
+            Self::Sql(db) => sql::pool::pool_stats(db),
             Self::Mongo(mongo) => mongo.pool_stats(),
         }
     }
@@ -49,15 +83,15 @@ impl Engine {
     /// The engine's name, for log lines.
     pub fn backend_name(&self) -> &'static str {
         match self {
-            Self::Sql(db) => crate::db::backend_name(db),
+            Self::Sql(db) => sql::pool::backend_name(db),
             Self::Mongo(_) => "MongoDB",
         }
     }
 
     /// Closes the pool; later operations fail.
-    pub async fn close_by_ref(&self) -> Result<(), RepoError> {
+    pub async fn close_by_ref(&self) -> Result<(), StoreError> {
         match self {
-            Self::Sql(db) => db.close_by_ref().await.map_err(RepoError::from),
+            Self::Sql(db) => db.close_by_ref().await.map_err(StoreError::from),
             Self::Mongo(mongo) => {
                 mongo.close().await;
                 Ok(())
@@ -90,39 +124,32 @@ pub struct Repositories {
 }
 
 impl Repositories {
-    pub fn new(
-        engine: &Engine,
-        user_cache: Arc<EntityCache<User>>,
-        product_cache: Arc<EntityCache<Product>>,
-        session_cache: Arc<EntityCache<Session>>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(engine: &Engine, caches: &Caches, metrics: Arc<Metrics>) -> Self {
         match engine {
-            Engine::Sql(db) => {
-                let products = crate::repo::ProductRepo::new(db.clone(), product_cache);
-                let orders = crate::repo::OrderRepo::new(db.clone(), products.clone(), metrics);
-                let users =
-                    crate::repo::UserRepo::new(db.clone(), user_cache, session_cache.clone());
-                Self {
-                    users: Users::Sql(users),
-                    products: Products::Sql(products),
-                    orders: Orders::Sql(orders),
-                    sessions: Sessions::Sql(crate::repo::SessionRepo::new(
-                        db.clone(),
-                        session_cache,
-                    )),
-                }
-            }
+            Engine::Sql(db) => Self {
+                users: Users::Sql(sql::UserRepo::new(db.clone(), caches.clone())),
+                products: Products::Sql(sql::ProductRepo::new(db.clone(), caches.clone())),
+                orders: Orders::Sql(sql::OrderRepo::new(db.clone(), caches.clone(), metrics)),
+                sessions: Sessions::Sql(sql::SessionRepo::new(db.clone(), caches.clone())),
+            },
             Engine::Mongo(m) => {
-                let products = mongo::ProductRepo::new(m.clone(), product_cache, metrics.clone());
+                let products =
+                    mongo::ProductRepo::new(m.clone(), caches.products.clone(), metrics.clone());
                 let orders = mongo::OrderRepo::new(m.clone(), products.clone(), metrics.clone());
-                let users =
-                    mongo::UserRepo::new(m.clone(), user_cache, session_cache.clone(), metrics);
+                let users = mongo::UserRepo::new(
+                    m.clone(),
+                    caches.users.clone(),
+                    caches.sessions.clone(),
+                    metrics,
+                );
                 Self {
                     users: Users::Mongo(users),
                     products: Products::Mongo(products),
                     orders: Orders::Mongo(orders),
-                    sessions: Sessions::Mongo(mongo::SessionRepo::new(m.clone(), session_cache)),
+                    sessions: Sessions::Mongo(mongo::SessionRepo::new(
+                        m.clone(),
+                        caches.sessions.clone(),
+                    )),
                 }
             }
         }
@@ -133,7 +160,10 @@ impl Repositories {
 macro_rules! delegate {
     ($self:ident.$method:ident($($arg:expr),*)) => {
         match $self {
-            Self::Sql(repo) => repo.$method($($arg),*).await,
+            Self::Sql(repo) => repo
+                .$method($($arg),*)
+                .await
+                .map_err(|err| sql::pool::refine(repo.db(), err)),
             Self::Mongo(repo) => repo.$method($($arg),*).await,
         }
     };
@@ -141,35 +171,35 @@ macro_rules! delegate {
 
 #[derive(Clone)]
 pub enum Users {
-    Sql(crate::repo::UserRepo),
+    Sql(sql::UserRepo),
     Mongo(mongo::UserRepo),
 }
 
 impl Users {
-    pub async fn get(&self, id: Uuid) -> Result<User, RepoError> {
+    pub async fn get(&self, id: Uuid) -> Result<User, StoreError> {
         delegate!(self.get(id))
     }
 
-    pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, RepoError> {
+    pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         delegate!(self.find_by_email(email))
     }
 
     pub async fn credentials(
         &self,
         email: &Email,
-    ) -> Result<Option<(User, PasswordHash)>, RepoError> {
+    ) -> Result<Option<(User, PasswordHash)>, StoreError> {
         delegate!(self.credentials(email))
     }
 
     /// Makes sure the account `email` exists with role admin: created with `password` when
     /// absent, promoted (password untouched) when present. Several instances starting at once
     /// may race to create it; the loser finds it and promotes it. The same on every engine.
-    pub async fn ensure_admin<F, Fut>(&self, email: &Email, password: F) -> Result<User, RepoError>
+    pub async fn ensure_admin<F, Fut>(&self, email: &Email, password: F) -> Result<User, StoreError>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<PasswordHash, RepoError>>,
+        Fut: Future<Output = Result<PasswordHash, StoreError>>,
     {
-        let internal = |why: String| RepoError::Internal(sea_orm::DbErr::Custom(why));
+        let internal = |why: String| StoreError::internal(why);
         for _ in 0..3 {
             if let Some(user) = self.find_by_email(email).await? {
                 if user.role == UserRole::Admin {
@@ -191,7 +221,7 @@ impl Users {
                 })
                 .await;
             match created {
-                Err(RepoError::Conflict(Conflict::EmailTaken)) => continue,
+                Err(StoreError::Conflict(Conflict::EmailTaken)) => continue,
                 other => return other,
             }
         }
@@ -204,11 +234,11 @@ impl Users {
         &self,
         filter: UserFilter,
         request: PageRequest,
-    ) -> Result<PageOf<User>, RepoError> {
+    ) -> Result<PageOf<User>, StoreError> {
         delegate!(self.list(filter, request))
     }
 
-    pub async fn create(&self, new: NewUser) -> Result<User, RepoError> {
+    pub async fn create(&self, new: NewUser) -> Result<User, StoreError> {
         delegate!(self.create(new))
     }
 
@@ -217,23 +247,23 @@ impl Users {
         id: Uuid,
         changes: UserChanges,
         expected: Option<&[i64]>,
-    ) -> Result<User, RepoError> {
+    ) -> Result<User, StoreError> {
         delegate!(self.update(id, changes, expected))
     }
 
-    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
+    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
         delegate!(self.delete(id, expected))
     }
 }
 
 #[derive(Clone)]
 pub enum Products {
-    Sql(crate::repo::ProductRepo),
+    Sql(sql::ProductRepo),
     Mongo(mongo::ProductRepo),
 }
 
 impl Products {
-    pub async fn get(&self, id: Uuid) -> Result<Product, RepoError> {
+    pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
         delegate!(self.get(id))
     }
 
@@ -241,11 +271,11 @@ impl Products {
         &self,
         filter: ProductFilter,
         request: PageRequest,
-    ) -> Result<PageOf<Product>, RepoError> {
+    ) -> Result<PageOf<Product>, StoreError> {
         delegate!(self.list(filter, request))
     }
 
-    pub async fn create(&self, new: NewProduct) -> Result<Product, RepoError> {
+    pub async fn create(&self, new: NewProduct) -> Result<Product, StoreError> {
         delegate!(self.create(new))
     }
 
@@ -254,31 +284,27 @@ impl Products {
         id: Uuid,
         changes: ProductChanges,
         expected: Option<&[i64]>,
-    ) -> Result<Product, RepoError> {
+    ) -> Result<Product, StoreError> {
         delegate!(self.update(id, changes, expected))
     }
 
-    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
+    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
         delegate!(self.delete(id, expected))
-    }
-
-    pub async fn forget(&self, ids: impl IntoIterator<Item = Uuid>) {
-        delegate!(self.forget(ids))
     }
 }
 
 #[derive(Clone)]
 pub enum Orders {
-    Sql(crate::repo::OrderRepo),
+    Sql(sql::OrderRepo),
     Mongo(mongo::OrderRepo),
 }
 
 impl Orders {
-    pub async fn place(&self, request: PlaceOrder) -> Result<Placed, RepoError> {
+    pub async fn place(&self, request: PlaceOrder) -> Result<Placed, StoreError> {
         delegate!(self.place(request))
     }
 
-    pub async fn get(&self, id: Uuid) -> Result<Order, RepoError> {
+    pub async fn get(&self, id: Uuid) -> Result<Order, StoreError> {
         delegate!(self.get(id))
     }
 
@@ -287,7 +313,7 @@ impl Orders {
         user_id: Uuid,
         filter: OrderFilter,
         request: PageRequest,
-    ) -> Result<PageOf<Order>, RepoError> {
+    ) -> Result<PageOf<Order>, StoreError> {
         delegate!(self.list_for_user(user_id, filter, request))
     }
 
@@ -296,14 +322,14 @@ impl Orders {
         id: Uuid,
         to: OrderStatus,
         expected: Option<&[i64]>,
-    ) -> Result<Order, RepoError> {
+    ) -> Result<Order, StoreError> {
         delegate!(self.transition(id, to, expected))
     }
 }
 
 #[derive(Clone)]
 pub enum Sessions {
-    Sql(crate::repo::SessionRepo),
+    Sql(sql::SessionRepo),
     Mongo(mongo::SessionRepo),
 }
 
@@ -313,15 +339,15 @@ impl Sessions {
         token_hash: String,
         user_id: Uuid,
         expires_at: DateTime<FixedOffset>,
-    ) -> Result<(), RepoError> {
+    ) -> Result<(), StoreError> {
         delegate!(self.create(token_hash, user_id, expires_at))
     }
 
-    pub async fn find(&self, token_hash: &str) -> Result<Option<Session>, RepoError> {
+    pub async fn find(&self, token_hash: &str) -> Result<Option<Session>, StoreError> {
         delegate!(self.find(token_hash))
     }
 
-    pub async fn revoke(&self, token_hash: &str) -> Result<(), RepoError> {
+    pub async fn revoke(&self, token_hash: &str) -> Result<(), StoreError> {
         delegate!(self.revoke(token_hash))
     }
 
@@ -329,7 +355,7 @@ impl Sessions {
         &self,
         subjects: &[String],
         since: DateTime<FixedOffset>,
-    ) -> Result<Vec<Failures>, RepoError> {
+    ) -> Result<Vec<Failures>, StoreError> {
         delegate!(self.failures(subjects, since))
     }
 
@@ -337,11 +363,11 @@ impl Sessions {
         &self,
         subjects: &[String],
         forget_before: DateTime<FixedOffset>,
-    ) -> Result<(), RepoError> {
+    ) -> Result<(), StoreError> {
         delegate!(self.record_failure(subjects, forget_before))
     }
 
-    pub async fn clear_failures(&self, subject: &str) -> Result<(), RepoError> {
+    pub async fn clear_failures(&self, subject: &str) -> Result<(), StoreError> {
         delegate!(self.clear_failures(subject))
     }
 }

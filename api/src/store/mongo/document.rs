@@ -5,10 +5,9 @@
 use bson::spec::BinarySubtype;
 use bson::{Binary, Bson, Document};
 use chrono::{DateTime, FixedOffset, SubsecRound, TimeZone, Utc};
-use sea_orm::DbErr;
 use uuid::Uuid;
 
-use crate::repo::RepoError;
+use crate::store::StoreError;
 
 /// The current time as stored: UTC, truncated to the milliseconds a BSON date keeps, so that a
 /// GET returns exactly the timestamp the create or PATCH answered.
@@ -31,14 +30,12 @@ pub fn time(value: DateTime<FixedOffset>) -> Bson {
     Bson::DateTime(bson::DateTime::from_millis(value.timestamp_millis()))
 }
 
-fn malformed(field: &str, doc: &Document) -> RepoError {
+fn malformed(field: &str, doc: &Document) -> StoreError {
     let id = doc.get("_id").map(ToString::to_string).unwrap_or_default();
-    RepoError::Internal(DbErr::Type(format!(
-        "stored document {id} has no valid `{field}`"
-    )))
+    StoreError::internal(format!("stored document {id} has no valid `{field}`"))
 }
 
-pub fn read_id(doc: &Document, field: &str) -> Result<Uuid, RepoError> {
+pub fn read_id(doc: &Document, field: &str) -> Result<Uuid, StoreError> {
     match doc.get(field) {
         Some(Bson::Binary(binary)) if binary.subtype == BinarySubtype::Uuid => {
             Uuid::from_slice(&binary.bytes).map_err(|_| malformed(field, doc))
@@ -47,13 +44,13 @@ pub fn read_id(doc: &Document, field: &str) -> Result<Uuid, RepoError> {
     }
 }
 
-pub fn read_str(doc: &Document, field: &str) -> Result<String, RepoError> {
+pub fn read_str(doc: &Document, field: &str) -> Result<String, StoreError> {
     doc.get_str(field)
         .map(str::to_owned)
         .map_err(|_| malformed(field, doc))
 }
 
-pub fn read_i64(doc: &Document, field: &str) -> Result<i64, RepoError> {
+pub fn read_i64(doc: &Document, field: &str) -> Result<i64, StoreError> {
     match doc.get(field) {
         Some(Bson::Int64(n)) => Ok(*n),
         Some(Bson::Int32(n)) => Ok(i64::from(*n)),
@@ -61,11 +58,11 @@ pub fn read_i64(doc: &Document, field: &str) -> Result<i64, RepoError> {
     }
 }
 
-pub fn read_i32(doc: &Document, field: &str) -> Result<i32, RepoError> {
+pub fn read_i32(doc: &Document, field: &str) -> Result<i32, StoreError> {
     i32::try_from(read_i64(doc, field)?).map_err(|_| malformed(field, doc))
 }
 
-pub fn read_time(doc: &Document, field: &str) -> Result<DateTime<FixedOffset>, RepoError> {
+pub fn read_time(doc: &Document, field: &str) -> Result<DateTime<FixedOffset>, StoreError> {
     let millis = doc
         .get_datetime(field)
         .map_err(|_| malformed(field, doc))?

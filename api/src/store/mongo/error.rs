@@ -1,4 +1,4 @@
-//! MongoDB errors, classified once into the service's `RepoError`: by server error code and error
+//! MongoDB errors, classified once into the service's `StoreError`: by server error code and error
 //! label, never by message text. A duplicate key is told apart by the key pattern of the unique
 //! index it hit (the server's structured `keyPattern`), as SQL is by constraint name. The driver
 //! keeps that reply for commands such as findAndModify but drops it from `insert_one`'s error, so
@@ -6,10 +6,9 @@
 
 use bson::Document;
 use mongodb::error::{Error, ErrorKind, TRANSIENT_TRANSACTION_ERROR, WriteFailure};
-use sea_orm::DbErr;
 
-use crate::db::DbFailure;
-use crate::repo::{Conflict, RepoError};
+use crate::store::DbFailure;
+use crate::store::{Cause, Conflict, StoreError};
 
 /// Server error codes (`src/mongo/base/error_codes.yml` in the server's source).
 mod code {
@@ -59,9 +58,9 @@ pub fn is_duplicate_on(err: &Error, field: &str) -> bool {
 
 /// For an insert whose only possible duplicate (its `_id` being fresh) is on `field`'s unique
 /// index: that duplicate is `conflict`; anything else is classified as usual.
-pub fn on_duplicate(err: Error, field: &str, conflict: Conflict) -> RepoError {
+pub fn on_duplicate(err: Error, field: &str, conflict: Conflict) -> StoreError {
     if is_duplicate_on(&err, field) {
-        return RepoError::Conflict(conflict);
+        return StoreError::Conflict(conflict);
     }
     classify(&err)
 }
@@ -94,28 +93,35 @@ pub fn describe(err: &Error) -> String {
     }
 }
 
-fn source(err: &Error) -> DbErr {
-    DbErr::Custom(format!("MongoDB: {}", describe(err)))
+fn source(err: &Error) -> Cause {
+    Cause::message(format!("MongoDB: {}", describe(err)))
 }
 
-fn unavailable(err: &Error) -> RepoError {
-    RepoError::Unavailable {
+fn internal(err: &Error) -> StoreError {
+    StoreError::Internal {
+        failure: DbFailure::Other,
+        source: source(err),
+    }
+}
+
+fn unavailable(err: &Error) -> StoreError {
+    StoreError::Unavailable {
         failure: DbFailure::Unavailable,
         source: source(err),
     }
 }
 
-impl From<Error> for RepoError {
+impl From<Error> for StoreError {
     fn from(err: Error) -> Self {
         classify(&err)
     }
 }
 
-pub fn classify(err: &Error) -> RepoError {
+pub fn classify(err: &Error) -> StoreError {
     // Write conflicts inside a transaction carry the label; retrying the whole transaction can
     // succeed.
     if err.contains_label(TRANSIENT_TRANSACTION_ERROR) {
-        return RepoError::Contended {
+        return StoreError::Contended {
             attempts: 1,
             source: Some(source(err)),
         };
@@ -124,13 +130,13 @@ pub fn classify(err: &Error) -> RepoError {
         Some(code::DUPLICATE_KEY) => {
             let fields = duplicate_key_fields(err).unwrap_or_default();
             match fields.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-                ["email"] => RepoError::Conflict(Conflict::EmailTaken),
-                ["sku"] => RepoError::Conflict(Conflict::SkuTaken),
-                _ => RepoError::Internal(source(err)),
+                ["email"] => StoreError::Conflict(Conflict::EmailTaken),
+                ["sku"] => StoreError::Conflict(Conflict::SkuTaken),
+                _ => internal(err),
             }
         }
-        Some(code::MAX_TIME_MS_EXPIRED) => RepoError::Timeout,
-        Some(code::WRITE_CONFLICT) => RepoError::Contended {
+        Some(code::MAX_TIME_MS_EXPIRED) => StoreError::Timeout,
+        Some(code::WRITE_CONFLICT) => StoreError::Contended {
             attempts: 1,
             source: Some(source(err)),
         },
@@ -141,7 +147,7 @@ pub fn classify(err: &Error) -> RepoError {
                 error = %describe(err),
                 "a write was rejected by the collection's schema validator"
             );
-            RepoError::Internal(source(err))
+            internal(err)
         }
         Some(
             code::NOT_WRITABLE_PRIMARY
@@ -150,7 +156,7 @@ pub fn classify(err: &Error) -> RepoError {
             | code::HOST_UNREACHABLE
             | code::NETWORK_TIMEOUT,
         ) => unavailable(err),
-        Some(_) => RepoError::Internal(source(err)),
+        Some(_) => internal(err),
         None => match err.kind.as_ref() {
             ErrorKind::ServerSelection { .. }
             | ErrorKind::Io(_)
@@ -158,7 +164,7 @@ pub fn classify(err: &Error) -> RepoError {
             | ErrorKind::Shutdown
             | ErrorKind::Authentication { .. }
             | ErrorKind::DnsResolve { .. } => unavailable(err),
-            _ => RepoError::Internal(source(err)),
+            _ => internal(err),
         },
     }
 }

@@ -26,8 +26,8 @@ use mongodb::options::{ClientOptions, ReadConcern, WriteConcern};
 use mongodb::{Client, ClientSession, Collection, Database};
 
 use crate::config::DatabaseConfig;
-use crate::db::ConnectError;
-use crate::repo::RepoError;
+use crate::store::StoreError;
+use crate::store::sql::pool::ConnectError;
 
 pub use orders::OrderRepo;
 pub use products::ProductRepo;
@@ -159,7 +159,7 @@ impl Mongo {
         match tokio::time::timeout(config.connect_timeout * 2, mongo.ping()).await {
             Ok(Ok(())) => Ok(mongo),
             Ok(Err(err)) => Err(unreachable(match err {
-                RepoError::Unavailable { .. } => format!(
+                StoreError::Unavailable { .. } => format!(
                     "no server answered within {} ms",
                     config.connect_timeout.as_millis()
                 ),
@@ -173,17 +173,17 @@ impl Mongo {
     }
 
     /// One round trip, for start-up and `/ready`.
-    pub async fn ping(&self) -> Result<(), RepoError> {
+    pub async fn ping(&self) -> Result<(), StoreError> {
         self.db.run_command(doc! {"ping": 1}).await?;
         Ok(())
     }
 
     /// Connections in use and idle, as the pool's events counted them.
-    pub fn pool_stats(&self) -> crate::db::PoolStats {
+    pub fn pool_stats(&self) -> crate::store::PoolStats {
         let open = self.pool.open.load(Ordering::Acquire).max(0);
         let in_use = self.pool.checked_out.load(Ordering::Acquire).clamp(0, open);
         let clamp = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
-        crate::db::PoolStats {
+        crate::store::PoolStats {
             in_use: clamp(in_use),
             idle: clamp(open - in_use),
         }
@@ -218,7 +218,7 @@ impl Mongo {
 
     /// A session with a transaction started: snapshot reads, majority writes, and the statement
     /// limit on the commit.
-    pub(crate) async fn begin(&self) -> Result<ClientSession, RepoError> {
+    pub(crate) async fn begin(&self) -> Result<ClientSession, StoreError> {
         let mut session = self.client.start_session().await?;
         session
             .start_transaction()
@@ -232,7 +232,7 @@ impl Mongo {
 
 /// Commits `session`'s transaction when `outcome` is a success (retrying a commit whose result
 /// is unknown), aborts it otherwise.
-pub(crate) async fn settle<T, E: From<RepoError>>(
+pub(crate) async fn settle<T, E: From<StoreError>>(
     session: &mut ClientSession,
     outcome: Result<T, E>,
 ) -> Result<T, E> {
@@ -249,7 +249,7 @@ pub(crate) async fn settle<T, E: From<RepoError>>(
                     {
                         continue;
                     }
-                    Err(err) => return Err(RepoError::from(err).into()),
+                    Err(err) => return Err(StoreError::from(err).into()),
                 }
             }
         }

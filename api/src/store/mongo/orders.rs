@@ -13,11 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bson::{Bson, Document, doc};
-use entity::{order_items, orders};
 use futures::TryStreamExt;
 use mongodb::ClientSession;
 use mongodb::options::ReturnDocument;
-use sea_orm::DbErr;
 use uuid::Uuid;
 
 use super::document::{self, read_flag, read_i32, read_i64, read_id, read_str, read_time};
@@ -27,12 +25,12 @@ use super::products::{ORDERED, ProductRepo, product_from};
 use super::schema::{IDEMPOTENCY_KEYS, ORDERS, PRODUCTS, USERS};
 use super::users::HAS_ORDERS;
 use super::{Mongo, page, settle};
-use crate::db::{RetryPolicy, with_retry};
 use crate::domain::OrderStatus;
+use crate::domain::model::Product;
+use crate::domain::model::{Order, OrderFilter, OrderItem, PlaceOrder, Placed};
 use crate::metrics::Metrics;
-use crate::repo::orders::{Order, OrderFilter, PlaceOrder, Placed};
-use crate::repo::products::Product;
-use crate::repo::{Conflict, PageOf, PageRequest, RepoError, Resource};
+use crate::store::retry::{RetryPolicy, with_retry};
+use crate::store::{Conflict, PageOf, PageRequest, Resource, StoreError};
 
 /// MongoDB aborts a conflicting transaction at once instead of making it wait, so conflicts
 /// between instances take more, shorter tries than SQL's deadlock retries: ten tries with delays
@@ -45,13 +43,13 @@ const RETRY: RetryPolicy = RetryPolicy {
 
 /// Why one attempt at placing an order stopped short of committing.
 enum Attempt {
-    Failed(RepoError),
+    Failed(StoreError),
     /// The idempotency key was claimed by a request that has committed since.
     KeyTaken,
 }
 
-impl From<RepoError> for Attempt {
-    fn from(err: RepoError) -> Self {
+impl From<StoreError> for Attempt {
+    fn from(err: StoreError) -> Self {
         Self::Failed(err)
     }
 }
@@ -70,23 +68,19 @@ pub struct OrderRepo {
     locks: Arc<Stripes>,
 }
 
-fn malformed(what: &str) -> RepoError {
-    RepoError::Internal(DbErr::Type(format!("stored order has no valid {what}")))
+fn malformed(what: &str) -> StoreError {
+    StoreError::internal(format!("stored order has no valid {what}"))
 }
 
-fn order_from(doc: &Document) -> Result<Order, RepoError> {
+fn order_from(doc: &Document) -> Result<Order, StoreError> {
     let id = read_id(doc, "_id")?;
     let status = read_str(doc, "status")?;
-    if OrderStatus::from_db(&status).is_none() {
-        return Err(RepoError::Internal(DbErr::Type(format!(
-            "unknown order status {status:?}"
-        ))));
-    }
+    let status = OrderStatus::from_db(&status)
+        .ok_or_else(|| StoreError::internal(format!("unknown order status {status:?}")))?;
     let mut items = Vec::new();
     for item in doc.get_array("items").map_err(|_| malformed("items"))? {
         let item = item.as_document().ok_or_else(|| malformed("item"))?;
-        items.push(order_items::Model {
-            order_id: id,
+        items.push(OrderItem {
             product_id: read_id(item, "product_id")?,
             quantity: read_i32(item, "quantity")?,
             unit_price_cents: read_i64(item, "unit_price_cents")?,
@@ -94,16 +88,14 @@ fn order_from(doc: &Document) -> Result<Order, RepoError> {
     }
     items.sort_by_key(|item| item.product_id);
     Ok(Order {
-        order: orders::Model {
-            id,
-            user_id: read_id(doc, "user_id")?,
-            status,
-            total_cents: read_i64(doc, "total_cents")?,
-            created_at: read_time(doc, "created_at")?,
-            updated_at: read_time(doc, "updated_at")?,
-            version: read_i64(doc, "version")?,
-        },
+        id,
+        user_id: read_id(doc, "user_id")?,
+        status,
+        total_cents: read_i64(doc, "total_cents")?,
         items,
+        version: read_i64(doc, "version")?,
+        created_at: read_time(doc, "created_at")?,
+        updated_at: read_time(doc, "updated_at")?,
     })
 }
 
@@ -126,10 +118,10 @@ impl OrderRepo {
         }
     }
 
-    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, RepoError>
+    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, RepoError>>,
+        Fut: Future<Output = Result<T, StoreError>>,
     {
         let retries = &self.metrics.transaction_retries;
         with_retry(RETRY, |_| retries.inc(), attempt).await
@@ -138,7 +130,7 @@ impl OrderRepo {
     /// Places an order in one transaction: claims the idempotency key, checks the user, takes
     /// the stock with conditional updates, and inserts the order with its items — all of it
     /// commits or none.
-    pub async fn place(&self, request: PlaceOrder) -> Result<Placed, RepoError> {
+    pub async fn place(&self, request: PlaceOrder) -> Result<Placed, StoreError> {
         let order_id = Uuid::now_v7();
         let mut keys = vec![user_key(request.user_id)];
         keys.extend(request.lines.product_ids().into_iter().map(product_key));
@@ -161,7 +153,7 @@ impl OrderRepo {
         drop(held);
         match placed? {
             Some(order) => {
-                self.products.forget(request.lines.product_ids()).await;
+                self.products.evict(request.lines.product_ids()).await;
                 Ok(Placed::New(order))
             }
             None => self.replay(&request).await.map(Placed::Replayed),
@@ -184,7 +176,7 @@ impl OrderRepo {
         for line in request.lines.iter() {
             let product = &products[&line.product_id];
             if product.stock < line.quantity {
-                return Err(RepoError::Conflict(Conflict::InsufficientStock {
+                return Err(StoreError::Conflict(Conflict::InsufficientStock {
                     product_id: line.product_id,
                     requested: i64::from(line.quantity),
                     available: i64::from(product.stock),
@@ -195,23 +187,13 @@ impl OrderRepo {
                 .await?;
             total =
                 total.saturating_add(product.price_cents.saturating_mul(i64::from(line.quantity)));
-            items.push(order_items::Model {
-                order_id,
+            items.push(OrderItem {
                 product_id: line.product_id,
                 quantity: line.quantity,
                 unit_price_cents: product.price_cents,
             });
         }
 
-        let order = orders::Model {
-            id: order_id,
-            user_id: request.user_id,
-            status: OrderStatus::Pending.as_str().to_owned(),
-            total_cents: total,
-            created_at: now,
-            updated_at: now,
-            version: 1,
-        };
         let item_docs: Vec<Bson> = items
             .iter()
             .map(|item| {
@@ -225,10 +207,10 @@ impl OrderRepo {
         self.mongo
             .collection(ORDERS)
             .insert_one(doc! {
-                "_id": document::id(order.id),
-                "user_id": document::id(order.user_id),
-                "status": &order.status,
-                "total_cents": order.total_cents,
+                "_id": document::id(order_id),
+                "user_id": document::id(request.user_id),
+                "status": OrderStatus::Pending.as_str(),
+                "total_cents": total,
                 "items": item_docs,
                 "version": 1_i64,
                 "created_at": document::time(now),
@@ -236,7 +218,16 @@ impl OrderRepo {
             })
             .session(&mut *session)
             .await?;
-        Ok(Order { order, items })
+        Ok(Order {
+            id: order_id,
+            user_id: request.user_id,
+            status: OrderStatus::Pending,
+            total_cents: total,
+            items,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        })
     }
 
     /// Claims the idempotency key first. A key committed by an earlier request is a duplicate
@@ -279,7 +270,7 @@ impl OrderRepo {
             .max_time(self.mongo.max_time)
             .session(&mut *session)
             .await?
-            .ok_or(RepoError::not_found(Resource::User, user_id))?;
+            .ok_or(StoreError::not_found(Resource::User, user_id))?;
         if !read_flag(&user, HAS_ORDERS) {
             users
                 .update_one(
@@ -314,7 +305,7 @@ impl OrderRepo {
         }
         for line in request.lines.iter() {
             if !products.contains_key(&line.product_id) {
-                return Err(RepoError::not_found(Resource::Product, line.product_id).into());
+                return Err(StoreError::not_found(Resource::Product, line.product_id).into());
             }
         }
         Ok(products)
@@ -343,7 +334,7 @@ impl OrderRepo {
             .session(&mut *session)
             .await?;
         if taken.matched_count != 1 {
-            return Err(RepoError::Contended {
+            return Err(StoreError::Contended {
                 attempts: 1,
                 source: None,
             }
@@ -353,11 +344,9 @@ impl OrderRepo {
     }
 
     /// The order an earlier request with this key placed, if the request was the same.
-    async fn replay(&self, request: &PlaceOrder) -> Result<Order, RepoError> {
+    async fn replay(&self, request: &PlaceOrder) -> Result<Order, StoreError> {
         let Some(idempotency) = &request.idempotency else {
-            return Err(RepoError::Internal(DbErr::Custom(
-                "idempotency conflict without a key".into(),
-            )));
+            return Err(StoreError::internal("idempotency conflict without a key"));
         };
         let claim = self
             .mongo
@@ -365,21 +354,21 @@ impl OrderRepo {
             .find_one(doc! {"_id": idempotency.key.as_str()})
             .max_time(self.mongo.max_time)
             .await?
-            .ok_or_else(|| RepoError::Internal(DbErr::RecordNotFound("idempotency key".into())))?;
+            .ok_or_else(|| StoreError::internal("the idempotency key's claim is gone"))?;
         if read_str(&claim, "request_hash")? != idempotency.request_hash {
-            return Err(RepoError::Conflict(Conflict::IdempotencyKeyReused));
+            return Err(StoreError::Conflict(Conflict::IdempotencyKeyReused));
         }
         self.get(read_id(&claim, "order_id")?).await
     }
 
-    pub async fn get(&self, id: Uuid) -> Result<Order, RepoError> {
+    pub async fn get(&self, id: Uuid) -> Result<Order, StoreError> {
         let doc = self
             .mongo
             .collection(ORDERS)
             .find_one(doc! {"_id": document::id(id)})
             .max_time(self.mongo.max_time)
             .await?
-            .ok_or(RepoError::not_found(Resource::Order, id))?;
+            .ok_or(StoreError::not_found(Resource::Order, id))?;
         order_from(&doc)
     }
 
@@ -389,7 +378,7 @@ impl OrderRepo {
         user_id: Uuid,
         filter: OrderFilter,
         request: PageRequest,
-    ) -> Result<PageOf<Order>, RepoError> {
+    ) -> Result<PageOf<Order>, StoreError> {
         let user = self
             .mongo
             .collection(USERS)
@@ -398,7 +387,7 @@ impl OrderRepo {
             .max_time(self.mongo.max_time)
             .await?;
         if user.is_none() {
-            return Err(RepoError::not_found(Resource::User, user_id));
+            return Err(StoreError::not_found(Resource::User, user_id));
         }
         let mut query = doc! {"user_id": document::id(user_id)};
         page::set_if(&mut query, "status", filter.status.map(OrderStatus::as_str));
@@ -429,7 +418,7 @@ impl OrderRepo {
         id: Uuid,
         to: OrderStatus,
         expected: Option<&[i64]>,
-    ) -> Result<Order, RepoError> {
+    ) -> Result<Order, StoreError> {
         // An order's items never change, so the documents a cancellation writes are known
         // before it starts: it queues with the orders that write them.
         let current = self.get(id).await?;
@@ -454,7 +443,7 @@ impl OrderRepo {
         let order = order?;
         if to == OrderStatus::Cancelled {
             let restocked: Vec<Uuid> = order.items.iter().map(|item| item.product_id).collect();
-            self.products.forget(restocked).await;
+            self.products.evict(restocked).await;
         }
         Ok(order)
     }
@@ -465,22 +454,21 @@ impl OrderRepo {
         id: Uuid,
         to: OrderStatus,
         expected: Option<&[i64]>,
-    ) -> Result<Order, RepoError> {
+    ) -> Result<Order, StoreError> {
         let orders = self.mongo.collection(ORDERS);
         let current = orders
             .find_one(doc! {"_id": document::id(id)})
             .max_time(self.mongo.max_time)
             .session(&mut *session)
             .await?
-            .ok_or(RepoError::not_found(Resource::Order, id))?;
+            .ok_or(StoreError::not_found(Resource::Order, id))?;
         let current = order_from(&current)?;
-        if expected.is_some_and(|versions| !versions.contains(&current.order.version)) {
-            return Err(RepoError::PreconditionFailed);
+        if expected.is_some_and(|versions| !versions.contains(&current.version)) {
+            return Err(StoreError::PreconditionFailed);
         }
-        let from =
-            OrderStatus::from_db(&current.order.status).ok_or_else(|| malformed("status"))?;
+        let from = current.status;
         if !from.can_move_to(to) {
-            return Err(RepoError::Conflict(Conflict::InvalidTransition {
+            return Err(StoreError::Conflict(Conflict::InvalidTransition {
                 from: from.as_str(),
                 to: to.as_str(),
             }));
@@ -498,7 +486,7 @@ impl OrderRepo {
             .max_time(self.mongo.max_time)
             .session(&mut *session)
             .await?
-            .ok_or(RepoError::Contended {
+            .ok_or(StoreError::Contended {
                 attempts: 1,
                 source: None,
             })?;

@@ -10,8 +10,8 @@ use futures::TryStreamExt;
 use mongodb::Collection;
 
 use super::document;
-use crate::repo::page::EXACT_TOTAL_LIMIT;
-use crate::repo::{CursorKey, PageOf, PageRequest, RepoError, Total};
+use crate::store::page::EXACT_TOTAL_LIMIT;
+use crate::store::{CursorKey, PageOf, PageRequest, StoreError, Total};
 
 fn newest_first() -> Document {
     doc! {"created_at": -1, "_id": -1}
@@ -54,7 +54,7 @@ fn dates_stored() -> (DateTime<FixedOffset>, DateTime<FixedOffset>) {
     (first, last)
 }
 
-pub fn key_of(doc: &Document) -> Result<CursorKey, RepoError> {
+pub fn key_of(doc: &Document) -> Result<CursorKey, StoreError> {
     Ok(CursorKey {
         created_at: document::read_time(doc, "created_at")?,
         id: document::read_id(doc, "_id")?,
@@ -67,7 +67,7 @@ pub async fn list(
     filter: Document,
     request: PageRequest,
     max_time: Duration,
-) -> Result<PageOf<Document>, RepoError> {
+) -> Result<PageOf<Document>, StoreError> {
     match request {
         PageRequest::Keyset { after, per_page } => {
             let mut ranged = filter;
@@ -138,7 +138,7 @@ async fn count(
     collection: &Collection<Document>,
     filter: &Document,
     max_time: Duration,
-) -> Result<Total, RepoError> {
+) -> Result<Total, StoreError> {
     let n = collection
         .count_documents(filter.clone())
         .limit(EXACT_TOTAL_LIMIT + 1)

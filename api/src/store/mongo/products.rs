@@ -13,17 +13,17 @@ use super::error::on_duplicate;
 use super::schema::PRODUCTS;
 use super::{Mongo, page, settle};
 use crate::cache::EntityCache;
-use crate::db::{RetryPolicy, with_retry};
+use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
 use crate::metrics::Metrics;
-use crate::repo::batch::{self, Batcher};
-use crate::repo::products::{NewProduct, Product, ProductChanges, ProductFilter};
-use crate::repo::{Conflict, PageOf, PageRequest, RepoError, Resource};
+use crate::store::batch::{self, Batcher};
+use crate::store::retry::{RetryPolicy, with_retry};
+use crate::store::{Conflict, PageOf, PageRequest, Resource, StoreError};
 
 /// Set by the first order that takes the product's stock, inside that order's transaction; never
 /// cleared.
 pub const ORDERED: &str = "ordered";
 
-pub fn product_from(doc: &Document) -> Result<Product, RepoError> {
+pub fn product_from(doc: &Document) -> Result<Product, StoreError> {
     Ok(Product {
         id: read_id(doc, "_id")?,
         sku: read_str(doc, "sku")?,
@@ -36,7 +36,7 @@ pub fn product_from(doc: &Document) -> Result<Product, RepoError> {
     })
 }
 
-async fn load_products(mongo: Mongo, ids: Vec<Uuid>) -> Result<HashMap<Uuid, Product>, RepoError> {
+async fn load_products(mongo: Mongo, ids: Vec<Uuid>) -> Result<HashMap<Uuid, Product>, StoreError> {
     let docs: Vec<Document> = mongo
         .collection(PRODUCTS)
         .find(doc! {"_id": {"$in": document::ids(ids)}})
@@ -53,7 +53,7 @@ async fn load_products(mongo: Mongo, ids: Vec<Uuid>) -> Result<HashMap<Uuid, Pro
 pub struct ProductRepo {
     mongo: Mongo,
     cache: Arc<EntityCache<Product>>,
-    by_id: Batcher<Uuid, Product, RepoError>,
+    by_id: Batcher<Uuid, Product, StoreError>,
     metrics: Arc<Metrics>,
 }
 
@@ -74,14 +74,14 @@ impl ProductRepo {
     }
 
     /// Read through the cache; misses for different ids at once share one query.
-    pub async fn get(&self, id: Uuid) -> Result<Product, RepoError> {
+    pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
         let product = self
             .cache
             .get_or_load(id, || async {
                 self.by_id
                     .load(id)
                     .await?
-                    .ok_or(RepoError::not_found(Resource::Product, id))
+                    .ok_or(StoreError::not_found(Resource::Product, id))
             })
             .await?;
         Ok(Product::clone(&product))
@@ -91,7 +91,7 @@ impl ProductRepo {
         &self,
         filter: ProductFilter,
         request: PageRequest,
-    ) -> Result<PageOf<Product>, RepoError> {
+    ) -> Result<PageOf<Product>, StoreError> {
         let query = match filter.in_stock {
             Some(true) => doc! {"stock": {"$gt": 0_i64}},
             Some(false) => doc! {"stock": 0_i64},
@@ -115,7 +115,7 @@ impl ProductRepo {
         })
     }
 
-    pub async fn create(&self, new: NewProduct) -> Result<Product, RepoError> {
+    pub async fn create(&self, new: NewProduct) -> Result<Product, StoreError> {
         let now = document::now();
         let product = Product {
             id: Uuid::now_v7(),
@@ -141,7 +141,7 @@ impl ProductRepo {
             })
             .await
             .map_err(|err| on_duplicate(err, "sku", Conflict::SkuTaken))?;
-        self.cache.inserted();
+        self.cache.evict_listing();
         Ok(product)
     }
 
@@ -152,11 +152,11 @@ impl ProductRepo {
         id: Uuid,
         changes: ProductChanges,
         expected: Option<&[i64]>,
-    ) -> Result<Product, RepoError> {
+    ) -> Result<Product, StoreError> {
         if changes.name.is_none() && changes.price.is_none() && changes.stock.is_none() {
             let product = self.get(id).await?;
             if expected.is_some_and(|versions| !versions.contains(&product.version)) {
-                return Err(RepoError::PreconditionFailed);
+                return Err(StoreError::PreconditionFailed);
             }
             return Ok(product);
         }
@@ -187,20 +187,20 @@ impl ProductRepo {
             .return_document(ReturnDocument::After)
             .max_time(self.mongo.max_time)
             .await;
-        self.cache.invalidate(id).await;
+        self.cache.evict(id).await;
         match updated? {
             Some(doc) => product_from(&doc),
             // Either it is gone, or its version is not the one expected.
             None => match self.by_id.load(id).await? {
-                Some(_) => Err(RepoError::PreconditionFailed),
-                None => Err(RepoError::not_found(Resource::Product, id)),
+                Some(_) => Err(StoreError::PreconditionFailed),
+                None => Err(StoreError::not_found(Resource::Product, id)),
             },
         }
     }
 
     /// A product that was ever ordered stays. The check and the delete run in one transaction
     /// that conflicts with any order taking the product's stock meanwhile.
-    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
+    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
         let retries = &self.metrics.transaction_retries;
         let outcome = with_retry(
             RetryPolicy::default(),
@@ -214,13 +214,13 @@ impl ProductRepo {
                         .max_time(self.mongo.max_time)
                         .session(&mut session)
                         .await?
-                        .ok_or(RepoError::not_found(Resource::Product, id))?;
+                        .ok_or(StoreError::not_found(Resource::Product, id))?;
                     let version = read_i64(&product, "version")?;
                     if expected.is_some_and(|versions| !versions.contains(&version)) {
-                        return Err(RepoError::PreconditionFailed);
+                        return Err(StoreError::PreconditionFailed);
                     }
                     if read_flag(&product, ORDERED) {
-                        return Err(RepoError::Conflict(Conflict::ProductHasOrders));
+                        return Err(StoreError::Conflict(Conflict::ProductHasOrders));
                     }
                     products
                         .delete_one(doc! {"_id": document::id(id)})
@@ -233,14 +233,14 @@ impl ProductRepo {
             },
         )
         .await;
-        self.cache.invalidate(id).await;
+        self.cache.evict(id).await;
         outcome
     }
 
     /// Drops cached copies of products whose stock a transaction changed (after it committed).
-    pub async fn forget(&self, ids: impl IntoIterator<Item = Uuid>) {
+    pub async fn evict(&self, ids: impl IntoIterator<Item = Uuid>) {
         for id in ids {
-            self.cache.invalidate(id).await;
+            self.cache.evict(id).await;
         }
     }
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use bson::{Document, doc};
 use chrono::{DateTime, FixedOffset};
 use futures::TryStreamExt;
-use sea_orm::DbErr;
 use uuid::Uuid;
 
 use super::Mongo;
@@ -16,9 +15,9 @@ use super::document::{self, read_id, read_str, read_time};
 use super::schema::{LOGIN_FAILURES, SESSIONS, USERS};
 use crate::cache::EntityCache;
 use crate::domain::UserRole;
-use crate::repo::RepoError;
-use crate::repo::sessions::{Failures, Session, cache_key};
-use crate::repo::{RepoError as Error, Resource};
+use crate::domain::model::{Failures, Session, cache_key};
+use crate::store::StoreError;
+use crate::store::{Resource, StoreError as Error};
 
 #[derive(Clone)]
 pub struct SessionRepo {
@@ -36,7 +35,7 @@ impl SessionRepo {
         token_hash: String,
         user_id: Uuid,
         expires_at: DateTime<FixedOffset>,
-    ) -> Result<(), RepoError> {
+    ) -> Result<(), StoreError> {
         self.mongo
             .collection(SESSIONS)
             .insert_one(doc! {
@@ -52,7 +51,7 @@ impl SessionRepo {
     /// The live session with this token hash, read through the cache (concurrent requests with
     /// one token share a single load). Expired and unknown sessions (and those of a deleted
     /// user) are `None`.
-    pub async fn find(&self, token_hash: &str) -> Result<Option<Session>, RepoError> {
+    pub async fn find(&self, token_hash: &str) -> Result<Option<Session>, StoreError> {
         let loaded = self
             .cache
             .get_or_load(cache_key(token_hash), || self.load(token_hash))
@@ -69,7 +68,7 @@ impl SessionRepo {
     }
 
     /// The session and its user's role in one round trip.
-    async fn load(&self, token_hash: &str) -> Result<Session, RepoError> {
+    async fn load(&self, token_hash: &str) -> Result<Session, StoreError> {
         let unknown = || Error::not_found(Resource::User, cache_key(token_hash));
         let pipeline = [
             doc! {"$match": {"_id": token_hash}},
@@ -101,9 +100,8 @@ impl SessionRepo {
             return Err(unknown());
         };
         let role = read_str(user, "role")?;
-        let role = UserRole::from_db(&role).ok_or_else(|| {
-            RepoError::Internal(DbErr::Type(format!("unknown user role {role:?}")))
-        })?;
+        let role = UserRole::from_db(&role)
+            .ok_or_else(|| StoreError::internal(format!("unknown user role {role:?}")))?;
         Ok(Session {
             token_hash: token_hash.to_owned(),
             user_id: read_id(session, "user_id")?,
@@ -112,12 +110,12 @@ impl SessionRepo {
         })
     }
 
-    pub async fn revoke(&self, token_hash: &str) -> Result<(), RepoError> {
+    pub async fn revoke(&self, token_hash: &str) -> Result<(), StoreError> {
         self.mongo
             .collection(SESSIONS)
             .delete_one(doc! {"_id": token_hash})
             .await?;
-        self.cache.invalidate(cache_key(token_hash)).await;
+        self.cache.evict(cache_key(token_hash)).await;
         Ok(())
     }
 
@@ -126,7 +124,7 @@ impl SessionRepo {
         &self,
         subjects: &[String],
         since: DateTime<FixedOffset>,
-    ) -> Result<Vec<Failures>, RepoError> {
+    ) -> Result<Vec<Failures>, StoreError> {
         let rows: Vec<Document> = self
             .mongo
             .collection(LOGIN_FAILURES)
@@ -157,7 +155,7 @@ impl SessionRepo {
         &self,
         subjects: &[String],
         forget_before: DateTime<FixedOffset>,
-    ) -> Result<(), RepoError> {
+    ) -> Result<(), StoreError> {
         let failures = self.mongo.collection(LOGIN_FAILURES);
         failures
             .delete_many(doc! {"failed_at": {"$lt": document::time(forget_before)}})
@@ -171,7 +169,7 @@ impl SessionRepo {
     }
 
     /// A successful login clears its email's count.
-    pub async fn clear_failures(&self, subject: &str) -> Result<(), RepoError> {
+    pub async fn clear_failures(&self, subject: &str) -> Result<(), StoreError> {
         self.mongo
             .collection(LOGIN_FAILURES)
             .delete_many(doc! {"subject": subject})

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use bson::{Document, doc};
 use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
-use sea_orm::DbErr;
 use uuid::Uuid;
 
 use super::document::{self, read_flag, read_i64, read_id, read_str, read_time};
@@ -14,25 +13,24 @@ use super::error::on_duplicate;
 use super::schema::{SESSIONS, USERS};
 use super::{Mongo, page, settle};
 use crate::cache::EntityCache;
-use crate::db::{RetryPolicy, with_retry};
+use crate::domain::model::{NewUser, User, UserChanges, UserFilter};
+use crate::domain::model::{Session, cache_key};
 use crate::domain::{Email, PasswordHash, UserRole, UserStatus};
 use crate::metrics::Metrics;
-use crate::repo::batch::{self, Batcher};
-use crate::repo::sessions::{Session, cache_key};
-use crate::repo::users::{NewUser, User, UserChanges, UserFilter};
-use crate::repo::{Conflict, PageOf, PageRequest, RepoError, Resource};
+use crate::store::batch::{self, Batcher};
+use crate::store::retry::{RetryPolicy, with_retry};
+use crate::store::{Conflict, PageOf, PageRequest, Resource, StoreError};
 
 /// Set by the first order placed for the user, inside that order's transaction; never cleared.
 pub const HAS_ORDERS: &str = "has_orders";
 
-fn user_from(doc: &Document) -> Result<User, RepoError> {
+fn user_from(doc: &Document) -> Result<User, StoreError> {
     let status = read_str(doc, "status")?;
-    let status = UserStatus::from_db(&status).ok_or_else(|| {
-        RepoError::Internal(DbErr::Type(format!("unknown user status {status:?}")))
-    })?;
+    let status = UserStatus::from_db(&status)
+        .ok_or_else(|| StoreError::internal(format!("unknown user status {status:?}")))?;
     let role = read_str(doc, "role")?;
     let role = UserRole::from_db(&role)
-        .ok_or_else(|| RepoError::Internal(DbErr::Type(format!("unknown user role {role:?}"))))?;
+        .ok_or_else(|| StoreError::internal(format!("unknown user role {role:?}")))?;
     Ok(User {
         id: read_id(doc, "_id")?,
         name: read_str(doc, "name")?,
@@ -45,7 +43,7 @@ fn user_from(doc: &Document) -> Result<User, RepoError> {
     })
 }
 
-async fn load_users(mongo: Mongo, ids: Vec<Uuid>) -> Result<HashMap<Uuid, User>, RepoError> {
+async fn load_users(mongo: Mongo, ids: Vec<Uuid>) -> Result<HashMap<Uuid, User>, StoreError> {
     let docs: Vec<Document> = mongo
         .collection(USERS)
         .find(doc! {"_id": {"$in": document::ids(ids)}})
@@ -63,7 +61,7 @@ pub struct UserRepo {
     mongo: Mongo,
     cache: Arc<EntityCache<User>>,
     sessions: Arc<EntityCache<Session>>,
-    by_id: Batcher<Uuid, User, RepoError>,
+    by_id: Batcher<Uuid, User, StoreError>,
     metrics: Arc<Metrics>,
 }
 
@@ -90,20 +88,20 @@ impl UserRepo {
     }
 
     /// Read through the cache; misses for different ids at once share one query.
-    pub async fn get(&self, id: Uuid) -> Result<User, RepoError> {
+    pub async fn get(&self, id: Uuid) -> Result<User, StoreError> {
         let user = self
             .cache
             .get_or_load(id, || async {
                 self.by_id
                     .load(id)
                     .await?
-                    .ok_or(RepoError::not_found(Resource::User, id))
+                    .ok_or(StoreError::not_found(Resource::User, id))
             })
             .await?;
         Ok(User::clone(&user))
     }
 
-    pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, RepoError> {
+    pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         self.mongo
             .collection(USERS)
             .find_one(doc! {"email": email.as_str()})
@@ -118,7 +116,7 @@ impl UserRepo {
     pub async fn credentials(
         &self,
         email: &Email,
-    ) -> Result<Option<(User, PasswordHash)>, RepoError> {
+    ) -> Result<Option<(User, PasswordHash)>, StoreError> {
         let Some(doc) = self
             .mongo
             .collection(USERS)
@@ -136,7 +134,7 @@ impl UserRepo {
         &self,
         filter: UserFilter,
         request: PageRequest,
-    ) -> Result<PageOf<User>, RepoError> {
+    ) -> Result<PageOf<User>, StoreError> {
         let mut query = Document::new();
         page::set_if(&mut query, "status", filter.status.map(UserStatus::as_str));
         page::set_if(
@@ -158,7 +156,7 @@ impl UserRepo {
         })
     }
 
-    pub async fn create(&self, new: NewUser) -> Result<User, RepoError> {
+    pub async fn create(&self, new: NewUser) -> Result<User, StoreError> {
         let now = document::now();
         let user = User {
             id: Uuid::now_v7(),
@@ -185,7 +183,7 @@ impl UserRepo {
             })
             .await
             .map_err(|err| on_duplicate(err, "email", Conflict::EmailTaken))?;
-        self.cache.inserted();
+        self.cache.evict_listing();
         Ok(user)
     }
 
@@ -198,11 +196,11 @@ impl UserRepo {
         id: Uuid,
         changes: UserChanges,
         expected: Option<&[i64]>,
-    ) -> Result<User, RepoError> {
+    ) -> Result<User, StoreError> {
         if changes.is_empty() {
             let user = self.get(id).await?;
             if expected.is_some_and(|versions| !versions.contains(&user.version)) {
-                return Err(RepoError::PreconditionFailed);
+                return Err(StoreError::PreconditionFailed);
             }
             return Ok(user);
         }
@@ -250,9 +248,9 @@ impl UserRepo {
                             .await?
                             .is_some();
                         return Err(if exists {
-                            RepoError::PreconditionFailed
+                            StoreError::PreconditionFailed
                         } else {
-                            RepoError::not_found(Resource::User, id)
+                            StoreError::not_found(Resource::User, id)
                         });
                     };
                     let revoked = if revokes {
@@ -269,7 +267,7 @@ impl UserRepo {
         )
         .await;
         // Whatever the outcome, a cached copy may be stale now.
-        self.cache.invalidate(id).await;
+        self.cache.evict(id).await;
         let (user, revoked) = outcome?;
         self.forget_sessions(&revoked).await;
         Ok(user)
@@ -282,7 +280,7 @@ impl UserRepo {
         session: &mut mongodb::ClientSession,
         user_id: Uuid,
         keep: Option<&str>,
-    ) -> Result<Vec<String>, RepoError> {
+    ) -> Result<Vec<String>, StoreError> {
         let mut filter = doc! {"user_id": document::id(user_id)};
         if let Some(keep) = keep {
             filter.insert("_id", doc! {"$ne": keep});
@@ -304,7 +302,7 @@ impl UserRepo {
 
     async fn forget_sessions(&self, hashes: &[String]) {
         for hash in hashes {
-            self.sessions.invalidate(cache_key(hash)).await;
+            self.sessions.evict(cache_key(hash)).await;
         }
     }
 
@@ -312,7 +310,7 @@ impl UserRepo {
     /// with them. The check and the delete run in one transaction that conflicts with any order
     /// placed for the user meanwhile (placing one writes the user's document), so neither can
     /// miss the other.
-    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
+    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
         let retries = &self.metrics.transaction_retries;
         let outcome = with_retry(
             RetryPolicy::default(),
@@ -326,13 +324,13 @@ impl UserRepo {
                         .max_time(self.mongo.max_time)
                         .session(&mut session)
                         .await?
-                        .ok_or(RepoError::not_found(Resource::User, id))?;
+                        .ok_or(StoreError::not_found(Resource::User, id))?;
                     let version = read_i64(&user, "version")?;
                     if expected.is_some_and(|versions| !versions.contains(&version)) {
-                        return Err(RepoError::PreconditionFailed);
+                        return Err(StoreError::PreconditionFailed);
                     }
                     if read_flag(&user, HAS_ORDERS) {
-                        return Err(RepoError::Conflict(Conflict::UserHasOrders));
+                        return Err(StoreError::Conflict(Conflict::UserHasOrders));
                     }
                     users
                         .delete_one(doc! {"_id": document::id(id)})
@@ -345,7 +343,7 @@ impl UserRepo {
             },
         )
         .await;
-        self.cache.invalidate(id).await;
+        self.cache.evict(id).await;
         self.forget_sessions(&outcome?).await;
         Ok(())
     }

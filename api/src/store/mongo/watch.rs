@@ -4,9 +4,8 @@
 //! named, whichever instance wrote them. Change streams report only committed writes, in commit
 //! order. While the stream is down an instance cannot know what it missed: it stops serving from
 //! its cache and empties it until the stream is open again, then empties it once more — the same
-//! protocol as PostgreSQL's LISTEN (see `cache::peers`).
+//! protocol as PostgreSQL's LISTEN (see `store::sql::notify`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bson::doc;
@@ -17,77 +16,49 @@ use mongodb::change_stream::event::{ChangeStreamEvent, OperationType};
 use super::Mongo;
 use super::document::read_id;
 use super::schema::{PRODUCTS, SESSIONS, USERS};
-use crate::cache::EntityCache;
-use crate::repo::products::Product;
-use crate::repo::sessions::{Session, cache_key};
-use crate::repo::users::User;
+use crate::cache::Caches;
+use crate::domain::model::cache_key;
 
 type Events = ChangeStream<ChangeStreamEvent<bson::Document>>;
 
-#[derive(Clone)]
-pub struct Caches {
-    pub users: Arc<EntityCache<User>>,
-    pub products: Arc<EntityCache<Product>>,
-    pub sessions: Arc<EntityCache<Session>>,
-}
-
-impl Caches {
-    async fn evict(&self, event: &ChangeStreamEvent<bson::Document>) {
-        let collection = event.ns.as_ref().and_then(|ns| ns.coll.as_deref());
-        // A new session was cached nowhere; nothing to evict.
-        if collection == Some(SESSIONS) && event.operation_type == OperationType::Insert {
-            return;
-        }
-        // Sessions are keyed by their token's hash: a revocation evicts it.
-        if collection == Some(SESSIONS) {
-            let hash = event
-                .document_key
-                .as_ref()
-                .and_then(|key| key.get_str("_id").ok());
-            match hash {
-                Some(hash) => self.sessions.invalidate(cache_key(hash)).await,
-                None => self.sessions.clear(),
-            }
-            return;
-        }
-        let id = event
+/// Evicts what one change names.
+async fn evict(caches: &Caches, event: &ChangeStreamEvent<bson::Document>) {
+    let collection = event.ns.as_ref().and_then(|ns| ns.coll.as_deref());
+    // A new session was cached nowhere; nothing to evict.
+    if collection == Some(SESSIONS) && event.operation_type == OperationType::Insert {
+        return;
+    }
+    // Sessions are keyed by their token's hash: a revocation evicts it.
+    if collection == Some(SESSIONS) {
+        let hash = event
             .document_key
             .as_ref()
-            .and_then(|key| read_id(key, "_id").ok());
-        // A new document was cached nowhere (a miss caches nothing): only listings change.
-        if event.operation_type == OperationType::Insert {
-            match collection {
-                Some(USERS) => self.users.inserted(),
-                Some(PRODUCTS) => self.products.inserted(),
-                _ => {}
-            }
-            return;
+            .and_then(|key| key.get_str("_id").ok());
+        match hash {
+            Some(hash) => caches.sessions.evict(cache_key(hash)).await,
+            None => caches.sessions.evict_all(),
         }
-        match (collection, id) {
-            (Some(USERS), Some(id)) => self.users.invalidate(id).await,
-            (Some(PRODUCTS), Some(id)) => self.products.invalidate(id).await,
-            // A drop, rename or anything without a key: forget everything.
-            (Some(USERS | PRODUCTS), None) => self.clear(),
+        return;
+    }
+    let id = event
+        .document_key
+        .as_ref()
+        .and_then(|key| read_id(key, "_id").ok());
+    // A new document was cached nowhere (a miss caches nothing): only listings change.
+    if event.operation_type == OperationType::Insert {
+        match collection {
+            Some(USERS) => caches.users.evict_listing(),
+            Some(PRODUCTS) => caches.products.evict_listing(),
             _ => {}
         }
+        return;
     }
-
-    fn clear(&self) {
-        self.users.clear();
-        self.products.clear();
-        self.sessions.clear();
-    }
-
-    fn suspend(&self) {
-        self.users.suspend();
-        self.products.suspend();
-        self.sessions.suspend();
-    }
-
-    fn resume(&self) {
-        self.users.resume();
-        self.products.resume();
-        self.sessions.resume();
+    match (collection, id) {
+        (Some(USERS), Some(id)) => caches.users.evict(id).await,
+        (Some(PRODUCTS), Some(id)) => caches.products.evict(id).await,
+        // A drop, rename or anything without a key: forget everything.
+        (Some(USERS | PRODUCTS), None) => caches.evict_all(),
+        _ => {}
     }
 }
 
@@ -120,7 +91,7 @@ pub async fn start(mongo: Mongo, caches: Caches) -> tokio::task::JoinHandle<()> 
                     backoff = Duration::from_millis(50);
                     tracing::info!("watching for changes to users and products");
                     while let Some(Ok(event)) = events.next().await {
-                        caches.evict(&event).await;
+                        evict(&caches, &event).await;
                     }
                     caches.suspend();
                     tracing::warn!("lost the change stream; cache off until it is back");

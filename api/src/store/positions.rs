@@ -3,7 +3,7 @@
 //!
 //! `OFFSET n` makes every database walk past the n rows it skips, so a deep page costs in
 //! proportion to its depth. Instead, one pass over the listing's index (a window query, see
-//! `repo::page`) records the key of every `BLOCK`-th row and the exact number of rows; a page then
+//! `store::sql::listing`) records the key of every `BLOCK`-th row and the exact number of rows; a page then
 //! starts from the nearest recorded key below it and skips fewer than `BLOCK` rows — a keyset
 //! range like cursor mode's.
 //!
@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 
+use super::page::CursorKey;
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
-use crate::repo::CursorKey;
 
 /// Rows between two recorded positions: a page skips fewer than this many rows.
 pub const BLOCK: u64 = 256;
@@ -111,7 +111,7 @@ impl ListingIndex {
     }
 
     /// Forgets every position: call after a write to the table committed.
-    pub fn changed(&self) {
+    pub fn evict(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -129,9 +129,10 @@ impl ListingIndex {
 
     /// Builds the positions for `filter` in the background, unless a build for it is running or
     /// finished too recently (see the module comment).
-    pub fn refresh<F>(&self, filter: String, build: F)
+    pub fn refresh<F, E>(&self, filter: String, build: F)
     where
-        F: Future<Output = Result<Anchors, sea_orm::DbErr>> + Send + 'static,
+        F: Future<Output = Result<Anchors, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
     {
         let Some(sets) = self.sets.clone() else {
             return;

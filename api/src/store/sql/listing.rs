@@ -1,64 +1,16 @@
-//! Newest-first listing shared by every repository: page mode (SeaORM's `Paginator` plus a cheap
-//! total, or a keyset range from the listing's recorded page positions — see `cache::listing`)
-//! and keyset mode (a cursor on `(created_at, id)`, no OFFSET).
+//! Newest-first listing shared by every SQL repository: page mode (SeaORM's `Paginator` plus a
+//! cheap total, or a keyset range from the listing's recorded page positions — see
+//! `store::positions`) and keyset mode (a cursor on `(created_at, id)`, no OFFSET).
 
-use chrono::{DateTime, FixedOffset};
 use sea_orm::sea_query::{Alias, Expr, Order, Query, WindowStatement};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
     FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, QueryTrait,
     Select, Statement,
 };
-use uuid::Uuid;
 
-use crate::cache::listing::{Anchors, BLOCK, ListingIndex};
-
-/// Up to this many matching rows the total is counted exactly; past it PostgreSQL answers the
-/// planner's estimate instead of scanning the whole match (`total_is_estimate: true`).
-pub const EXACT_TOTAL_LIMIT: u64 = 10_000;
-
-/// A position in newest-first order: everything strictly older than this row comes next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CursorKey {
-    pub created_at: DateTime<FixedOffset>,
-    pub id: Uuid,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PageRequest {
-    /// 1-based page of `per_page` items, with totals.
-    Offset { page: u64, per_page: u64 },
-    /// The `per_page` items after `after` (from the start when `None`).
-    Keyset {
-        after: Option<CursorKey>,
-        per_page: u64,
-    },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Total {
-    pub items: u64,
-    pub is_estimate: bool,
-}
-
-#[derive(Clone, Debug)]
-pub struct PageOf<T> {
-    pub items: Vec<T>,
-    /// Page mode only.
-    pub total: Option<Total>,
-    /// Where the next page starts, when there are items after the last one.
-    pub next: Option<CursorKey>,
-}
-
-impl<T> PageOf<T> {
-    pub fn map<U>(self, f: impl FnMut(T) -> U) -> PageOf<U> {
-        PageOf {
-            items: self.items.into_iter().map(f).collect(),
-            total: self.total,
-            next: self.next,
-        }
-    }
-}
+use crate::store::page::{CursorKey, EXACT_TOTAL_LIMIT, PageOf, PageRequest, Total};
+use crate::store::positions::{Anchors, BLOCK, ListingIndex};
 
 /// The columns a table is listed by.
 #[derive(Clone, Copy)]

@@ -1,46 +1,29 @@
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use chrono::{DateTime, FixedOffset};
 use entity::users;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
 };
 use uuid::Uuid;
 
-use super::batch::{self, Batcher};
-use super::error::{Conflict, OnViolation, RepoError, Resource};
-use super::page::{self, CursorKey, Indexed, ListOrder, PageOf, PageRequest};
-use super::sessions::{self, Session};
-use crate::cache::EntityCache;
-use crate::cache::peers::{self, Topic};
-use crate::domain::{Email, PasswordHash, UserName, UserRole, UserStatus};
-
-/// A user as the service shows it: the stored row without its password hash, which never leaves
-/// the repository.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct User {
-    pub id: Uuid,
-    pub name: String,
-    pub email: String,
-    pub status: UserStatus,
-    pub role: UserRole,
-    /// Incremented by every write: the `ETag`.
-    pub version: i64,
-    pub created_at: DateTime<FixedOffset>,
-    pub updated_at: DateTime<FixedOffset>,
-}
+use super::error::OnViolation;
+use super::listing::{self, Indexed, ListOrder};
+use super::sessions;
+use super::write::Write;
+use crate::cache::{Caches, Topic};
+use crate::domain::model::{NewUser, User, UserChanges, UserFilter};
+use crate::domain::{Email, PasswordHash, UserRole, UserStatus};
+use crate::store::batch::{self, Batcher};
+use crate::store::error::{Conflict, Resource, StoreError};
+use crate::store::page::{CursorKey, PageOf, PageRequest};
 
 impl User {
-    fn from_row(row: users::Model) -> Result<Self, RepoError> {
-        let status = UserStatus::from_db(&row.status).ok_or_else(|| {
-            RepoError::Internal(DbErr::Type(format!("unknown user status {:?}", row.status)))
-        })?;
-        let role = UserRole::from_db(&row.role).ok_or_else(|| {
-            RepoError::Internal(DbErr::Type(format!("unknown user role {:?}", row.role)))
-        })?;
+    fn from_row(row: users::Model) -> Result<Self, StoreError> {
+        let status = UserStatus::from_db(&row.status)
+            .ok_or_else(|| StoreError::internal(format!("unknown user status {:?}", row.status)))?;
+        let role = UserRole::from_db(&row.role)
+            .ok_or_else(|| StoreError::internal(format!("unknown user role {:?}", row.role)))?;
         Ok(Self {
             id: row.id,
             name: row.name,
@@ -54,52 +37,10 @@ impl User {
     }
 }
 
-pub struct NewUser {
-    pub name: UserName,
-    pub email: Email,
-    pub password: PasswordHash,
-    pub status: UserStatus,
-    pub role: UserRole,
-}
-
-/// A partial update: only the fields that are `Some` change.
-#[derive(Default)]
-pub struct UserChanges {
-    pub name: Option<UserName>,
-    pub email: Option<Email>,
-    pub password: Option<PasswordHash>,
-    pub status: Option<UserStatus>,
-    pub role: Option<UserRole>,
-    /// The session making a password change, which survives it (every other one is revoked).
-    pub keep_session: Option<String>,
-}
-
-impl UserChanges {
-    pub fn is_empty(&self) -> bool {
-        self.name.is_none()
-            && self.email.is_none()
-            && self.password.is_none()
-            && self.status.is_none()
-            && self.role.is_none()
-    }
-
-    /// A password, status or role change ends the user's sessions.
-    fn revokes_sessions(&self) -> bool {
-        self.password.is_some() || self.status.is_some() || self.role.is_some()
-    }
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct UserFilter {
-    pub status: Option<UserStatus>,
-    /// Exact, case-insensitive (emails are stored lower-cased).
-    pub email: Option<String>,
-}
-
 async fn load_users(
     db: DatabaseConnection,
     ids: Vec<Uuid>,
-) -> Result<HashMap<Uuid, User>, RepoError> {
+) -> Result<HashMap<Uuid, User>, StoreError> {
     let rows = users::Entity::find()
         .filter(users::Column::Id.is_in(batch::padded(ids)))
         .all(&db)
@@ -112,46 +53,42 @@ async fn load_users(
 #[derive(Clone)]
 pub struct UserRepo {
     db: DatabaseConnection,
-    cache: Arc<EntityCache<User>>,
-    sessions: Arc<EntityCache<Session>>,
-    by_id: Batcher<Uuid, User, RepoError>,
+    caches: Caches,
+    by_id: Batcher<Uuid, User, StoreError>,
 }
 
 impl UserRepo {
-    pub fn new(
-        db: DatabaseConnection,
-        cache: Arc<EntityCache<User>>,
-        sessions: Arc<EntityCache<Session>>,
-    ) -> Self {
+    /// The pool, for classifying what its operations fail with (`pool::refine`).
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn new(db: DatabaseConnection, caches: Caches) -> Self {
         let by_id = {
             let db = db.clone();
             Batcher::new(batch::MAX_KEYS, batch::MAX_IN_FLIGHT, move |ids| {
                 load_users(db.clone(), ids)
             })
         };
-        Self {
-            db,
-            cache,
-            sessions,
-            by_id,
-        }
+        Self { db, caches, by_id }
     }
 
     /// Read through the cache; misses for different ids at once share one query.
-    pub async fn get(&self, id: Uuid) -> Result<User, RepoError> {
+    pub async fn get(&self, id: Uuid) -> Result<User, StoreError> {
         let user = self
-            .cache
+            .caches
+            .users
             .get_or_load(id, || async {
                 self.by_id
                     .load(id)
                     .await?
-                    .ok_or(RepoError::not_found(Resource::User, id))
+                    .ok_or(StoreError::not_found(Resource::User, id))
             })
             .await?;
         Ok(User::clone(&user))
     }
 
-    pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, RepoError> {
+    pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         users::Entity::find()
             .filter(users::Column::Email.eq(email.as_str()))
             .one(&self.db)
@@ -164,7 +101,7 @@ impl UserRepo {
     pub async fn credentials(
         &self,
         email: &Email,
-    ) -> Result<Option<(User, PasswordHash)>, RepoError> {
+    ) -> Result<Option<(User, PasswordHash)>, StoreError> {
         let Some(row) = users::Entity::find()
             .filter(users::Column::Email.eq(email.as_str()))
             .one(&self.db)
@@ -180,9 +117,9 @@ impl UserRepo {
         &self,
         filter: UserFilter,
         request: PageRequest,
-    ) -> Result<PageOf<User>, RepoError> {
+    ) -> Result<PageOf<User>, StoreError> {
         // Positions are kept per filter: the key names every value that shapes the listing.
-        let indexed = self.cache.listing().map(|index| Indexed {
+        let indexed = self.caches.users.listing().map(|index| Indexed {
             index,
             filter: format!(
                 "status={:?} email={:?}",
@@ -211,7 +148,7 @@ impl UserRepo {
             created_at: row.created_at,
             id: row.id,
         };
-        let page = page::list(&self.db, query, order, key, request, indexed).await?;
+        let page = listing::list(&self.db, query, order, key, request, indexed).await?;
         let items = page
             .items
             .into_iter()
@@ -224,9 +161,9 @@ impl UserRepo {
         })
     }
 
-    pub async fn create(&self, new: NewUser) -> Result<User, RepoError> {
-        let now = super::now();
-        let txn = self.db.begin().await?;
+    pub async fn create(&self, new: NewUser) -> Result<User, StoreError> {
+        let now = crate::store::now();
+        let mut write = Write::begin(&self.db, &self.caches).await?;
         let row = users::ActiveModel {
             id: Set(Uuid::now_v7()),
             name: Set(new.name.into_string()),
@@ -238,14 +175,10 @@ impl UserRepo {
             created_at: Set(now),
             updated_at: Set(now),
         }
-        .insert(&txn)
-        .await
-        // The id is fresh, so the only unique key an insert can collide on is the email.
-        .on_unique(Conflict::EmailTaken)?;
-        // Other instances' listings change too.
-        peers::announce(&txn, Topic::Users, &[row.id]).await?;
-        txn.commit().await?;
-        self.cache.inserted();
+        .insert(write.txn())
+        .await?;
+        write.changed(Topic::Users, [row.id]);
+        write.commit().await?;
         User::from_row(row)
     }
 
@@ -258,18 +191,18 @@ impl UserRepo {
         id: Uuid,
         changes: UserChanges,
         expected: Option<&[i64]>,
-    ) -> Result<User, RepoError> {
+    ) -> Result<User, StoreError> {
         if changes.is_empty() {
             let user = self.get(id).await?;
             if expected.is_some_and(|versions| !versions.contains(&user.version)) {
-                return Err(RepoError::PreconditionFailed);
+                return Err(StoreError::PreconditionFailed);
             }
             return Ok(user);
         }
         let revokes = changes.revokes_sessions();
         let keep = changes.keep_session.clone();
         let mut update = users::Entity::update_many()
-            .col_expr(users::Column::UpdatedAt, Expr::value(super::now()))
+            .col_expr(users::Column::UpdatedAt, Expr::value(crate::store::now()))
             .col_expr(
                 users::Column::Version,
                 Expr::col(users::Column::Version).add(1),
@@ -296,56 +229,50 @@ impl UserRepo {
         if let Some(versions) = expected {
             update = update.filter(users::Column::Version.is_in(versions.iter().copied()));
         }
-        let acknowledgements = self.sessions.acknowledgements();
-        let txn = self.db.begin().await?;
-        let written = update.exec(&txn).await.on_unique(Conflict::EmailTaken)?;
-        let Some(row) = users::Entity::find_by_id(id).one(&txn).await? else {
-            return Err(RepoError::not_found(Resource::User, id));
+        let mut write = Write::begin(&self.db, &self.caches).await?;
+        let written = update.exec(write.txn()).await?;
+        let Some(row) = users::Entity::find_by_id(id).one(write.txn()).await? else {
+            return Err(StoreError::not_found(Resource::User, id));
         };
         if written.rows_affected == 0 {
-            return Err(RepoError::PreconditionFailed);
+            return Err(StoreError::PreconditionFailed);
         }
-        let revoked = if revokes {
-            sessions::hashes_of(&txn, id, keep.as_deref()).await?
-        } else {
-            Vec::new()
-        };
-        let revoked = sessions::delete_in(&txn, revoked).await?;
-        peers::announce(&txn, Topic::Users, &[id]).await?;
-        txn.commit().await?;
-        self.cache.invalidate(id).await;
-        sessions::forget(&self.sessions, acknowledgements, &revoked).await;
+        if revokes {
+            let revoked = sessions::hashes_of(write.txn(), id, keep.as_deref()).await?;
+            sessions::revoke_in(&mut write, revoked).await?;
+        }
+        write.changed(Topic::Users, [id]);
+        write.commit().await?;
         User::from_row(row)
     }
 
     /// Orders are records: a user who has any, even cancelled ones, stays. Their sessions end
     /// with them.
     #[tracing::instrument(skip_all, fields(%id))]
-    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
-        let acknowledgements = self.sessions.acknowledgements();
-        let txn = self.db.begin().await?;
+    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
+        let mut write = Write::begin(&self.db, &self.caches).await?;
         let mut delete = users::Entity::delete_many().filter(users::Column::Id.eq(id));
         if let Some(versions) = expected {
             delete = delete.filter(users::Column::Version.is_in(versions.iter().copied()));
         }
-        let revoked = sessions::hashes_of(&txn, id, None).await?;
+        let revoked = sessions::hashes_of(write.txn(), id, None).await?;
         let result = delete
-            .exec(&txn)
+            .exec(write.txn())
             .await
             .on_foreign_key(Conflict::UserHasOrders)?;
         if result.rows_affected == 0 {
-            let exists = users::Entity::find_by_id(id).one(&txn).await?.is_some();
+            let exists = users::Entity::find_by_id(id)
+                .one(write.txn())
+                .await?
+                .is_some();
             return Err(if exists {
-                RepoError::PreconditionFailed
+                StoreError::PreconditionFailed
             } else {
-                RepoError::not_found(Resource::User, id)
+                StoreError::not_found(Resource::User, id)
             });
         }
-        let revoked = sessions::delete_in(&txn, revoked).await?;
-        peers::announce(&txn, Topic::Users, &[id]).await?;
-        txn.commit().await?;
-        self.cache.invalidate(id).await;
-        sessions::forget(&self.sessions, acknowledgements, &revoked).await;
-        Ok(())
+        sessions::revoke_in(&mut write, revoked).await?;
+        write.changed(Topic::Users, [id]);
+        write.commit().await
     }
 }

@@ -1,11 +1,13 @@
-//! What a repository operation can fail with, in the service's terms. `http::error` maps each
-//! variant to a status, once.
+//! What a storage operation can fail with, in the service's terms, whichever engine ran it.
+//! `http::error` maps each variant to a status, once.
 
-use sea_orm::{DbErr, TransactionError};
+use std::fmt;
+use std::sync::Arc;
+
 use uuid::Uuid;
 
-use crate::db::retry::Retryable;
-use crate::db::{DbFailure, classify};
+use super::failure::DbFailure;
+use super::retry::Retryable;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resource {
@@ -44,7 +46,7 @@ pub enum Conflict {
 }
 
 #[derive(Clone, Debug, thiserror::Error)]
-pub enum RepoError {
+pub enum StoreError {
     #[error("{} {id} not found", resource.as_str())]
     NotFound { resource: Resource, id: Uuid },
     #[error("conflict: {0:?}")]
@@ -54,7 +56,7 @@ pub enum RepoError {
     PreconditionFailed,
     /// The database is down, unreachable, or lacks the schema; `failure` says which.
     #[error("database unavailable ({})", failure.label())]
-    Unavailable { failure: DbFailure, source: DbErr },
+    Unavailable { failure: DbFailure, source: Cause },
     #[error("no database connection free within the acquire timeout")]
     PoolExhausted,
     #[error("statement timeout")]
@@ -63,21 +65,64 @@ pub enum RepoError {
     #[error("transaction still contended after {attempts} attempts")]
     Contended {
         attempts: u32,
-        source: Option<DbErr>,
+        source: Option<Cause>,
     },
-    #[error("database error: {0}")]
-    Internal(DbErr),
+    /// Anything else the engine reported, or a stored row the service cannot read.
+    #[error("database error: {source}")]
+    Internal { failure: DbFailure, source: Cause },
 }
 
-impl From<super::batch::BatchAborted> for RepoError {
-    fn from(aborted: super::batch::BatchAborted) -> Self {
-        Self::Internal(DbErr::Custom(aborted.to_string()))
+/// The engine's own error, kept for the log line (it never reaches a client).
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    pub fn new(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Arc::new(err))
+    }
+
+    pub fn message(message: impl Into<String>) -> Self {
+        Self(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+            message.into(),
+        )))
     }
 }
 
-impl RepoError {
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl From<super::batch::BatchAborted> for StoreError {
+    fn from(aborted: super::batch::BatchAborted) -> Self {
+        Self::internal(aborted.to_string())
+    }
+}
+
+impl StoreError {
     pub fn not_found(resource: Resource, id: Uuid) -> Self {
         Self::NotFound { resource, id }
+    }
+
+    /// An internal error the service itself detected, e.g. a stored row it cannot parse.
+    pub fn internal(why: impl Into<String>) -> Self {
+        Self::Internal {
+            failure: DbFailure::Other,
+            source: Cause::message(why),
+        }
     }
 
     /// The classification, for metrics and logs.
@@ -87,40 +132,13 @@ impl RepoError {
             Self::PoolExhausted => Some(DbFailure::PoolExhausted),
             Self::Timeout => Some(DbFailure::StatementTimeout),
             Self::Contended { .. } => Some(DbFailure::Contention),
-            Self::Internal(err) => Some(classify(err)),
+            Self::Internal { failure, .. } => Some(failure.clone()),
             Self::NotFound { .. } | Self::Conflict(_) | Self::PreconditionFailed => None,
         }
     }
 }
 
-impl From<DbErr> for RepoError {
-    fn from(err: DbErr) -> Self {
-        match classify(&err) {
-            DbFailure::PoolExhausted => Self::PoolExhausted,
-            DbFailure::StatementTimeout => Self::Timeout,
-            DbFailure::Contention => Self::Contended {
-                attempts: 1,
-                source: Some(err),
-            },
-            failure @ (DbFailure::Unavailable | DbFailure::MissingSchema) => Self::Unavailable {
-                failure,
-                source: err,
-            },
-            _ => Self::Internal(err),
-        }
-    }
-}
-
-impl From<TransactionError<RepoError>> for RepoError {
-    fn from(err: TransactionError<RepoError>) -> Self {
-        match err {
-            TransactionError::Connection(db_err) => db_err.into(),
-            TransactionError::Transaction(repo_err) => repo_err,
-        }
-    }
-}
-
-impl Retryable for RepoError {
+impl Retryable for StoreError {
     fn is_contention(&self) -> bool {
         matches!(self, Self::Contended { .. })
     }
@@ -130,28 +148,5 @@ impl Retryable for RepoError {
             Self::Contended { source, .. } => Self::Contended { attempts, source },
             other => other,
         }
-    }
-}
-
-/// Turns the constraint violations an operation expects into the conflict they mean, the way
-/// each repository knows them (e.g. the only unique column a user insert can violate is email).
-pub trait OnViolation<T> {
-    fn on_unique(self, conflict: Conflict) -> Result<T, RepoError>;
-    fn on_foreign_key(self, conflict: Conflict) -> Result<T, RepoError>;
-}
-
-impl<T> OnViolation<T> for Result<T, DbErr> {
-    fn on_unique(self, conflict: Conflict) -> Result<T, RepoError> {
-        self.map_err(|err| match classify(&err) {
-            DbFailure::UniqueViolation => RepoError::Conflict(conflict),
-            _ => err.into(),
-        })
-    }
-
-    fn on_foreign_key(self, conflict: Conflict) -> Result<T, RepoError> {
-        self.map_err(|err| match classify(&err) {
-            DbFailure::ForeignKeyViolation => RepoError::Conflict(conflict),
-            _ => err.into(),
-        })
     }
 }

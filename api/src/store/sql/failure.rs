@@ -4,56 +4,7 @@
 use sea_orm::sqlx::{self, error::DatabaseError as _, error::ErrorKind};
 use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr};
 
-/// What went wrong, in the terms the service acts on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DbFailure {
-    UniqueViolation,
-    ForeignKeyViolation,
-    CheckViolation,
-    /// Deadlock, serialization failure, lock-wait timeout or SQLite busy: retrying the whole
-    /// transaction can succeed.
-    Contention,
-    /// The per-statement limit fired.
-    StatementTimeout,
-    /// No pooled connection became free within the acquire timeout.
-    PoolExhausted,
-    /// The server is down, the connection was lost, or no connection could be opened.
-    Unavailable,
-    /// A table or column the service needs does not exist: migrations were not applied.
-    MissingSchema,
-    Other,
-}
-
-impl DbFailure {
-    /// Every kind, so that `db_errors_total` shows each at 0 from start-up (an alert written as
-    /// `rate(db_errors_total[5m])` needs the series to exist before the first error).
-    pub const ALL: [DbFailure; 9] = [
-        Self::UniqueViolation,
-        Self::ForeignKeyViolation,
-        Self::CheckViolation,
-        Self::Contention,
-        Self::StatementTimeout,
-        Self::PoolExhausted,
-        Self::Unavailable,
-        Self::MissingSchema,
-        Self::Other,
-    ];
-
-    /// The label used for `db_errors_total{kind}`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::UniqueViolation => "unique_violation",
-            Self::ForeignKeyViolation => "foreign_key_violation",
-            Self::CheckViolation => "check_violation",
-            Self::Contention => "contention",
-            Self::StatementTimeout => "statement_timeout",
-            Self::PoolExhausted => "pool_exhausted",
-            Self::Unavailable => "unavailable",
-            Self::MissingSchema => "missing_schema",
-            Self::Other => "other",
-        }
-    }
-}
+use crate::store::failure::DbFailure;
 
 pub fn classify(err: &DbErr) -> DbFailure {
     match err {
@@ -164,23 +115,61 @@ fn classify_sqlite(code: i32, message: &str) -> DbFailure {
     }
 }
 
-/// The name of the missing table or column, for the log line that tells the operator to migrate.
-pub fn missing_object(err: &DbErr) -> Option<String> {
+/// The unique key a unique violation hit, as the engine names it: PostgreSQL's constraint, the
+/// key MariaDB/MySQL quotes in its message (`... for key 'idx_users_email'`), or SQLite's
+/// `table.column` (`UNIQUE constraint failed: users.email`).
+pub fn violated_key(err: &DbErr) -> Option<String> {
+    let db_err = database_error(err)?;
+    if let Some(constraint) = db_err.constraint() {
+        return Some(constraint.to_owned());
+    }
+    key_in_message(db_err.message())
+}
+
+fn key_in_message(message: &str) -> Option<String> {
+    if let Some(rest) = message.strip_prefix("UNIQUE constraint failed: ") {
+        // A composite key lists every column; the first names it well enough.
+        return rest.split(", ").next().map(str::to_owned);
+    }
+    let (_, quoted) = message.rsplit_once(" for key '")?;
+    quoted.strip_suffix('\'').map(str::to_owned)
+}
+
+fn database_error(err: &DbErr) -> Option<&dyn sqlx::error::DatabaseError> {
     let (DbErr::Conn(RuntimeErr::SqlxError(e))
     | DbErr::Exec(RuntimeErr::SqlxError(e))
     | DbErr::Query(RuntimeErr::SqlxError(e))) = err
     else {
         return None;
     };
-    let sqlx::Error::Database(db_err) = e.as_ref() else {
-        return None;
-    };
-    Some(db_err.message().to_owned())
+    match e.as_ref() {
+        sqlx::Error::Database(db_err) => Some(db_err.as_ref()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_is_read_from_each_engines_message() {
+        let cases = [
+            ("UNIQUE constraint failed: users.email", Some("users.email")),
+            (
+                "Duplicate entry 'a@b.c' for key 'idx_users_email'",
+                Some("idx_users_email"),
+            ),
+            (
+                "Duplicate entry 'x' for key 'products.idx_products_sku'",
+                Some("products.idx_products_sku"),
+            ),
+            ("FOREIGN KEY constraint failed", None),
+        ];
+        for (message, key) in cases {
+            assert_eq!(key_in_message(message).as_deref(), key, "{message}");
+        }
+    }
 
     #[test]
     fn postgres_codes_are_classified() {

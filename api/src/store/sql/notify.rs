@@ -14,38 +14,15 @@
 //!
 //! On SQLite and MariaDB/MySQL there is no such channel: run a single instance there.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use uuid::Uuid;
 
-use super::EntityCache;
-use crate::repo::products::Product;
-use crate::repo::sessions::Session;
-use crate::repo::users::User;
+use crate::cache::{Caches, Topic};
 
 pub const CHANNEL: &str = "storefront_cache";
-
-/// Which cache a key belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Topic {
-    Users,
-    Products,
-    /// Keyed by `repo::sessions::cache_key` of the token hash.
-    Sessions,
-}
-
-impl Topic {
-    fn as_str(self) -> &'static str {
-        match self {
-            Topic::Users => "users",
-            Topic::Products => "products",
-            Topic::Sessions => "sessions",
-        }
-    }
-}
 
 /// Tells the other instances to drop `ids` — call inside the writing transaction. A no-op on
 /// backends without NOTIFY.
@@ -69,12 +46,10 @@ pub async fn announce<C: ConnectionTrait>(
     Ok(())
 }
 
-/// The caches an instance keeps, for the listener to evict from.
+/// What a listener evicts into, and whose messages it skips.
 #[derive(Clone)]
-pub struct Caches {
-    pub users: Arc<EntityCache<User>>,
-    pub products: Arc<EntityCache<Product>>,
-    pub sessions: Arc<EntityCache<Session>>,
+pub struct Evictor {
+    pub caches: Caches,
     /// This instance's pool `application_name`: messages it sent itself are skipped.
     pub sender: String,
 }
@@ -87,14 +62,14 @@ enum Heard {
     SessionEvicted(Uuid),
 }
 
-impl Caches {
+impl Evictor {
     async fn evict(&self, payload: &str) -> Heard {
         if let Some(ack) = payload.strip_prefix("ack:") {
             // `ack:<key>:<listener>`: another instance (or this one) has evicted a session.
             if let Some((id, listener)) = ack.split_once(':')
                 && let Ok(id) = Uuid::parse_str(id)
             {
-                self.sessions.acknowledge(id, listener.to_owned());
+                self.caches.sessions.acknowledge(id, listener.to_owned());
             }
             return Heard::Done;
         }
@@ -108,30 +83,17 @@ impl Caches {
         let Ok(id) = Uuid::parse_str(id) else {
             return Heard::Done;
         };
-        match topic {
+        match Topic::parse(topic) {
             // The writer evicted these itself once it had committed.
-            "users" | "products" if own => {}
-            "users" => self.users.invalidate(id).await,
-            "products" => self.products.invalidate(id).await,
-            "sessions" => {
-                self.sessions.invalidate(id).await;
+            Some(Topic::Users | Topic::Products) if own => {}
+            Some(Topic::Sessions) => {
+                self.caches.evict(Topic::Sessions, id).await;
                 return Heard::SessionEvicted(id);
             }
-            _ => {}
+            Some(topic) => self.caches.evict(topic, id).await,
+            None => {}
         }
         Heard::Done
-    }
-
-    fn suspend(&self) {
-        self.users.suspend();
-        self.products.suspend();
-        self.sessions.suspend();
-    }
-
-    fn resume(&self) {
-        self.users.resume();
-        self.products.resume();
-        self.sessions.resume();
     }
 }
 
@@ -141,8 +103,9 @@ impl Caches {
 pub async fn start_listener(
     url: String,
     name: String,
-    caches: Caches,
+    evictor: Evictor,
 ) -> tokio::task::JoinHandle<()> {
+    let caches = evictor.caches.clone();
     // Until a LISTEN succeeds this instance hears nobody.
     caches.suspend();
     let mut first = Some(listen(&url, &name).await);
@@ -163,7 +126,7 @@ pub async fn start_listener(
                     tracing::info!(channel = CHANNEL, "listening for cache invalidations");
                     while let Ok(Some(notification)) = listener.try_recv().await {
                         if let Heard::SessionEvicted(id) =
-                            caches.evict(notification.payload()).await
+                            evictor.evict(notification.payload()).await
                             && let Err(err) = acknowledge(&mut listener, id, &name).await
                         {
                             tracing::warn!(error = %err, "cannot acknowledge a session eviction");

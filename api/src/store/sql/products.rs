@@ -1,89 +1,80 @@
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use entity::products;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    TransactionTrait,
 };
 use uuid::Uuid;
 
-use super::batch::{self, Batcher};
-use super::error::{Conflict, OnViolation, RepoError, Resource};
-use super::page::{self, CursorKey, ListOrder, PageOf, PageRequest};
-use crate::cache::EntityCache;
-use crate::cache::peers::{self, Topic};
-use crate::domain::{Cents, ProductName, Sku, Stock};
+use super::error::OnViolation;
+use super::listing::{self, ListOrder};
+use super::write::Write;
+use crate::cache::{Caches, Topic};
+use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
+use crate::store::batch::{self, Batcher};
+use crate::store::error::{Conflict, Resource, StoreError};
+use crate::store::page::{CursorKey, PageOf, PageRequest};
 
-pub type Product = products::Model;
-
-pub struct NewProduct {
-    pub sku: Sku,
-    pub name: ProductName,
-    pub price: Cents,
-    pub stock: Stock,
-}
-
-/// A partial update; the SKU is immutable and has no place here.
-#[derive(Default)]
-pub struct ProductChanges {
-    pub name: Option<ProductName>,
-    pub price: Option<Cents>,
-    pub stock: Option<Stock>,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProductFilter {
-    /// `true`: stock > 0; `false`: stock = 0.
-    pub in_stock: Option<bool>,
-}
-
-pub fn cursor_key(product: &Product) -> CursorKey {
-    CursorKey {
-        created_at: product.created_at,
-        id: product.id,
+impl From<products::Model> for Product {
+    fn from(row: products::Model) -> Self {
+        Self {
+            id: row.id,
+            sku: row.sku,
+            name: row.name,
+            price_cents: row.price_cents,
+            stock: row.stock,
+            version: row.version,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
     }
 }
 
 async fn load_products(
     db: DatabaseConnection,
     ids: Vec<Uuid>,
-) -> Result<HashMap<Uuid, Product>, RepoError> {
+) -> Result<HashMap<Uuid, Product>, StoreError> {
     let rows = products::Entity::find()
         .filter(products::Column::Id.is_in(batch::padded(ids)))
         .all(&db)
         .await?;
-    Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+    Ok(rows.into_iter().map(|row| (row.id, row.into())).collect())
 }
 
 #[derive(Clone)]
 pub struct ProductRepo {
     db: DatabaseConnection,
-    cache: Arc<EntityCache<Product>>,
-    by_id: Batcher<Uuid, Product, RepoError>,
+    caches: Caches,
+    by_id: Batcher<Uuid, Product, StoreError>,
 }
 
 impl ProductRepo {
-    pub fn new(db: DatabaseConnection, cache: Arc<EntityCache<Product>>) -> Self {
+    /// The pool, for classifying what its operations fail with (`pool::refine`).
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn new(db: DatabaseConnection, caches: Caches) -> Self {
         let by_id = {
             let db = db.clone();
             Batcher::new(batch::MAX_KEYS, batch::MAX_IN_FLIGHT, move |ids| {
                 load_products(db.clone(), ids)
             })
         };
-        Self { db, cache, by_id }
+        Self { db, caches, by_id }
     }
 
     /// Read through the cache; misses for different ids at once share one query.
-    pub async fn get(&self, id: Uuid) -> Result<Product, RepoError> {
+    pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
         let product = self
-            .cache
+            .caches
+            .products
             .get_or_load(id, || async {
                 self.by_id
                     .load(id)
                     .await?
-                    .ok_or(RepoError::not_found(Resource::Product, id))
+                    .ok_or(StoreError::not_found(Resource::Product, id))
             })
             .await?;
         Ok(Product::clone(&product))
@@ -93,7 +84,7 @@ impl ProductRepo {
         &self,
         filter: ProductFilter,
         request: PageRequest,
-    ) -> Result<PageOf<Product>, RepoError> {
+    ) -> Result<PageOf<Product>, StoreError> {
         let mut query = products::Entity::find();
         match filter.in_stock {
             Some(true) => query = query.filter(products::Column::Stock.gt(0)),
@@ -104,12 +95,25 @@ impl ProductRepo {
             created_at: products::Column::CreatedAt,
             id: products::Column::Id,
         };
-        Ok(page::list(&self.db, query, order, cursor_key, request, None).await?)
+        let page = listing::list(
+            &self.db,
+            query,
+            order,
+            |row: &products::Model| CursorKey {
+                created_at: row.created_at,
+                id: row.id,
+            },
+            request,
+            None,
+        )
+        .await?;
+        Ok(page.map(Product::from))
     }
 
-    pub async fn create(&self, new: NewProduct) -> Result<Product, RepoError> {
-        let now = super::now();
-        products::ActiveModel {
+    pub async fn create(&self, new: NewProduct) -> Result<Product, StoreError> {
+        let now = crate::store::now();
+        let mut write = Write::begin(&self.db, &self.caches).await?;
+        let row = products::ActiveModel {
             id: Set(Uuid::now_v7()),
             sku: Set(new.sku.into_string()),
             name: Set(new.name.into_string()),
@@ -119,9 +123,11 @@ impl ProductRepo {
             updated_at: Set(now),
             version: Set(1),
         }
-        .insert(&self.db)
-        .await
-        .on_unique(Conflict::SkuTaken)
+        .insert(write.txn())
+        .await?;
+        write.changed(Topic::Products, [row.id]);
+        write.commit().await?;
+        Ok(row.into())
     }
 
     /// Changes the fields sent; `version` goes up with every write. With `expected`, only when
@@ -132,16 +138,19 @@ impl ProductRepo {
         id: Uuid,
         changes: ProductChanges,
         expected: Option<&[i64]>,
-    ) -> Result<Product, RepoError> {
+    ) -> Result<Product, StoreError> {
         if changes.name.is_none() && changes.price.is_none() && changes.stock.is_none() {
             let product = self.get(id).await?;
             if expected.is_some_and(|versions| !versions.contains(&product.version)) {
-                return Err(RepoError::PreconditionFailed);
+                return Err(StoreError::PreconditionFailed);
             }
             return Ok(product);
         }
         let mut update = products::Entity::update_many()
-            .col_expr(products::Column::UpdatedAt, Expr::value(super::now()))
+            .col_expr(
+                products::Column::UpdatedAt,
+                Expr::value(crate::store::now()),
+            )
             .col_expr(
                 products::Column::Version,
                 Expr::col(products::Column::Version).add(1),
@@ -159,50 +168,43 @@ impl ProductRepo {
         if let Some(versions) = expected {
             update = update.filter(products::Column::Version.is_in(versions.iter().copied()));
         }
-        let txn = self.db.begin().await?;
-        let written = update.exec(&txn).await?;
-        let Some(updated) = products::Entity::find_by_id(id).one(&txn).await? else {
-            return Err(RepoError::not_found(Resource::Product, id));
+        let mut write = Write::begin(&self.db, &self.caches).await?;
+        let written = update.exec(write.txn()).await?;
+        let Some(updated) = products::Entity::find_by_id(id).one(write.txn()).await? else {
+            return Err(StoreError::not_found(Resource::Product, id));
         };
         if written.rows_affected == 0 {
-            return Err(RepoError::PreconditionFailed);
+            return Err(StoreError::PreconditionFailed);
         }
-        peers::announce(&txn, Topic::Products, &[id]).await?;
-        txn.commit().await?;
-        self.cache.invalidate(id).await;
-        Ok(updated)
+        write.changed(Topic::Products, [id]);
+        write.commit().await?;
+        Ok(updated.into())
     }
 
     /// A product that was ever ordered stays: its order items refer to it.
     #[tracing::instrument(skip_all, fields(%id))]
-    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), RepoError> {
+    pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
         let mut delete = products::Entity::delete_many().filter(products::Column::Id.eq(id));
         if let Some(versions) = expected {
             delete = delete.filter(products::Column::Version.is_in(versions.iter().copied()));
         }
-        let txn = self.db.begin().await?;
+        let mut write = Write::begin(&self.db, &self.caches).await?;
         let result = delete
-            .exec(&txn)
+            .exec(write.txn())
             .await
             .on_foreign_key(Conflict::ProductHasOrders)?;
         if result.rows_affected == 0 {
-            let exists = products::Entity::find_by_id(id).one(&txn).await?.is_some();
+            let exists = products::Entity::find_by_id(id)
+                .one(write.txn())
+                .await?
+                .is_some();
             return Err(if exists {
-                RepoError::PreconditionFailed
+                StoreError::PreconditionFailed
             } else {
-                RepoError::not_found(Resource::Product, id)
+                StoreError::not_found(Resource::Product, id)
             });
         }
-        peers::announce(&txn, Topic::Products, &[id]).await?;
-        txn.commit().await?;
-        self.cache.invalidate(id).await;
-        Ok(())
-    }
-
-    /// Drops cached copies of products whose stock a transaction changed (after it committed).
-    pub async fn forget(&self, ids: impl IntoIterator<Item = Uuid>) {
-        for id in ids {
-            self.cache.invalidate(id).await;
-        }
+        write.changed(Topic::Products, [id]);
+        write.commit().await
     }
 }

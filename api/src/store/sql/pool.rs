@@ -1,9 +1,5 @@
 //! The connection pool: built once from the configuration, tested at start-up, shared by every
-//! repository, closed on shutdown. Also where database errors are classified (`failure`) and where
-//! contended transactions are retried (`retry`).
-
-pub mod failure;
-pub mod retry;
+//! repository, closed on shutdown.
 
 use std::time::Duration;
 
@@ -12,9 +8,7 @@ use sea_orm::sqlx::{self, Connection as _};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
 use crate::config::{DatabaseConfig, mask_password};
-
-pub use failure::{DbFailure, classify};
-pub use retry::{RetryPolicy, with_retry};
+use crate::store::{Cause, DbFailure, PoolStats, StoreError};
 
 /// Why start-up could not use the database. Rendered as the one line an operator reads.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +59,7 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conn
         .min_connections(config.min_connections)
         .acquire_timeout(config.acquire_timeout)
         .idle_timeout(config.idle_timeout)
-        // Statements are logged by our own request spans; the driver's log would repeat them.
+        // No SQL reaches a log line: request spans name the operation, never its statements.
         .sqlx_logging(false)
         // Every checkout is pinged (SeaORM's default, kept on purpose): a connection the server
         // dropped (restart, failover, pg_terminate_backend) is replaced before it can fail a
@@ -188,12 +182,6 @@ fn configure_mysql(options: &mut ConnectOptions, statement_timeout: Duration) {
     });
 }
 
-/// Connections in use and idle, for `/metrics`.
-pub struct PoolStats {
-    pub in_use: u32,
-    pub idle: u32,
-}
-
 pub fn pool_stats(db: &DatabaseConnection) -> PoolStats {
     let (size, idle) = match db.get_database_backend() {
         DbBackend::Postgres => {
@@ -213,6 +201,36 @@ pub fn pool_stats(db: &DatabaseConnection) -> PoolStats {
     PoolStats {
         in_use: size.saturating_sub(idle),
         idle,
+    }
+}
+
+/// The pool reports "no connection within the acquire timeout" both when every connection is busy
+/// and when none could be opened (it keeps retrying the connect until the deadline). Only a full
+/// pool is exhaustion; with free slots left, the database itself could not be reached.
+pub fn refine(db: &DatabaseConnection, err: StoreError) -> StoreError {
+    if !matches!(err, StoreError::PoolExhausted) {
+        return err;
+    }
+    let (size, max) = match db.get_database_backend() {
+        DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            (pool.size(), pool.options().get_max_connections())
+        }
+        DbBackend::MySql => {
+            let pool = db.get_mysql_connection_pool();
+            (pool.size(), pool.options().get_max_connections())
+        }
+        _ => {
+            let pool = db.get_sqlite_connection_pool();
+            (pool.size(), pool.options().get_max_connections())
+        }
+    };
+    if size >= max {
+        return err;
+    }
+    StoreError::Unavailable {
+        failure: DbFailure::Unavailable,
+        source: Cause::message("no connection to the database could be opened"),
     }
 }
 

@@ -7,57 +7,57 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
     DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use uuid::Uuid;
 
-use super::error::{Conflict, OnViolation, RepoError, Resource};
-use super::page::{self, CursorKey, ListOrder, PageOf, PageRequest};
-use super::products::ProductRepo;
-use crate::cache::peers::{self, Topic};
-use crate::db::{DbFailure, RetryPolicy, classify, with_retry};
-use crate::domain::{IdempotencyKey, OrderLines, OrderStatus};
+use super::error::OnViolation;
+use super::failure::classify;
+use super::listing::{self, ListOrder};
+use super::write::Write;
+use crate::cache::{Caches, Topic};
+use crate::domain::model::{Idempotency, Order, OrderFilter, OrderItem, PlaceOrder, Placed};
+use crate::domain::{OrderLines, OrderStatus};
 use crate::metrics::Metrics;
+use crate::store::error::{Conflict, Resource, StoreError};
+use crate::store::failure::DbFailure;
+use crate::store::page::{CursorKey, PageOf, PageRequest};
+use crate::store::retry::{RetryPolicy, with_retry};
 
-/// An order with its items.
-#[derive(Clone, Debug)]
-pub struct Order {
-    pub order: orders::Model,
-    pub items: Vec<order_items::Model>,
-}
-
-pub struct PlaceOrder {
-    pub user_id: Uuid,
-    pub lines: OrderLines,
-    pub idempotency: Option<Idempotency>,
-}
-
-/// The client's key, and a fingerprint of its request to tell a retry from a different request.
-pub struct Idempotency {
-    pub key: IdempotencyKey,
-    pub request_hash: String,
-}
-
-/// How a placement ended: a new order, or the order an earlier request with the same key placed.
-pub enum Placed {
-    New(Order),
-    Replayed(Order),
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-pub struct OrderFilter {
-    pub status: Option<OrderStatus>,
+/// Reads an order's row and items into the read model; an unknown status is an internal error.
+fn order_from_rows(
+    order: orders::Model,
+    items: Vec<order_items::Model>,
+) -> Result<Order, StoreError> {
+    let status = OrderStatus::from_db(&order.status)
+        .ok_or_else(|| StoreError::internal(format!("unknown order status {:?}", order.status)))?;
+    Ok(Order {
+        id: order.id,
+        user_id: order.user_id,
+        status,
+        total_cents: order.total_cents,
+        items: items
+            .into_iter()
+            .map(|item| OrderItem {
+                product_id: item.product_id,
+                quantity: item.quantity,
+                unit_price_cents: item.unit_price_cents,
+            })
+            .collect(),
+        version: order.version,
+        created_at: order.created_at,
+        updated_at: order.updated_at,
+    })
 }
 
 /// Why one attempt at placing an order stopped short of committing.
 enum Attempt {
-    Failed(RepoError),
+    Failed(StoreError),
     /// The idempotency key was claimed by a request that has committed since.
     KeyTaken,
 }
 
-impl From<RepoError> for Attempt {
-    fn from(err: RepoError) -> Self {
+impl From<StoreError> for Attempt {
+    fn from(err: StoreError) -> Self {
         Self::Failed(err)
     }
 }
@@ -71,36 +71,31 @@ impl From<sea_orm::DbErr> for Attempt {
 #[derive(Clone)]
 pub struct OrderRepo {
     db: DatabaseConnection,
-    products: ProductRepo,
+    caches: Caches,
     metrics: Arc<Metrics>,
     retry: RetryPolicy,
 }
 
 impl OrderRepo {
-    pub fn new(db: DatabaseConnection, products: ProductRepo, metrics: Arc<Metrics>) -> Self {
+    /// The pool, for classifying what its operations fail with (`pool::refine`).
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn new(db: DatabaseConnection, caches: Caches, metrics: Arc<Metrics>) -> Self {
         Self {
             db,
-            products,
+            caches,
             metrics,
             retry: RetryPolicy::default(),
         }
     }
 
-    /// A write transaction. SQLite takes its write lock at BEGIN (IMMEDIATE), so a transaction
-    /// that reads before it writes queues for the lock instead of failing with SQLITE_BUSY later.
-    async fn begin(&self) -> Result<DatabaseTransaction, RepoError> {
-        let options = TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        };
-        Ok(self.db.begin_with_options(options).await?)
-    }
-
     /// Runs `attempt` again after deadlocks and serialization failures, counting each retry.
-    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, RepoError>
+    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, RepoError>>,
+        Fut: Future<Output = Result<T, StoreError>>,
     {
         let retries = &self.metrics.transaction_retries;
         with_retry(self.retry, |_| retries.inc(), attempt).await
@@ -110,7 +105,7 @@ impl OrderRepo {
     /// the products in id order, takes the stock, and writes the order and its items — all of it
     /// commits or none.
     #[tracing::instrument(skip_all, fields(user_id = %request.user_id))]
-    pub async fn place(&self, request: PlaceOrder) -> Result<Placed, RepoError> {
+    pub async fn place(&self, request: PlaceOrder) -> Result<Placed, StoreError> {
         let order_id = Uuid::now_v7();
         let placed = self
             .retrying(|| async {
@@ -122,49 +117,45 @@ impl OrderRepo {
             })
             .await?;
         match placed {
-            Some(order) => {
-                self.products.forget(request.lines.product_ids()).await;
-                Ok(Placed::New(order))
-            }
+            Some(order) => Ok(Placed::New(order)),
             None => self.replay(&request).await.map(Placed::Replayed),
         }
     }
 
     async fn place_once(&self, order_id: Uuid, request: &PlaceOrder) -> Result<Order, Attempt> {
-        let txn = self.begin().await?;
-        let outcome = place_in(&txn, order_id, request).await;
-        settle(txn, outcome).await
+        let mut write = Write::begin(&self.db, &self.caches).await?;
+        let outcome = place_in(write.txn(), order_id, request).await;
+        if outcome.is_ok() {
+            write.changed(Topic::Products, request.lines.product_ids());
+        }
+        write.finish(outcome).await
     }
 
     /// The order an earlier request with this key placed, if the request was the same.
-    async fn replay(&self, request: &PlaceOrder) -> Result<Order, RepoError> {
+    async fn replay(&self, request: &PlaceOrder) -> Result<Order, StoreError> {
         let Some(idempotency) = &request.idempotency else {
-            return Err(RepoError::Internal(sea_orm::DbErr::Custom(
-                "idempotency conflict without a key".into(),
-            )));
+            return Err(StoreError::internal("idempotency conflict without a key"));
         };
         let claim = idempotency_keys::Entity::find_by_id(idempotency.key.as_str())
             .one(&self.db)
             .await?
-            .ok_or_else(|| {
-                RepoError::Internal(sea_orm::DbErr::RecordNotFound("idempotency key".into()))
-            })?;
+            .ok_or_else(|| StoreError::internal("the idempotency key's claim is gone"))?;
         if claim.request_hash != idempotency.request_hash {
-            return Err(RepoError::Conflict(Conflict::IdempotencyKeyReused));
+            return Err(StoreError::Conflict(Conflict::IdempotencyKeyReused));
         }
         self.get(claim.order_id).await
     }
 
-    pub async fn get(&self, id: Uuid) -> Result<Order, RepoError> {
+    pub async fn get(&self, id: Uuid) -> Result<Order, StoreError> {
         let order = orders::Entity::find_by_id(id)
             .one(&self.db)
             .await?
-            .ok_or(RepoError::not_found(Resource::Order, id))?;
+            .ok_or(StoreError::not_found(Resource::Order, id))?;
         let items = items_of(&self.db, &[id])
             .await?
             .remove(&id)
             .unwrap_or_default();
-        Ok(Order { order, items })
+        order_from_rows(order, items)
     }
 
     /// A user's orders, newest first, each with its items (loaded in one query for the page).
@@ -173,7 +164,7 @@ impl OrderRepo {
         user_id: Uuid,
         filter: OrderFilter,
         request: PageRequest,
-    ) -> Result<PageOf<Order>, RepoError> {
+    ) -> Result<PageOf<Order>, StoreError> {
         let user = users::Entity::find_by_id(user_id)
             .select_only()
             .column(users::Column::Id)
@@ -181,7 +172,7 @@ impl OrderRepo {
             .one(&self.db)
             .await?;
         if user.is_none() {
-            return Err(RepoError::not_found(Resource::User, user_id));
+            return Err(StoreError::not_found(Resource::User, user_id));
         }
         let mut query = orders::Entity::find().filter(orders::Column::UserId.eq(user_id));
         if let Some(status) = filter.status {
@@ -195,13 +186,22 @@ impl OrderRepo {
             created_at: row.created_at,
             id: row.id,
         };
-        let page = page::list(&self.db, query, order, key, request, None).await?;
+        let page = listing::list(&self.db, query, order, key, request, None).await?;
         let ids: Vec<Uuid> = page.items.iter().map(|order| order.id).collect();
         let mut items = items_of(&self.db, &ids).await?;
-        Ok(page.map(|order| {
-            let items = items.remove(&order.id).unwrap_or_default();
-            Order { order, items }
-        }))
+        let orders = page
+            .items
+            .into_iter()
+            .map(|order| {
+                let items = items.remove(&order.id).unwrap_or_default();
+                order_from_rows(order, items)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PageOf {
+            items: orders,
+            total: page.total,
+            next: page.next,
+        })
     }
 
     /// Moves an order along the transition table; cancelling gives the stock back in the same
@@ -214,38 +214,19 @@ impl OrderRepo {
         id: Uuid,
         to: OrderStatus,
         expected: Option<&[i64]>,
-    ) -> Result<Order, RepoError> {
-        let order = self
-            .retrying(|| async {
-                let txn = self.begin().await?;
-                let outcome = transition_in(&txn, id, to, expected).await;
-                settle(txn, outcome).await
-            })
-            .await?;
-        if to == OrderStatus::Cancelled {
-            let restocked: Vec<Uuid> = order.items.iter().map(|item| item.product_id).collect();
-            self.products.forget(restocked).await;
-        }
-        Ok(order)
-    }
-}
-
-/// Commits `txn` when `outcome` is a success, rolls it back otherwise.
-async fn settle<T, E: From<sea_orm::DbErr>>(
-    txn: DatabaseTransaction,
-    outcome: Result<T, E>,
-) -> Result<T, E> {
-    match outcome {
-        Ok(value) => {
-            txn.commit().await?;
-            Ok(value)
-        }
-        Err(err) => {
-            // The transaction is abandoned either way; a failed rollback only means the
-            // connection is gone, which the pool notices by itself.
-            let _ = txn.rollback().await;
-            Err(err)
-        }
+    ) -> Result<Order, StoreError> {
+        self.retrying(|| async {
+            let mut write = Write::begin(&self.db, &self.caches).await?;
+            let outcome = transition_in(write.txn(), id, to, expected).await;
+            if let Ok(order) = &outcome
+                && to == OrderStatus::Cancelled
+            {
+                let restocked = order.items.iter().map(|item| item.product_id);
+                write.changed(Topic::Products, restocked);
+            }
+            write.finish(outcome).await
+        })
+        .await
     }
 }
 
@@ -257,16 +238,14 @@ async fn place_in(
     order_id: Uuid,
     request: &PlaceOrder,
 ) -> Result<Order, Attempt> {
-    let now = super::now();
+    let now = crate::store::now();
     if let Some(idempotency) = &request.idempotency {
         claim_key(txn, order_id, idempotency, now).await?;
     }
     check_user(txn, request.user_id).await?;
     let locked = lock_products(txn, &request.lines).await?;
     let (total, items) = take_stock(txn, order_id, &request.lines, &locked, now).await?;
-    let order = write_order(txn, order_id, request.user_id, total, items, now).await?;
-    peers::announce(txn, Topic::Products, &request.lines.product_ids()).await?;
-    Ok(order)
+    write_order(txn, order_id, request.user_id, total, items, now).await
 }
 
 /// Claims the key first. A concurrent request holding the same key makes this insert wait until
@@ -306,7 +285,7 @@ async fn check_user(txn: &DatabaseTransaction, user_id: Uuid) -> Result<(), Atte
         .await?;
     match user {
         Some(_) => Ok(()),
-        None => Err(RepoError::not_found(Resource::User, user_id).into()),
+        None => Err(StoreError::not_found(Resource::User, user_id).into()),
     }
 }
 
@@ -332,7 +311,7 @@ async fn lock_products(
         .collect();
     for line in lines.iter() {
         if !locked.contains_key(&line.product_id) {
-            return Err(RepoError::not_found(Resource::Product, line.product_id).into());
+            return Err(StoreError::not_found(Resource::Product, line.product_id).into());
         }
     }
     Ok(locked)
@@ -353,7 +332,7 @@ async fn take_stock(
     for line in lines.iter() {
         let product = &locked[&line.product_id];
         if product.stock < line.quantity {
-            return Err(RepoError::Conflict(Conflict::InsufficientStock {
+            return Err(StoreError::Conflict(Conflict::InsufficientStock {
                 product_id: line.product_id,
                 requested: i64::from(line.quantity),
                 available: i64::from(product.stock),
@@ -377,7 +356,7 @@ async fn take_stock(
             .exec(txn)
             .await?;
         if updated.rows_affected != 1 {
-            return Err(RepoError::Contended {
+            return Err(StoreError::Contended {
                 attempts: 1,
                 source: None,
             }
@@ -417,7 +396,7 @@ async fn write_order(
     // The user was there a moment ago; if it was deleted since, it is not there now.
     .on_foreign_key(Conflict::UserHasOrders)
     .map_err(|err| match err {
-        RepoError::Conflict(_) => RepoError::not_found(Resource::User, user_id),
+        StoreError::Conflict(_) => StoreError::not_found(Resource::User, user_id),
         other => other,
     })?;
     let rows = items.iter().map(|item| order_items::ActiveModel {
@@ -427,7 +406,7 @@ async fn write_order(
         unit_price_cents: Set(item.unit_price_cents),
     });
     order_items::Entity::insert_many(rows).exec(txn).await?;
-    Ok(Order { order, items })
+    Ok(order_from_rows(order, items)?)
 }
 
 async fn transition_in(
@@ -435,7 +414,7 @@ async fn transition_in(
     id: Uuid,
     to: OrderStatus,
     expected: Option<&[i64]>,
-) -> Result<Order, RepoError> {
+) -> Result<Order, StoreError> {
     let mut query = orders::Entity::find_by_id(id);
     if txn.get_database_backend() != DbBackend::Sqlite {
         query = query.lock_exclusive();
@@ -443,23 +422,19 @@ async fn transition_in(
     let order = query
         .one(txn)
         .await?
-        .ok_or(RepoError::not_found(Resource::Order, id))?;
+        .ok_or(StoreError::not_found(Resource::Order, id))?;
     if expected.is_some_and(|versions| !versions.contains(&order.version)) {
-        return Err(RepoError::PreconditionFailed);
+        return Err(StoreError::PreconditionFailed);
     }
-    let from = OrderStatus::from_db(&order.status).ok_or_else(|| {
-        RepoError::Internal(sea_orm::DbErr::Type(format!(
-            "unknown order status {:?}",
-            order.status
-        )))
-    })?;
+    let from = OrderStatus::from_db(&order.status)
+        .ok_or_else(|| StoreError::internal(format!("unknown order status {:?}", order.status)))?;
     if !from.can_move_to(to) {
-        return Err(RepoError::Conflict(Conflict::InvalidTransition {
+        return Err(StoreError::Conflict(Conflict::InvalidTransition {
             from: from.as_str(),
             to: to.as_str(),
         }));
     }
-    let now = super::now();
+    let now = crate::store::now();
     let order_version = order.version;
     let mut row: orders::ActiveModel = order.into();
     row.status = Set(to.as_str().to_owned());
@@ -486,17 +461,15 @@ async fn transition_in(
                 .exec(txn)
                 .await?;
         }
-        let restocked: Vec<Uuid> = items.iter().map(|item| item.product_id).collect();
-        peers::announce(txn, Topic::Products, &restocked).await?;
     }
-    Ok(Order { order, items })
+    order_from_rows(order, items)
 }
 
 /// The items of several orders in one query, grouped by order, each group in product-id order.
 async fn items_of<C: ConnectionTrait>(
     db: &C,
     order_ids: &[Uuid],
-) -> Result<HashMap<Uuid, Vec<order_items::Model>>, RepoError> {
+) -> Result<HashMap<Uuid, Vec<order_items::Model>>, StoreError> {
     let mut grouped: HashMap<Uuid, Vec<order_items::Model>> = HashMap::new();
     if order_ids.is_empty() {
         return Ok(grouped);

@@ -1,0 +1,190 @@
+//! Sessions (bearer tokens, kept only as hashes) and the failed-login record that throttles
+//! guessing. Both live in the database, so every instance sees the same sessions and counts.
+
+use chrono::{DateTime, FixedOffset};
+use entity::{login_failures, sessions, users};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    EntityTrait, QueryFilter, QuerySelect,
+};
+use uuid::Uuid;
+
+use super::write::Write;
+use crate::cache::{Caches, Topic};
+use crate::domain::UserRole;
+use crate::domain::model::{Failures, Session, cache_key};
+use crate::store::error::{Resource, StoreError};
+
+/// Deletes the sessions `hashes` as part of `write`, which evicts them everywhere on commit.
+pub async fn revoke_in(write: &mut Write<'_>, hashes: Vec<String>) -> Result<(), StoreError> {
+    if hashes.is_empty() {
+        return Ok(());
+    }
+    sessions::Entity::delete_many()
+        .filter(sessions::Column::TokenHash.is_in(hashes.iter().cloned()))
+        .exec(write.txn())
+        .await?;
+    write.changed(Topic::Sessions, hashes.iter().map(|hash| cache_key(hash)));
+    Ok(())
+}
+
+/// The hashes of `user_id`'s sessions, except `keep` — read inside the revoking transaction.
+pub async fn hashes_of<C: ConnectionTrait>(
+    conn: &C,
+    user_id: Uuid,
+    keep: Option<&str>,
+) -> Result<Vec<String>, StoreError> {
+    let mut query = sessions::Entity::find()
+        .select_only()
+        .column(sessions::Column::TokenHash)
+        .filter(sessions::Column::UserId.eq(user_id));
+    if let Some(keep) = keep {
+        query = query.filter(sessions::Column::TokenHash.ne(keep));
+    }
+    Ok(query.into_tuple::<String>().all(conn).await?)
+}
+
+#[derive(Clone)]
+pub struct SessionRepo {
+    db: DatabaseConnection,
+    caches: Caches,
+}
+
+impl SessionRepo {
+    /// The pool, for classifying what its operations fail with (`pool::refine`).
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn new(db: DatabaseConnection, caches: Caches) -> Self {
+        Self { db, caches }
+    }
+
+    /// Records a new session. Expired ones are purged on the way (an indexed range delete).
+    #[tracing::instrument(skip_all, fields(%user_id))]
+    pub async fn create(
+        &self,
+        token_hash: String,
+        user_id: Uuid,
+        expires_at: DateTime<FixedOffset>,
+    ) -> Result<(), StoreError> {
+        let now = crate::store::now();
+        sessions::Entity::delete_many()
+            .filter(sessions::Column::ExpiresAt.lt(now))
+            .exec(&self.db)
+            .await?;
+        sessions::ActiveModel {
+            token_hash: Set(token_hash),
+            user_id: Set(user_id),
+            created_at: Set(now),
+            expires_at: Set(expires_at),
+        }
+        .insert(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// The live session with this token hash, read through the cache (concurrent requests with
+    /// one token share a single query). Expired and unknown sessions are `None`.
+    pub async fn find(&self, token_hash: &str) -> Result<Option<Session>, StoreError> {
+        let loaded = self
+            .caches
+            .sessions
+            .get_or_load(cache_key(token_hash), || self.load(token_hash.to_owned()))
+            .await;
+        match loaded {
+            Ok(session)
+                if session.token_hash == token_hash && session.expires_at > crate::store::now() =>
+            {
+                Ok(Some(Session::clone(&session)))
+            }
+            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn load(&self, token_hash: String) -> Result<Session, StoreError> {
+        let found = sessions::Entity::find_by_id(token_hash.clone())
+            .find_also_related(users::Entity)
+            .one(&self.db)
+            .await?;
+        let Some((session, Some(user))) = found else {
+            return Err(StoreError::not_found(
+                Resource::User,
+                cache_key(&token_hash),
+            ));
+        };
+        let role = UserRole::from_db(&user.role)
+            .ok_or_else(|| StoreError::internal(format!("unknown user role {:?}", user.role)))?;
+        Ok(Session {
+            token_hash: session.token_hash,
+            user_id: session.user_id,
+            role,
+            expires_at: session.expires_at,
+        })
+    }
+
+    /// Revokes one session (logout), here at once and on other instances by announcement.
+    #[tracing::instrument(skip_all)]
+    pub async fn revoke(&self, token_hash: &str) -> Result<(), StoreError> {
+        let mut write = Write::begin(&self.db, &self.caches).await?;
+        revoke_in(&mut write, vec![token_hash.to_owned()]).await?;
+        write.commit().await
+    }
+
+    /// Failed logins per subject since `since` (subjects are hashed: see `auth::throttle`).
+    pub async fn failures(
+        &self,
+        subjects: &[String],
+        since: DateTime<FixedOffset>,
+    ) -> Result<Vec<Failures>, StoreError> {
+        let rows = login_failures::Entity::find()
+            .filter(login_failures::Column::Subject.is_in(subjects.iter().cloned()))
+            .filter(login_failures::Column::FailedAt.gt(since))
+            .all(&self.db)
+            .await?;
+        Ok(subjects
+            .iter()
+            .map(|subject| {
+                rows.iter().filter(|row| &row.subject == subject).fold(
+                    Failures::default(),
+                    |acc, row| Failures {
+                        count: acc.count + 1,
+                        oldest: Some(acc.oldest.map_or(row.failed_at, |o| o.min(row.failed_at))),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Counts one failed login against each subject; failures older than `forget_before` go.
+    pub async fn record_failure(
+        &self,
+        subjects: &[String],
+        forget_before: DateTime<FixedOffset>,
+    ) -> Result<(), StoreError> {
+        let now = crate::store::now();
+        login_failures::Entity::delete_many()
+            .filter(login_failures::Column::FailedAt.lt(forget_before))
+            .exec(&self.db)
+            .await?;
+        let rows = subjects.iter().map(|subject| login_failures::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            subject: Set(subject.clone()),
+            failed_at: Set(now),
+        });
+        login_failures::Entity::insert_many(rows)
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// A successful login clears its email's count.
+    pub async fn clear_failures(&self, subject: &str) -> Result<(), StoreError> {
+        login_failures::Entity::delete_many()
+            .filter(login_failures::Column::Subject.eq(subject))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+}
