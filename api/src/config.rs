@@ -57,7 +57,7 @@ pub struct DatabaseConfig {
     /// lock and LISTEN. When set, `url` is taken to be the pooler (see `db::connect`).
     pub direct_url: Option<String>,
     /// Names this instance's pooled PostgreSQL sessions (`application_name`), so that it can tell
-    /// its own cache invalidations from other instances' (`cache::peers`).
+    /// its own cache invalidations from other instances' (`store::sql::notify`).
     pub application_name: String,
     pub max_connections: u32,
     pub min_connections: u32,
@@ -305,11 +305,39 @@ fn describe(err: envy::Error) -> String {
     }
 }
 
+/// The URL with its password replaced. MongoDB URLs may name several hosts
+/// (`mongodb://u:p@a:27017,b:27017/db`), which a generic URL parser refuses, so the user
+/// information is cut out by hand.
+fn mask_multi_host(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparsable database URL>".to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            format!("{scheme}://{masked}@{hosts}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// `mongodb://` and `mongodb+srv://` select the MongoDB engine.
+pub fn is_mongo_url(url: &str) -> bool {
+    url.starts_with("mongodb://") || url.starts_with("mongodb+srv://")
+}
+
 /// The URL with its password replaced, for log lines and error messages.
 pub fn mask_password(url: &str) -> String {
     // MongoDB URLs may list several hosts, which the URL parser refuses.
-    if crate::store::mongo::is_mongo_url(url) {
-        return crate::store::mongo::mask_url(url);
+    if is_mongo_url(url) {
+        return mask_multi_host(url);
     }
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
@@ -423,6 +451,22 @@ mod tests {
         assert_eq!(
             mask_password("sqlite://data.db?mode=rwc"),
             "sqlite://data.db?mode=rwc"
+        );
+    }
+
+    #[test]
+    fn passwords_are_masked_in_multi_host_urls() {
+        assert_eq!(
+            mask_password("mongodb://app:s3cret@a:27017,b:27017/shop?replicaSet=rs"),
+            "mongodb://app:***@a:27017,b:27017/shop?replicaSet=rs"
+        );
+        assert_eq!(
+            mask_password("mongodb+srv://app:p@ss@cluster.example.net/shop"),
+            "mongodb+srv://app:***@cluster.example.net/shop"
+        );
+        assert_eq!(
+            mask_password("mongodb://127.0.0.1:27017/?directConnection=true"),
+            "mongodb://127.0.0.1:27017/?directConnection=true"
         );
     }
 }

@@ -136,7 +136,7 @@ impl Metrics {
         };
         // Every kind exists from start-up, at 0: an alert written as `rate(db_errors_total[5m])`
         // needs the series before the first error.
-        for kind in crate::store::DbFailure::ALL {
+        for kind in crate::store::failure::DbFailure::ALL {
             metrics.db_errors.with_label_values(&[kind.label()]);
         }
         metrics

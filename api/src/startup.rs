@@ -9,7 +9,7 @@ use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpListener};
 
 use crate::cache::Caches;
-use crate::config::{Config, mask_password};
+use crate::config::{Config, is_mongo_url, mask_password};
 use crate::domain::Hasher;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -23,7 +23,7 @@ pub enum StartupError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
-    Database(#[from] pool::ConnectError),
+    Database(#[from] crate::store::ConnectError),
     #[error("cannot apply migrations to {url}: {reason}")]
     Migrations { url: String, reason: String },
     #[error("cannot make sure of the admin account {email}: {reason}")]
@@ -146,7 +146,7 @@ impl Application {
 /// logged).
 async fn connect(config: &Config, metrics: &Metrics) -> Result<Engine, StartupError> {
     let queries = metrics.db_queries.clone();
-    if mongo::is_mongo_url(&config.database.url) {
+    if is_mongo_url(&config.database.url) {
         let mongo = Mongo::connect(&config.database, queries).await?;
         return Ok(Engine::Mongo(mongo));
     }

@@ -2,6 +2,7 @@
 //! that point nothing re-checks a name's length or an email's shape. Also the read models
 //! (`model`): what the store answers and takes, whichever engine holds the data.
 
+mod bounds;
 mod email;
 pub mod model;
 mod order;
@@ -10,6 +11,7 @@ mod product;
 mod text;
 mod user;
 
+pub use bounds::{BoundedInt, Bounds, Range};
 pub use email::Email;
 pub use order::{IdempotencyKey, OrderLine, OrderLines, OrderStatus, Quantity};
 pub use password::{HashError, Hasher, Password, PasswordHash};

@@ -2,24 +2,10 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-/// Units of one product on one order line, 1–10,000.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Quantity(i32);
+use super::BoundedInt;
 
-impl Quantity {
-    pub const MAX: i64 = 10_000;
-
-    pub fn parse(value: i64) -> Result<Self, String> {
-        match i32::try_from(value) {
-            Ok(quantity) if (1..=Self::MAX).contains(&value) => Ok(Self(quantity)),
-            _ => Err(format!("must be between 1 and {}", Self::MAX)),
-        }
-    }
-
-    pub fn get(self) -> i32 {
-        self.0
-    }
-}
+/// Units of one product on one order line.
+pub type Quantity = BoundedInt<i32, 1, 10_000>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OrderLine {

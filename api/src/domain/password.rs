@@ -125,13 +125,16 @@ impl Hasher {
 }
 
 impl Password {
+    pub const MIN_LENGTH: usize = 8;
+    pub const MAX_LENGTH: usize = 128;
+
     pub fn parse(raw: String) -> Result<Self, String> {
         let length = raw.trim().chars().count();
-        if length < 8 {
-            return Err("must be at least 8 characters".to_owned());
+        if length < Self::MIN_LENGTH {
+            return Err(format!("must be at least {} characters", Self::MIN_LENGTH));
         }
-        if length > 128 {
-            return Err("must be at most 128 characters".to_owned());
+        if length > Self::MAX_LENGTH {
+            return Err(format!("must be at most {} characters", Self::MAX_LENGTH));
         }
         Ok(Self(raw))
     }

@@ -6,6 +6,7 @@ pub mod conditional;
 mod consistency;
 mod enums;
 pub mod error;
+pub mod failures;
 mod middleware;
 pub mod ops;
 pub mod orders;

@@ -13,16 +13,15 @@ use uuid::Uuid;
 use super::body::{JsonBody, present};
 use super::conditional::{self, resource_responses};
 use super::enums::OrderStatusDto;
-use super::error::{
-    ApiError, Failure, NestedListFailures, PlaceFailures, ReadFailures, UpdateFailures,
-};
+use super::error::ApiError;
+use super::failures::{Failure, NestedListFailures, PlaceFailures, ReadFailures, UpdateFailures};
 use super::pagination::{page_of, page_request};
 use super::timestamp::Timestamp;
 use super::users::default_per_page;
 use super::{AppState, Tag};
 use crate::auth::{BearerAuth, Caller, access};
 use crate::domain::model::{Idempotency, Order, OrderFilter, PlaceOrder, Placed};
-use crate::domain::{IdempotencyKey, OrderLines, OrderStatus, Quantity, Validator};
+use crate::domain::{Bounds, IdempotencyKey, OrderLines, OrderStatus, Quantity, Range, Validator};
 
 #[derive(Object)]
 #[oai(rename = "OrderItem")]
@@ -84,9 +83,11 @@ page_of!(
 pub struct OrderLineRequest {
     pub product_id: Uuid,
     /// 1–10,000.
-    #[oai(validator(minimum(value = "1"), maximum(value = "10000")))]
     pub quantity: i64,
 }
+
+/// The bounds of the request fields, from the domain types that check them (see `spec`).
+pub const BOUNDS: &[(&str, &str, Range)] = &[("OrderLine", "quantity", Quantity::RANGE)];
 
 /// Prices come from the products, never from the client. Lines for the same product are merged.
 #[derive(Object, Deserialize)]

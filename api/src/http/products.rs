@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use super::body::{JsonBody, present};
 use super::conditional::{self, resource_responses};
-use super::error::{
-    ApiError, CreateFailures, DeleteFailures, Failure, PublicListFailures, PublicReadFailures,
-    UpdateFailures,
+use super::error::ApiError;
+use super::failures::{
+    CreateFailures, DeleteFailures, Failure, PublicListFailures, PublicReadFailures, UpdateFailures,
 };
 use super::pagination::{page_of, page_request};
 use super::timestamp::Timestamp;
@@ -20,7 +20,7 @@ use super::users::{Deleted, default_per_page};
 use super::{AppState, Tag};
 use crate::auth::{BearerAuth, access};
 use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
-use crate::domain::{Cents, ProductName, Sku, Stock, Validator};
+use crate::domain::{Bounds, Cents, ProductName, Range, Sku, Stock, Validator};
 
 #[derive(Object)]
 #[oai(rename = "Product")]
@@ -58,16 +58,12 @@ page_of!(ProductPage, ProductDto, "A page of products, newest first.");
 #[oai(rename = "CreateProduct")]
 pub struct CreateProductRequest {
     /// 1–64 characters after trimming; unique; cannot be changed later.
-    #[oai(validator(min_length = 1, max_length = 64))]
     pub sku: String,
     /// 1–200 characters after trimming.
-    #[oai(validator(min_length = 1, max_length = 200))]
     pub name: String,
     /// Integer cents, 0–1,000,000,000.
-    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
     pub price_cents: i64,
     /// 0–1,000,000,000.
-    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
     pub stock: i64,
 }
 
@@ -77,19 +73,27 @@ pub struct CreateProductRequest {
 #[oai(rename = "UpdateProduct")]
 pub struct UpdateProductRequest {
     #[serde(default, deserialize_with = "present")]
-    #[oai(validator(min_length = 1, max_length = 200))]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
     pub price_cents: Option<i64>,
     #[serde(default, deserialize_with = "present")]
-    #[oai(validator(minimum(value = "0"), maximum(value = "1000000000")))]
     pub stock: Option<i64>,
     /// Accepted by the parser only to be refused with a clear message.
     #[serde(default, deserialize_with = "present")]
     #[oai(skip)]
     pub sku: Option<serde_json::Value>,
 }
+
+/// The bounds of the request fields, from the domain types that check them (see `spec`).
+pub const BOUNDS: &[(&str, &str, Range)] = &[
+    ("CreateProduct", "sku", Sku::RANGE),
+    ("CreateProduct", "name", ProductName::RANGE),
+    ("CreateProduct", "price_cents", Cents::RANGE),
+    ("CreateProduct", "stock", Stock::RANGE),
+    ("UpdateProduct", "name", ProductName::RANGE),
+    ("UpdateProduct", "price_cents", Cents::RANGE),
+    ("UpdateProduct", "stock", Stock::RANGE),
+];
 
 resource_responses!(ProductRead, ProductWritten, ProductCreated, ProductDto);
 

@@ -8,7 +8,8 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 
 use super::body::JsonBody;
-use super::error::{ApiError, Failure, LoginFailures, LogoutFailures};
+use super::error::ApiError;
+use super::failures::{Failure, LoginFailures, LogoutFailures};
 use super::timestamp::Timestamp;
 use super::users::{Deleted, UserDto};
 use super::{AppState, Tag};

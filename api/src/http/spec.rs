@@ -8,6 +8,8 @@ use poem::{Endpoint, Request, Response};
 use poem_openapi::OpenApiService;
 use serde_json::Value;
 
+use crate::domain::Range;
+
 pub const DESCRIPTION: &str = r#"Users, products and orders over JSON.
 
 **Errors** are RFC 9457 problem details (`application/problem+json`) with a stable `code`; a 422
@@ -78,8 +80,40 @@ pub fn finish(raw: &str) -> Value {
     describe_responses(&mut document);
     document_consistency(&mut document);
     document_optional_sign_in(&mut document);
+    document_bounds(&mut document);
     lift_annotations(&mut document);
     document
+}
+
+/// Writes each request field's bounds from the domain type that checks it. The body parser
+/// validates through those types, not through poem-openapi's validators, so attributes on the
+/// DTOs would be a second copy that could drift.
+fn document_bounds(document: &mut Value) {
+    let tables = [
+        super::users::BOUNDS,
+        super::products::BOUNDS,
+        super::orders::BOUNDS,
+    ];
+    for (schema, field, range) in tables.into_iter().flatten() {
+        let pointer = format!("/components/schemas/{schema}/properties/{field}");
+        let Some(property) = document
+            .pointer_mut(&pointer)
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        let (low, high, min, max) = match *range {
+            Range::Length { min, max } => (
+                "minLength",
+                "maxLength",
+                i64::try_from(min).unwrap_or(i64::MAX),
+                i64::try_from(max).unwrap_or(i64::MAX),
+            ),
+            Range::Value { min, max } => ("minimum", "maximum", min, max),
+        };
+        property.insert(low.to_owned(), min.into());
+        property.insert(high.to_owned(), max.into());
+    }
 }
 
 /// Signing up needs no token, but an admin's token unlocks `status` and `role`: the operation

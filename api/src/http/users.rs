@@ -12,15 +12,16 @@ use uuid::Uuid;
 use super::body::{JsonBody, present};
 use super::conditional::{self, resource_responses};
 use super::enums::{UserRoleDto, UserStatusDto};
-use super::error::{
-    ApiError, DeleteFailures, Failure, ListFailures, ReadFailures, SignUpFailures, UpdateFailures,
+use super::error::ApiError;
+use super::failures::{
+    DeleteFailures, Failure, ListFailures, ReadFailures, SignUpFailures, UpdateFailures,
 };
 use super::pagination::{page_of, page_request};
 use super::timestamp::Timestamp;
 use super::{AppState, Tag};
 use crate::auth::{self, BearerAuth, access};
 use crate::domain::model::{NewUser, User, UserChanges, UserFilter};
-use crate::domain::{Email, Password, UserName, UserRole, UserStatus, Validator};
+use crate::domain::{Bounds, Email, Password, Range, UserName, UserRole, UserStatus, Validator};
 
 /// A user. The password is never returned.
 #[derive(Object)]
@@ -59,13 +60,11 @@ page_of!(UserPage, UserDto, "A page of users, newest first.");
 #[oai(rename = "CreateUser")]
 pub struct CreateUserRequest {
     /// 1–200 characters after trimming surrounding whitespace.
-    #[oai(validator(min_length = 1, max_length = 200))]
     pub name: String,
     /// A valid address of at most 254 characters; unique regardless of case.
-    #[oai(validator(min_length = 3, max_length = 254))]
     pub email: String,
     /// 8–128 characters; stored only as an Argon2id hash.
-    #[oai(validator(min_length = 8, max_length = 128), write_only)]
+    #[oai(write_only)]
     pub password: String,
     /// Defaults to `active`; only an admin may set it.
     #[serde(default, deserialize_with = "present")]
@@ -81,13 +80,11 @@ pub struct CreateUserRequest {
 #[oai(rename = "UpdateUser")]
 pub struct UpdateUserRequest {
     #[serde(default, deserialize_with = "present")]
-    #[oai(validator(min_length = 1, max_length = 200))]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    #[oai(validator(min_length = 3, max_length = 254))]
     pub email: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    #[oai(validator(min_length = 8, max_length = 128), write_only)]
+    #[oai(write_only)]
     pub password: Option<String>,
     /// The user's current password: required when users change their own password.
     #[serde(default, deserialize_with = "present")]
@@ -100,6 +97,16 @@ pub struct UpdateUserRequest {
     #[serde(default, deserialize_with = "present")]
     pub role: Option<UserRoleDto>,
 }
+
+/// The bounds of the request fields, from the domain types that check them (see `spec`).
+pub const BOUNDS: &[(&str, &str, Range)] = &[
+    ("CreateUser", "name", UserName::RANGE),
+    ("CreateUser", "email", Email::RANGE),
+    ("CreateUser", "password", Password::RANGE),
+    ("UpdateUser", "name", UserName::RANGE),
+    ("UpdateUser", "email", Email::RANGE),
+    ("UpdateUser", "password", Password::RANGE),
+];
 
 resource_responses!(UserRead, UserWritten, UserCreated, UserDto);
 

@@ -7,6 +7,7 @@
 //! beside them.
 
 pub mod batch;
+pub mod by_id;
 pub mod error;
 pub mod failure;
 pub mod mongo;
@@ -38,6 +39,15 @@ use crate::metrics::Metrics;
 /// milliseconds and truncates further, in `mongo::document`.)
 pub fn now() -> DateTime<FixedOffset> {
     Utc::now().trunc_subsecs(6).fixed_offset()
+}
+
+/// Why start-up could not use the database. Rendered as the one line an operator reads.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot reach the database at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("cannot reach the database at {url}: no answer within {timeout_ms} ms")]
+    TimedOut { url: String, timeout_ms: u128 },
 }
 
 /// Connections in use and idle, for `/metrics`.

@@ -25,9 +25,8 @@ use mongodb::event::command::CommandEvent;
 use mongodb::options::{ClientOptions, ReadConcern, WriteConcern};
 use mongodb::{Client, ClientSession, Collection, Database};
 
-use crate::config::DatabaseConfig;
-use crate::store::StoreError;
-use crate::store::sql::pool::ConnectError;
+use crate::config::{DatabaseConfig, mask_password};
+use crate::store::{ConnectError, StoreError};
 
 pub use orders::OrderRepo;
 pub use products::ProductRepo;
@@ -77,33 +76,6 @@ impl PoolGauge {
     }
 }
 
-/// The URL with its password replaced. MongoDB URLs may name several hosts
-/// (`mongodb://u:p@a:27017,b:27017/db`), which a generic URL parser refuses, so the user
-/// information is cut out by hand.
-pub fn mask_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<unparsable database URL>".to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            format!("{scheme}://{masked}@{hosts}{tail}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-pub fn is_mongo_url(url: &str) -> bool {
-    url.starts_with("mongodb://") || url.starts_with("mongodb+srv://")
-}
-
 impl Mongo {
     /// Builds the client from `DATABASE_URL` and the pool settings, and pings the server: a
     /// server that does not answer within the connect timeout stops start-up with one line.
@@ -113,7 +85,7 @@ impl Mongo {
         queries: prometheus::IntCounter,
     ) -> Result<Self, ConnectError> {
         let unreachable = |reason: String| ConnectError::Unreachable {
-            url: mask_url(&config.url),
+            url: mask_password(&config.url),
             reason,
         };
         let mut options = ClientOptions::parse(&config.url)
@@ -166,7 +138,7 @@ impl Mongo {
                 other => other.to_string(),
             })),
             Err(_) => Err(ConnectError::TimedOut {
-                url: mask_url(&config.url),
+                url: mask_password(&config.url),
                 timeout_ms: config.connect_timeout.as_millis(),
             }),
         }
@@ -258,26 +230,5 @@ pub(crate) async fn settle<T, E: From<StoreError>>(
             let _ = session.abort_transaction().await;
             Err(err)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mask_url;
-
-    #[test]
-    fn passwords_are_masked_in_multi_host_urls() {
-        assert_eq!(
-            mask_url("mongodb://app:s3cret@a:27017,b:27017/shop?replicaSet=rs"),
-            "mongodb://app:***@a:27017,b:27017/shop?replicaSet=rs"
-        );
-        assert_eq!(
-            mask_url("mongodb+srv://app:p@ss@cluster.example.net/shop"),
-            "mongodb+srv://app:***@cluster.example.net/shop"
-        );
-        assert_eq!(
-            mask_url("mongodb://127.0.0.1:27017/?directConnection=true"),
-            "mongodb://127.0.0.1:27017/?directConnection=true"
-        );
     }
 }

@@ -1,4 +1,4 @@
-//! Newest-first listing on MongoDB, with the same contract as `repo::page`: page mode counts (an
+//! Newest-first listing on MongoDB, with the same contract as `store::sql::listing`: page mode counts (an
 //! estimate past `EXACT_TOTAL_LIMIT`, for an unfiltered listing) and reads with `skip`; keyset
 //! mode is a range on `(created_at, _id)` read along the collection's index, with no `skip`.
 

@@ -15,7 +15,7 @@ use super::{Mongo, page, settle};
 use crate::cache::EntityCache;
 use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
 use crate::metrics::Metrics;
-use crate::store::batch::{self, Batcher};
+use crate::store::by_id::ById;
 use crate::store::retry::{RetryPolicy, with_retry};
 use crate::store::{Conflict, PageOf, PageRequest, Resource, StoreError};
 
@@ -53,7 +53,7 @@ async fn load_products(mongo: Mongo, ids: Vec<Uuid>) -> Result<HashMap<Uuid, Pro
 pub struct ProductRepo {
     mongo: Mongo,
     cache: Arc<EntityCache<Product>>,
-    by_id: Batcher<Uuid, Product, StoreError>,
+    by_id: ById<Product>,
     metrics: Arc<Metrics>,
 }
 
@@ -61,7 +61,7 @@ impl ProductRepo {
     pub fn new(mongo: Mongo, cache: Arc<EntityCache<Product>>, metrics: Arc<Metrics>) -> Self {
         let by_id = {
             let mongo = mongo.clone();
-            Batcher::new(batch::MAX_KEYS, batch::MAX_IN_FLIGHT, move |ids| {
+            ById::new(cache.clone(), Resource::Product, move |ids| {
                 load_products(mongo.clone(), ids)
             })
         };
@@ -75,16 +75,7 @@ impl ProductRepo {
 
     /// Read through the cache; misses for different ids at once share one query.
     pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
-        let product = self
-            .cache
-            .get_or_load(id, || async {
-                self.by_id
-                    .load(id)
-                    .await?
-                    .ok_or(StoreError::not_found(Resource::Product, id))
-            })
-            .await?;
-        Ok(Product::clone(&product))
+        self.by_id.get(id).await
     }
 
     pub async fn list(

@@ -17,7 +17,7 @@ use crate::domain::model::{NewUser, User, UserChanges, UserFilter};
 use crate::domain::model::{Session, cache_key};
 use crate::domain::{Email, PasswordHash, UserRole, UserStatus};
 use crate::metrics::Metrics;
-use crate::store::batch::{self, Batcher};
+use crate::store::by_id::ById;
 use crate::store::retry::{RetryPolicy, with_retry};
 use crate::store::{Conflict, PageOf, PageRequest, Resource, StoreError};
 
@@ -61,7 +61,7 @@ pub struct UserRepo {
     mongo: Mongo,
     cache: Arc<EntityCache<User>>,
     sessions: Arc<EntityCache<Session>>,
-    by_id: Batcher<Uuid, User, StoreError>,
+    by_id: ById<User>,
     metrics: Arc<Metrics>,
 }
 
@@ -74,7 +74,7 @@ impl UserRepo {
     ) -> Self {
         let by_id = {
             let mongo = mongo.clone();
-            Batcher::new(batch::MAX_KEYS, batch::MAX_IN_FLIGHT, move |ids| {
+            ById::new(cache.clone(), Resource::User, move |ids| {
                 load_users(mongo.clone(), ids)
             })
         };
@@ -89,16 +89,7 @@ impl UserRepo {
 
     /// Read through the cache; misses for different ids at once share one query.
     pub async fn get(&self, id: Uuid) -> Result<User, StoreError> {
-        let user = self
-            .cache
-            .get_or_load(id, || async {
-                self.by_id
-                    .load(id)
-                    .await?
-                    .ok_or(StoreError::not_found(Resource::User, id))
-            })
-            .await?;
-        Ok(User::clone(&user))
+        self.by_id.get(id).await
     }
 
     pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {

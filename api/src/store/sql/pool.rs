@@ -8,16 +8,7 @@ use sea_orm::sqlx::{self, Connection as _};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
 use crate::config::{DatabaseConfig, mask_password};
-use crate::store::{Cause, DbFailure, PoolStats, StoreError};
-
-/// Why start-up could not use the database. Rendered as the one line an operator reads.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("cannot reach the database at {url}: {reason}")]
-    Unreachable { url: String, reason: String },
-    #[error("cannot reach the database at {url}: no answer within {timeout_ms} ms")]
-    TimedOut { url: String, timeout_ms: u128 },
-}
+use crate::store::{Cause, ConnectError, DbFailure, PoolStats, StoreError};
 
 /// Opens one connection directly (outside the pool) to learn, within the connect timeout, whether
 /// the database answers and, if it does not, the driver's own reason: the pool would only report

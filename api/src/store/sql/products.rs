@@ -12,7 +12,8 @@ use super::listing::{self, ListOrder};
 use super::write::Write;
 use crate::cache::{Caches, Topic};
 use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
-use crate::store::batch::{self, Batcher};
+use crate::store::batch;
+use crate::store::by_id::ById;
 use crate::store::error::{Conflict, Resource, StoreError};
 use crate::store::page::{CursorKey, PageOf, PageRequest};
 
@@ -46,7 +47,7 @@ async fn load_products(
 pub struct ProductRepo {
     db: DatabaseConnection,
     caches: Caches,
-    by_id: Batcher<Uuid, Product, StoreError>,
+    by_id: ById<Product>,
 }
 
 impl ProductRepo {
@@ -58,7 +59,7 @@ impl ProductRepo {
     pub fn new(db: DatabaseConnection, caches: Caches) -> Self {
         let by_id = {
             let db = db.clone();
-            Batcher::new(batch::MAX_KEYS, batch::MAX_IN_FLIGHT, move |ids| {
+            ById::new(caches.products.clone(), Resource::Product, move |ids| {
                 load_products(db.clone(), ids)
             })
         };
@@ -67,17 +68,7 @@ impl ProductRepo {
 
     /// Read through the cache; misses for different ids at once share one query.
     pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
-        let product = self
-            .caches
-            .products
-            .get_or_load(id, || async {
-                self.by_id
-                    .load(id)
-                    .await?
-                    .ok_or(StoreError::not_found(Resource::Product, id))
-            })
-            .await?;
-        Ok(Product::clone(&product))
+        self.by_id.get(id).await
     }
 
     pub async fn list(

@@ -14,7 +14,8 @@ use super::write::Write;
 use crate::cache::{Caches, Topic};
 use crate::domain::model::{NewUser, User, UserChanges, UserFilter};
 use crate::domain::{Email, PasswordHash, UserRole, UserStatus};
-use crate::store::batch::{self, Batcher};
+use crate::store::batch;
+use crate::store::by_id::ById;
 use crate::store::error::{Conflict, Resource, StoreError};
 use crate::store::page::{CursorKey, PageOf, PageRequest};
 
@@ -54,7 +55,7 @@ async fn load_users(
 pub struct UserRepo {
     db: DatabaseConnection,
     caches: Caches,
-    by_id: Batcher<Uuid, User, StoreError>,
+    by_id: ById<User>,
 }
 
 impl UserRepo {
@@ -66,7 +67,7 @@ impl UserRepo {
     pub fn new(db: DatabaseConnection, caches: Caches) -> Self {
         let by_id = {
             let db = db.clone();
-            Batcher::new(batch::MAX_KEYS, batch::MAX_IN_FLIGHT, move |ids| {
+            ById::new(caches.users.clone(), Resource::User, move |ids| {
                 load_users(db.clone(), ids)
             })
         };
@@ -75,17 +76,7 @@ impl UserRepo {
 
     /// Read through the cache; misses for different ids at once share one query.
     pub async fn get(&self, id: Uuid) -> Result<User, StoreError> {
-        let user = self
-            .caches
-            .users
-            .get_or_load(id, || async {
-                self.by_id
-                    .load(id)
-                    .await?
-                    .ok_or(StoreError::not_found(Resource::User, id))
-            })
-            .await?;
-        Ok(User::clone(&user))
+        self.by_id.get(id).await
     }
 
     pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
