@@ -123,6 +123,8 @@ impl Config {
         let env: Env = envy::from_iter(vars).map_err(|err| ConfigError::Invalid(describe(err)))?;
         let millis = Duration::from_millis;
 
+        // Every default below is API.md's Configuration table; the comments say why each is that.
+        // 20 connections: PgBouncer's default pool size, so one instance behind it fills it.
         let max_connections = env.db_max_connections.unwrap_or(20);
         let min_connections = env.db_min_connections.unwrap_or(1);
         if max_connections == 0 {
@@ -142,6 +144,8 @@ impl Config {
             application_name: format!("storefront-{}", uuid::Uuid::now_v7().simple()),
             max_connections,
             min_connections,
+            // 2 s to connect or to wait for a pooled connection: a healthy server on a LAN answers
+            // in milliseconds, and a request should fail fast rather than queue unseen.
             connect_timeout: millis(positive(
                 "DB_CONNECT_TIMEOUT_MS",
                 env.db_connect_timeout_ms,
@@ -152,11 +156,13 @@ impl Config {
                 env.db_acquire_timeout_ms,
                 2_000,
             )?),
+            // 30 s idle: well under PgBouncer's and most proxies' idle cut-offs.
             idle_timeout: millis(positive(
                 "DB_IDLE_TIMEOUT_MS",
                 env.db_idle_timeout_ms,
                 30_000,
             )?),
+            // 30 s per statement, the same as the request deadline: no statement outlives its request.
             statement_timeout: millis(positive(
                 "DB_STATEMENT_TIMEOUT_MS",
                 env.db_statement_timeout_ms,
@@ -165,6 +171,8 @@ impl Config {
         };
         Ok(Self {
             database,
+            // An hour and 100,000 entries per cache: every write evicts what it changed, so the TTL
+            // only bounds memory held by entries nobody reads; 100,000 small rows are tens of MB.
             cache: CacheConfig {
                 ttl: Duration::from_secs(env.cache_ttl_secs.unwrap_or(3_600)),
                 max_entries: env.cache_max_entries.unwrap_or(100_000),
@@ -177,6 +185,7 @@ impl Config {
                 env.migration_lock_timeout_secs,
                 migration::lock::DEFAULT_TIMEOUT.as_secs(),
             )?),
+            // 1 MiB: a 100-line order is a few kB; anything near a megabyte is not a real request.
             max_body_bytes: positive_usize("MAX_BODY_BYTES", env.max_body_bytes, 1024 * 1024)?,
             request_timeout: millis(positive(
                 "REQUEST_TIMEOUT_MS",
