@@ -108,6 +108,8 @@ pub enum ApiError {
 /// logs it and counts it in `db_errors_total`.
 #[derive(Clone, Debug)]
 pub struct FailureNote {
+    /// The problem's `code`, as the client got it.
+    pub code: &'static str,
     pub failure: DbFailure,
     pub detail: String,
 }
@@ -251,14 +253,17 @@ impl ApiError {
             Self::Unavailable {
                 failure, detail, ..
             } => Some(FailureNote {
+                code: self.code(),
                 failure: failure.clone(),
                 detail: detail.clone(),
             }),
             Self::QueryTimeout => Some(FailureNote {
+                code: self.code(),
                 failure: DbFailure::StatementTimeout,
                 detail: "statement timeout".to_owned(),
             }),
             Self::Internal { failure, detail } => Some(FailureNote {
+                code: self.code(),
                 failure: failure.clone().unwrap_or(DbFailure::Other),
                 detail: detail.clone(),
             }),

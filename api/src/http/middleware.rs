@@ -195,26 +195,39 @@ fn report_failure(state: &AppState, route: &str, note: &FailureNote) {
     match note.failure {
         DbFailure::MissingSchema => tracing::error!(
             route,
+            code = note.code,
             error = %note.detail,
             "the database schema is missing a table or column; run migrations: cargo run -p migration -- up"
         ),
         DbFailure::PoolExhausted => tracing::warn!(
             route,
+            code = note.code,
             pool_size = db.max_connections,
             waited_ms = db.acquire_timeout.as_millis() as u64,
             "no pooled database connection became free within the acquire timeout"
         ),
         DbFailure::StatementTimeout => tracing::warn!(
             route,
+            code = note.code,
             limit_ms = db.statement_timeout.as_millis() as u64,
             "a statement hit the statement timeout"
         ),
         DbFailure::Contention => {
-            tracing::warn!(route, detail = %note.detail, "transaction kept deadlocking")
+            tracing::warn!(route, code = note.code, detail = %note.detail, "transaction kept deadlocking")
         }
         DbFailure::Unavailable => {
-            tracing::error!(route, kind = note.failure.label(), "database unavailable")
+            tracing::error!(
+                route,
+                code = note.code,
+                kind = note.failure.label(),
+                "database unavailable"
+            )
         }
-        _ => tracing::error!(route, error = %note.detail, "unexpected database error"),
+        _ => tracing::error!(
+            route,
+            code = note.code,
+            error = %note.detail,
+            "unexpected database error"
+        ),
     }
 }

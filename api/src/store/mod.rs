@@ -75,13 +75,6 @@ impl Engine {
         }
     }
 
-    /// The current time as stored: UTC, truncated to the microseconds every SQL backend keeps, so
-    /// that a GET returns exactly the timestamp the create or PATCH answered. (MongoDB keeps
-    /// milliseconds and truncates further, in `mongo::document`.)
-    pub fn now() -> DateTime<FixedOffset> {
-        Utc::now().trunc_subsecs(6).fixed_offset()
-    }
-
     /// Connections in use and idle, for `/metrics`.
     pub fn pool_stats(&self) -> PoolStats {
         match self {
@@ -186,14 +179,17 @@ pub enum Users {
 }
 
 impl Users {
+    #[tracing::instrument(level = "debug", name = "users.get", skip_all, fields(%id))]
     pub async fn get(&self, id: Uuid) -> Result<User, StoreError> {
         delegate!(self.get(id))
     }
 
+    #[tracing::instrument(level = "debug", name = "users.find_by_email", skip_all)]
     pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         delegate!(self.find_by_email(email))
     }
 
+    #[tracing::instrument(level = "debug", name = "users.credentials", skip_all)]
     pub async fn credentials(
         &self,
         email: &Email,
@@ -204,6 +200,7 @@ impl Users {
     /// Makes sure the account `email` exists with role admin: created with `password` when
     /// absent, promoted (password untouched) when present. Several instances starting at once
     /// may race to create it; the loser finds it and promotes it. The same on every engine.
+    #[tracing::instrument(level = "debug", name = "users.ensure_admin", skip_all)]
     pub async fn ensure_admin<F, Fut>(&self, email: &Email, password: F) -> Result<User, StoreError>
     where
         F: Fn() -> Fut,
@@ -240,6 +237,7 @@ impl Users {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "users.list", skip_all)]
     pub async fn list(
         &self,
         filter: UserFilter,
@@ -248,10 +246,12 @@ impl Users {
         delegate!(self.list(filter, request))
     }
 
+    #[tracing::instrument(level = "debug", name = "users.create", skip_all)]
     pub async fn create(&self, new: NewUser) -> Result<User, StoreError> {
         delegate!(self.create(new))
     }
 
+    #[tracing::instrument(level = "debug", name = "users.update", skip_all, fields(%id))]
     pub async fn update(
         &self,
         id: Uuid,
@@ -261,6 +261,7 @@ impl Users {
         delegate!(self.update(id, changes, expected))
     }
 
+    #[tracing::instrument(level = "debug", name = "users.delete", skip_all, fields(%id))]
     pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
         delegate!(self.delete(id, expected))
     }
@@ -273,10 +274,12 @@ pub enum Products {
 }
 
 impl Products {
+    #[tracing::instrument(level = "debug", name = "products.get", skip_all, fields(%id))]
     pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
         delegate!(self.get(id))
     }
 
+    #[tracing::instrument(level = "debug", name = "products.list", skip_all)]
     pub async fn list(
         &self,
         filter: ProductFilter,
@@ -285,10 +288,12 @@ impl Products {
         delegate!(self.list(filter, request))
     }
 
+    #[tracing::instrument(level = "debug", name = "products.create", skip_all)]
     pub async fn create(&self, new: NewProduct) -> Result<Product, StoreError> {
         delegate!(self.create(new))
     }
 
+    #[tracing::instrument(level = "debug", name = "products.update", skip_all, fields(%id))]
     pub async fn update(
         &self,
         id: Uuid,
@@ -298,6 +303,7 @@ impl Products {
         delegate!(self.update(id, changes, expected))
     }
 
+    #[tracing::instrument(level = "debug", name = "products.delete", skip_all, fields(%id))]
     pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
         delegate!(self.delete(id, expected))
     }
@@ -310,14 +316,17 @@ pub enum Orders {
 }
 
 impl Orders {
+    #[tracing::instrument(level = "debug", name = "orders.place", skip_all)]
     pub async fn place(&self, request: PlaceOrder) -> Result<Placed, StoreError> {
         delegate!(self.place(request))
     }
 
+    #[tracing::instrument(level = "debug", name = "orders.get", skip_all, fields(%id))]
     pub async fn get(&self, id: Uuid) -> Result<Order, StoreError> {
         delegate!(self.get(id))
     }
 
+    #[tracing::instrument(level = "debug", name = "orders.list_for_user", skip_all, fields(%user_id))]
     pub async fn list_for_user(
         &self,
         user_id: Uuid,
@@ -327,6 +336,7 @@ impl Orders {
         delegate!(self.list_for_user(user_id, filter, request))
     }
 
+    #[tracing::instrument(level = "debug", name = "orders.transition", skip_all, fields(%id))]
     pub async fn transition(
         &self,
         id: Uuid,
@@ -344,6 +354,7 @@ pub enum Sessions {
 }
 
 impl Sessions {
+    #[tracing::instrument(level = "debug", name = "sessions.create", skip_all, fields(%user_id))]
     pub async fn create(
         &self,
         token_hash: String,
@@ -353,14 +364,17 @@ impl Sessions {
         delegate!(self.create(token_hash, user_id, expires_at))
     }
 
+    #[tracing::instrument(level = "debug", name = "sessions.find", skip_all)]
     pub async fn find(&self, token_hash: &str) -> Result<Option<Session>, StoreError> {
         delegate!(self.find(token_hash))
     }
 
+    #[tracing::instrument(level = "debug", name = "sessions.revoke", skip_all)]
     pub async fn revoke(&self, token_hash: &str) -> Result<(), StoreError> {
         delegate!(self.revoke(token_hash))
     }
 
+    #[tracing::instrument(level = "debug", name = "sessions.failures", skip_all)]
     pub async fn failures(
         &self,
         subjects: &[String],
@@ -369,6 +383,7 @@ impl Sessions {
         delegate!(self.failures(subjects, since))
     }
 
+    #[tracing::instrument(level = "debug", name = "sessions.record_failure", skip_all)]
     pub async fn record_failure(
         &self,
         subjects: &[String],
@@ -377,6 +392,7 @@ impl Sessions {
         delegate!(self.record_failure(subjects, forget_before))
     }
 
+    #[tracing::instrument(level = "debug", name = "sessions.clear_failures", skip_all)]
     pub async fn clear_failures(&self, subject: &str) -> Result<(), StoreError> {
         delegate!(self.clear_failures(subject))
     }

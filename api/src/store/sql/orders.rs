@@ -104,7 +104,7 @@ impl OrderRepo {
     /// Places an order in one transaction: claims the idempotency key, checks the user, locks
     /// the products in id order, takes the stock, and writes the order and its items — all of it
     /// commits or none.
-    #[tracing::instrument(skip_all, fields(user_id = %request.user_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = %request.user_id))]
     pub async fn place(&self, request: PlaceOrder) -> Result<Placed, StoreError> {
         let order_id = Uuid::now_v7();
         let placed = self
@@ -208,7 +208,7 @@ impl OrderRepo {
     /// transaction.
     /// With `expected`, only when the order's version is one of those (`If-Match`), checked
     /// under the row lock the transition holds.
-    #[tracing::instrument(skip_all, fields(%id, to = to.as_str()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(%id, to = to.as_str()))]
     pub async fn transition(
         &self,
         id: Uuid,
@@ -251,7 +251,7 @@ async fn place_in(
 /// Claims the key first. A concurrent request holding the same key makes this insert wait until
 /// that request commits (then: a unique violation, and we answer with its order) or rolls back
 /// (then: the claim is ours and we proceed afresh).
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn claim_key(
     txn: &DatabaseTransaction,
     order_id: Uuid,
@@ -275,7 +275,7 @@ async fn claim_key(
     }
 }
 
-#[tracing::instrument(skip_all, fields(%user_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(%user_id))]
 async fn check_user(txn: &DatabaseTransaction, user_id: Uuid) -> Result<(), Attempt> {
     let user = users::Entity::find_by_id(user_id)
         .select_only()
@@ -292,7 +292,7 @@ async fn check_user(txn: &DatabaseTransaction, user_id: Uuid) -> Result<(), Atte
 /// Locks the products in ascending id order, so two orders for the same products never wait on
 /// each other in opposite orders (SQLite's IMMEDIATE transaction already excludes writers).
 /// Every product must exist before any stock question is asked.
-#[tracing::instrument(skip_all, fields(products = lines.iter().count()))]
+#[tracing::instrument(level = "debug", skip_all, fields(products = lines.iter().count()))]
 async fn lock_products(
     txn: &DatabaseTransaction,
     lines: &OrderLines,
@@ -319,7 +319,7 @@ async fn lock_products(
 
 /// Takes each line's quantity from its product's stock, at the price the product has now; the
 /// order's total and items.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn take_stock(
     txn: &DatabaseTransaction,
     order_id: Uuid,
@@ -373,7 +373,7 @@ async fn take_stock(
     Ok((total, items))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn write_order(
     txn: &DatabaseTransaction,
     order_id: Uuid,

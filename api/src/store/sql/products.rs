@@ -123,7 +123,7 @@ impl ProductRepo {
 
     /// Changes the fields sent; `version` goes up with every write. With `expected`, only when
     /// the stored version is one of those (`If-Match`), checked in the writing statement.
-    #[tracing::instrument(skip_all, fields(%id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(%id))]
     pub async fn update(
         &self,
         id: Uuid,
@@ -173,7 +173,7 @@ impl ProductRepo {
     }
 
     /// A product that was ever ordered stays: its order items refer to it.
-    #[tracing::instrument(skip_all, fields(%id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(%id))]
     pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
         let mut delete = products::Entity::delete_many().filter(products::Column::Id.eq(id));
         if let Some(versions) = expected {

@@ -61,7 +61,7 @@ impl SessionRepo {
     }
 
     /// Records a new session. Expired ones are purged on the way (an indexed range delete).
-    #[tracing::instrument(skip_all, fields(%user_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(%user_id))]
     pub async fn create(
         &self,
         token_hash: String,
@@ -125,7 +125,7 @@ impl SessionRepo {
     }
 
     /// Revokes one session (logout), here at once and on other instances by announcement.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn revoke(&self, token_hash: &str) -> Result<(), StoreError> {
         let mut write = Write::begin(&self.db, &self.caches).await?;
         revoke_in(&mut write, vec![token_hash.to_owned()]).await?;

@@ -176,7 +176,7 @@ impl UserRepo {
     /// Changes the fields sent; `updated_at` moves and `version` goes up whenever any is. No
     /// fields: the user as is. With `expected`, only when the stored version is one of those
     /// (`If-Match`), checked in the same statement as the write.
-    #[tracing::instrument(skip_all, fields(%id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(%id))]
     pub async fn update(
         &self,
         id: Uuid,
@@ -239,7 +239,7 @@ impl UserRepo {
 
     /// Orders are records: a user who has any, even cancelled ones, stays. Their sessions end
     /// with them.
-    #[tracing::instrument(skip_all, fields(%id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(%id))]
     pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
         let mut write = Write::begin(&self.db, &self.caches).await?;
         let mut delete = users::Entity::delete_many().filter(users::Column::Id.eq(id));
