@@ -260,6 +260,31 @@ on_every_backend! {
         assert_eq!(stock_of(&app, &pot).await, 960);
     }
 
+    async fn orders_racing_a_price_change_pay_a_price_the_product_had(app) {
+        let user = app.create_user("Ada", "ada@example.com").await;
+        let tea = app.create_product("TEA", 100, 1000).await;
+        let path = format!("/v1/products/{}", id_of(&tea));
+        let body = order_of(&user, &[(&tea, 2)]);
+        let orders = join_all((0..30).map(|_| {
+            let app = app.clone();
+            let body = body.clone();
+            async move { place(&app, &body).await }
+        }));
+        let repricing = async {
+            for price in [200, 300, 400] {
+                app.patch(&path, &json!({"price_cents": price})).await.expect(200);
+            }
+        };
+        let (replies, ()) = tokio::join!(orders, repricing);
+        for reply in &replies {
+            let order = reply.expect(201);
+            let unit = order["items"][0]["unit_price_cents"].as_i64().expect("a price");
+            assert!([100, 200, 300, 400].contains(&unit), "{order}");
+            assert_eq!(order["total_cents"], unit * 2, "{order}");
+        }
+        assert_eq!(stock_of(&app, &tea).await, 1000 - 60);
+    }
+
     async fn an_order_short_of_one_product_takes_no_stock_at_all(app) {
         let user = app.create_user("Ada", "ada@example.com").await;
         let tea = app.create_product("TEA", 250, 10).await;

@@ -231,8 +231,16 @@ impl OrderRepo {
 }
 
 /// One attempt at placing an order, in named steps (each traced, so a slow placement's log says
-/// which step was slow): claim the key, check the user, lock the products, take the stock,
-/// write the order.
+/// which step was slow): claim the key, check the user, read the products, write the order, take
+/// the stock, write the items.
+///
+/// Hot products (a flash sale) serialise on their row locks, so the locks are taken as late as
+/// possible: the products are read without locking (a sold-out product is answered 409 from that
+/// read, taking no lock at all), and the stock is taken by guarded updates only after the order
+/// row is written, so a product's lock is held from its update to COMMIT — the items' insert and
+/// the commit — instead of across the whole transaction. The items come after the stock on
+/// purpose: on MariaDB/MySQL their foreign-key check share-locks the product rows, which before
+/// the update would let two orders deadlock on the same product.
 async fn place_in(
     txn: &DatabaseTransaction,
     order_id: Uuid,
@@ -243,9 +251,12 @@ async fn place_in(
         claim_key(txn, order_id, idempotency, now).await?;
     }
     check_user(txn, request.user_id).await?;
-    let locked = lock_products(txn, &request.lines).await?;
-    let (total, items) = take_stock(txn, order_id, &request.lines, &locked, now).await?;
-    write_order(txn, order_id, request.user_id, total, items, now).await
+    let products = read_products(txn, &request.lines).await?;
+    let (total, items) = price_lines(order_id, &request.lines, &products)?;
+    let order = insert_order(txn, order_id, request.user_id, total, now).await?;
+    take_stock(txn, &request.lines, &products, now).await?;
+    insert_items(txn, &items).await?;
+    Ok(order_from_rows(order, items)?)
 }
 
 /// Claims the key first. A concurrent request holding the same key makes this insert wait until
@@ -289,78 +300,42 @@ async fn check_user(txn: &DatabaseTransaction, user_id: Uuid) -> Result<(), Atte
     }
 }
 
-/// Locks the products in ascending id order, so two orders for the same products never wait on
-/// each other in opposite orders (SQLite's IMMEDIATE transaction already excludes writers).
-/// Every product must exist before any stock question is asked.
+/// The products of the order, as committed now, without locking them. Every product must exist
+/// before any stock question is asked.
 #[tracing::instrument(level = "debug", skip_all, fields(products = lines.iter().count()))]
-async fn lock_products(
+async fn read_products(
     txn: &DatabaseTransaction,
     lines: &OrderLines,
 ) -> Result<HashMap<Uuid, products::Model>, Attempt> {
-    let mut query = products::Entity::find()
+    let found: HashMap<Uuid, products::Model> = products::Entity::find()
         .filter(products::Column::Id.is_in(lines.product_ids()))
-        .order_by_asc(products::Column::Id);
-    if txn.get_database_backend() != DbBackend::Sqlite {
-        query = query.lock_exclusive();
-    }
-    let locked: HashMap<Uuid, products::Model> = query
         .all(txn)
         .await?
         .into_iter()
         .map(|product| (product.id, product))
         .collect();
     for line in lines.iter() {
-        if !locked.contains_key(&line.product_id) {
+        if !found.contains_key(&line.product_id) {
             return Err(StoreError::not_found(Resource::Product, line.product_id).into());
         }
     }
-    Ok(locked)
+    Ok(found)
 }
 
-/// Takes each line's quantity from its product's stock, at the price the product has now; the
-/// order's total and items.
-#[tracing::instrument(level = "debug", skip_all)]
-async fn take_stock(
-    txn: &DatabaseTransaction,
+/// The order's total and items at the prices just read; a line the stock read cannot cover is
+/// refused here, before any lock is taken (that stock was committed during this request, so the
+/// answer is one the database really gave).
+fn price_lines(
     order_id: Uuid,
     lines: &OrderLines,
-    locked: &HashMap<Uuid, products::Model>,
-    now: DateTime<FixedOffset>,
+    products: &HashMap<Uuid, products::Model>,
 ) -> Result<(i64, Vec<order_items::Model>), Attempt> {
     let mut total: i64 = 0;
     let mut items = Vec::new();
     for line in lines.iter() {
-        let product = &locked[&line.product_id];
+        let product = &products[&line.product_id];
         if product.stock < line.quantity {
-            return Err(StoreError::Conflict(Conflict::InsufficientStock {
-                product_id: line.product_id,
-                requested: i64::from(line.quantity),
-                available: i64::from(product.stock),
-            })
-            .into());
-        }
-        // The guard repeats the check in the statement itself: whatever happened since the
-        // read, this can never take stock below zero.
-        let updated = products::Entity::update_many()
-            .col_expr(
-                products::Column::Stock,
-                Expr::col(products::Column::Stock).sub(line.quantity),
-            )
-            .col_expr(products::Column::UpdatedAt, Expr::value(now))
-            .col_expr(
-                products::Column::Version,
-                Expr::col(products::Column::Version).add(1),
-            )
-            .filter(products::Column::Id.eq(line.product_id))
-            .filter(products::Column::Stock.gte(line.quantity))
-            .exec(txn)
-            .await?;
-        if updated.rows_affected != 1 {
-            return Err(StoreError::Contended {
-                attempts: 1,
-                source: None,
-            }
-            .into());
+            return Err(insufficient(line.product_id, line.quantity, product.stock).into());
         }
         total = total.saturating_add(product.price_cents.saturating_mul(i64::from(line.quantity)));
         items.push(order_items::Model {
@@ -373,15 +348,22 @@ async fn take_stock(
     Ok((total, items))
 }
 
+fn insufficient(product_id: Uuid, requested: i32, available: i32) -> StoreError {
+    StoreError::Conflict(Conflict::InsufficientStock {
+        product_id,
+        requested: i64::from(requested),
+        available: i64::from(available),
+    })
+}
+
 #[tracing::instrument(level = "debug", skip_all)]
-async fn write_order(
+async fn insert_order(
     txn: &DatabaseTransaction,
     order_id: Uuid,
     user_id: Uuid,
     total: i64,
-    items: Vec<order_items::Model>,
     now: DateTime<FixedOffset>,
-) -> Result<Order, Attempt> {
+) -> Result<orders::Model, Attempt> {
     let order = orders::ActiveModel {
         id: Set(order_id),
         user_id: Set(user_id),
@@ -399,6 +381,76 @@ async fn write_order(
         StoreError::Conflict(_) => StoreError::not_found(Resource::User, user_id),
         other => other,
     })?;
+    Ok(order)
+}
+
+/// Takes each line's quantity, in ascending product id (so two orders for the same products
+/// never wait on each other in opposite orders), each update guarded by the stock and the price
+/// the order was priced at: whatever happened since the read, stock never goes below zero and an
+/// order never pays a price the product no longer has.
+#[tracing::instrument(level = "debug", skip_all)]
+async fn take_stock(
+    txn: &DatabaseTransaction,
+    lines: &OrderLines,
+    products: &HashMap<Uuid, products::Model>,
+    now: DateTime<FixedOffset>,
+) -> Result<(), Attempt> {
+    for line in lines.iter() {
+        let priced_at = products[&line.product_id].price_cents;
+        let updated = products::Entity::update_many()
+            .col_expr(
+                products::Column::Stock,
+                Expr::col(products::Column::Stock).sub(line.quantity),
+            )
+            .col_expr(products::Column::UpdatedAt, Expr::value(now))
+            .col_expr(
+                products::Column::Version,
+                Expr::col(products::Column::Version).add(1),
+            )
+            .filter(products::Column::Id.eq(line.product_id))
+            .filter(products::Column::Stock.gte(line.quantity))
+            .filter(products::Column::PriceCents.eq(priced_at))
+            .exec(txn)
+            .await?;
+        if updated.rows_affected != 1 {
+            return Err(why_not_taken(txn, line.product_id, line.quantity, priced_at).await?);
+        }
+    }
+    Ok(())
+}
+
+/// Why a guarded update took nothing: the stock ran out (409 with what is left), the product
+/// is gone (404), or its price changed since the order was priced (the attempt starts over).
+/// The row is read with a lock, which reads the latest committed version on every backend
+/// (a plain read on MariaDB/MySQL would see the transaction's older snapshot).
+async fn why_not_taken(
+    txn: &DatabaseTransaction,
+    product_id: Uuid,
+    requested: i32,
+    priced_at: i64,
+) -> Result<Attempt, StoreError> {
+    let mut query = products::Entity::find_by_id(product_id);
+    if txn.get_database_backend() != DbBackend::Sqlite {
+        query = query.lock_shared();
+    }
+    let Some(product) = query.one(txn).await? else {
+        return Ok(StoreError::not_found(Resource::Product, product_id).into());
+    };
+    if product.price_cents == priced_at && product.stock < requested {
+        return Ok(insufficient(product_id, requested, product.stock).into());
+    }
+    Ok(StoreError::Contended {
+        attempts: 1,
+        source: None,
+    }
+    .into())
+}
+
+#[tracing::instrument(level = "debug", skip_all)]
+async fn insert_items(
+    txn: &DatabaseTransaction,
+    items: &[order_items::Model],
+) -> Result<(), Attempt> {
     let rows = items.iter().map(|item| order_items::ActiveModel {
         order_id: Set(item.order_id),
         product_id: Set(item.product_id),
@@ -406,7 +458,7 @@ async fn write_order(
         unit_price_cents: Set(item.unit_price_cents),
     });
     order_items::Entity::insert_many(rows).exec(txn).await?;
-    Ok(order_from_rows(order, items)?)
+    Ok(())
 }
 
 async fn transition_in(
