@@ -36,6 +36,7 @@ impl AppState {
     /// The one place the parts meet: caches, the engine's repositories, the hasher.
     pub fn new(config: Config, db: Engine, metrics: Arc<Metrics>) -> Self {
         let caches = Caches::new(&config.cache, &metrics);
+        let representations = http::conditional::Representations::new(&config.cache);
         let Repositories {
             users,
             products,
@@ -53,6 +54,7 @@ impl AppState {
             sessions,
             hasher,
             caches,
+            representations,
             listener_name: format!(
                 "{}{}",
                 notify::LISTENER_PREFIX,

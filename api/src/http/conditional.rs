@@ -1,5 +1,86 @@
 //! Conditional requests (RFC 9110 §13): strong `ETag`s from each resource's `version`,
-//! `If-None-Match` on reads (304) and `If-Match` on writes (412 unless current).
+//! `If-None-Match` on reads (304) and `If-Match` on writes (412 unless current); and the
+//! representations themselves, serialized once per version.
+
+use std::marker::PhantomData;
+
+use bytes::Bytes;
+use poem::{IntoResponse, Response};
+use poem_openapi::payload::Payload;
+use poem_openapi::registry::{MetaSchemaRef, Registry};
+use poem_openapi::types::{ToJSON, Type};
+use uuid::Uuid;
+
+use crate::config::CacheConfig;
+
+/// Serialized representations by resource id and version. A version names exactly one
+/// representation (every write moves it), so an entry can never be stale, and reading a
+/// resource nobody has changed costs a lookup instead of building and serializing a document.
+pub struct Representations {
+    /// `None` when caching is off (`CACHE_TTL_SECS=0`).
+    bodies: Option<moka::future::Cache<(Uuid, i64), Bytes>>,
+}
+
+impl Representations {
+    pub fn new(config: &CacheConfig) -> Self {
+        let bodies = (!config.ttl.is_zero()).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(config.max_entries)
+                .time_to_live(config.ttl)
+                .build()
+        });
+        Self { bodies }
+    }
+
+    /// The JSON of the resource `id` at `version`, rendered by `dto` unless already known.
+    pub async fn render<T: ToJSON>(
+        &self,
+        id: Uuid,
+        version: i64,
+        dto: impl FnOnce() -> T,
+    ) -> Representation<T> {
+        let render = || Bytes::from(serde_json::to_vec(&dto().to_json()).unwrap_or_default());
+        let bytes = match &self.bodies {
+            Some(bodies) => match bodies.get(&(id, version)).await {
+                Some(bytes) => bytes,
+                None => {
+                    let bytes = render();
+                    bodies.insert((id, version), bytes.clone()).await;
+                    bytes
+                }
+            },
+            None => render(),
+        };
+        Representation(bytes, PhantomData)
+    }
+}
+
+/// A JSON body already serialized, documented as `T`'s schema: exactly the bytes `Json<T>`
+/// would send.
+pub struct Representation<T>(Bytes, PhantomData<fn() -> T>);
+
+/// What `Json<T>` answers with, byte for byte.
+const JSON: &str = "application/json; charset=utf-8";
+
+impl<T: Type> Payload for Representation<T> {
+    const CONTENT_TYPE: &'static str = JSON;
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T> IntoResponse for Representation<T> {
+    fn into_response(self) -> Response {
+        Response::builder()
+            .content_type(JSON)
+            .body(self.0)
+    }
+}
 
 /// The strong entity tag of a resource at `version`.
 pub fn etag(version: i64) -> String {
@@ -53,7 +134,7 @@ macro_rules! resource_responses {
             /// The current representation.
             #[oai(status = 200)]
             Ok(
-                poem_openapi::payload::Json<$dto>,
+                $crate::http::conditional::Representation<$dto>,
                 /// Strong; changes whenever the resource does.
                 #[oai(header = "ETag")]
                 String,
@@ -68,8 +149,11 @@ macro_rules! resource_responses {
         }
 
         impl $read {
-            /// 304 when `if_none_match` names `version`, else the representation.
-            pub fn of(
+            /// 304 when `if_none_match` names `version`, else the representation of `id` at
+            /// `version` (serialized once per version, see `Representations`).
+            pub async fn of(
+                representations: &$crate::http::conditional::Representations,
+                id: uuid::Uuid,
                 version: i64,
                 if_none_match: Option<&str>,
                 dto: impl FnOnce() -> $dto,
@@ -78,7 +162,7 @@ macro_rules! resource_responses {
                 if $crate::http::conditional::none_match(if_none_match, version) {
                     Self::NotModified(tag)
                 } else {
-                    Self::Ok(poem_openapi::payload::Json(dto()), tag)
+                    Self::Ok(representations.render(id, version, dto).await, tag)
                 }
             }
         }

@@ -40,6 +40,9 @@ pub struct AppState {
     /// Every password hash and verification, on a bounded queue.
     pub hasher: Hasher,
     pub caches: Caches,
+    /// Serialized single-resource representations, by id and version (ids are UUIDv7, unique
+    /// across resources).
+    pub representations: conditional::Representations,
     /// The `application_name` of this instance's cache-invalidation listener (PostgreSQL).
     pub listener_name: String,
 }

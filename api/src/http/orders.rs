@@ -194,11 +194,10 @@ impl OrdersApi {
         if_none_match: Header<Option<String>>,
     ) -> Result<OrderRead, Failure<ReadFailures>> {
         let order = self.visible_order(&auth.0, id.0).await?;
-        Ok(OrderRead::of(
-            order.version,
-            if_none_match.0.as_deref(),
-            || order.into(),
-        ))
+        let (id, version) = (order.id, order.version);
+        let representations = &self.0.representations;
+        let inm = if_none_match.0.as_deref();
+        Ok(OrderRead::of(representations, id, version, inm, || order.into()).await)
     }
 
     /// Change an order's status

@@ -141,11 +141,10 @@ impl ProductsApi {
         if_none_match: Header<Option<String>>,
     ) -> Result<ProductRead, Failure<PublicReadFailures>> {
         let product = self.0.products.get(id.0).await?;
-        Ok(ProductRead::of(
-            product.version,
-            if_none_match.0.as_deref(),
-            || product.into(),
-        ))
+        let (id, version) = (product.id, product.version);
+        let representations = &self.0.representations;
+        let inm = if_none_match.0.as_deref();
+        Ok(ProductRead::of(representations, id, version, inm, || product.into()).await)
     }
 
     /// List products, newest first

@@ -174,11 +174,10 @@ impl UsersApi {
     ) -> Result<UserRead, Failure<ReadFailures>> {
         access::see_user(&auth.0, id.0)?;
         let user = self.0.users.get(id.0).await?;
-        Ok(UserRead::of(
-            user.version,
-            if_none_match.0.as_deref(),
-            || user.into(),
-        ))
+        let (id, version) = (user.id, user.version);
+        let representations = &self.0.representations;
+        let inm = if_none_match.0.as_deref();
+        Ok(UserRead::of(representations, id, version, inm, || user.into()).await)
     }
 
     /// List users, newest first (admins)
