@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, TransactionTrait};
-use tests::{Backend, TestApp, TestDb, json, on_every_backend, on_sql_backends, run};
+use tests::{Backend, TestApp, TestDb, for_backends, json, on_every_backend, on_sql_backends, run};
 
-async fn migrations_apply_roll_back_and_apply_again(backend: Backend) {
-    let Some(db) = TestDb::create(backend).await else {
+/// Migrations apply, roll back and apply again.
+async fn migrations_round_trip(db: Option<TestDb>) {
+    let Some(db) = db else {
         return;
     };
     let conn = db.connect().await;
@@ -51,20 +52,7 @@ async fn migrations_apply_roll_back_and_apply_again(backend: Backend) {
     db.drop_database().await;
 }
 
-#[tokio::test]
-async fn migrations_round_trip_on_sqlite() {
-    migrations_apply_roll_back_and_apply_again(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn migrations_round_trip_on_postgres() {
-    migrations_apply_roll_back_and_apply_again(Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn migrations_round_trip_on_mysql() {
-    migrations_apply_roll_back_and_apply_again(Backend::MySql).await;
-}
+for_backends!(#[tokio::test] [sqlite, postgres, mysql] fn migrations_round_trip);
 
 on_every_backend! {
     async fn every_database_error_kind_is_counted_from_start_up(app) {
