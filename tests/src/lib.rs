@@ -11,6 +11,7 @@
 
 pub mod pgbouncer;
 pub mod proxy;
+pub mod users;
 
 use std::future::Future;
 use std::net::SocketAddr;
