@@ -17,6 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use api::config::Config;
 use api::http::AppState;
@@ -106,9 +107,14 @@ impl TestDb {
             .await
             .expect("create the test database");
         let _ = admin.close().await;
+        Some(Self::on_server(backend, admin_url, name))
+    }
+
+    /// The database `name` on the server `admin_url` names.
+    fn on_server(backend: Backend, admin_url: String, name: String) -> Self {
         let mut url = url::Url::parse(&admin_url).expect("a valid admin URL");
         url.set_path(&name);
-        Some(Self {
+        Self {
             backend,
             url: url.into(),
             direct_url: None,
@@ -116,7 +122,7 @@ impl TestDb {
             name,
             file: None,
             pooler: None,
-        })
+        }
     }
 
     /// A new, empty PostgreSQL database reached through a PgBouncer of its own (`url`), with
@@ -153,17 +159,7 @@ impl TestDb {
             Err(err) => return skip(Backend::Mongo, &format!("it is unreachable: {err}")),
         };
         client.shutdown().await;
-        let mut url = url::Url::parse(&admin_url).expect("a valid admin URL");
-        url.set_path(&name);
-        Some(Self {
-            backend: Backend::Mongo,
-            url: url.into(),
-            direct_url: None,
-            admin_url: Some(admin_url),
-            name,
-            file: None,
-            pooler: None,
-        })
+        Some(Self::on_server(Backend::Mongo, admin_url, name))
     }
 
     /// The test's MongoDB database, through a client of the test's own.
@@ -644,6 +640,33 @@ where
     }
 }
 
+/// Stops `app` while a PATCH renaming the resource at `path` is held up by the test, and asserts
+/// that the stop waits for it: `release` lets the PATCH go on once the stop is seen waiting.
+pub async fn stop_while_a_rename_is_in_flight(
+    app: &TestApp,
+    path: String,
+    release: impl Future<Output = ()>,
+) {
+    let in_flight = {
+        let app = app.clone();
+        tokio::spawn(async move { app.patch(&path, &json!({"name": "Renamed"})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = {
+        let app = app.clone();
+        tokio::spawn(async move { app.stop().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the server stopped before its in-flight request finished"
+    );
+    release.await;
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.expect(200)["name"], "Renamed");
+    stopping.await.unwrap().expect("a clean stop");
+}
+
 /// The `id` of a resource's JSON.
 #[track_caller]
 pub fn id_of(resource: &Value) -> String {
@@ -807,28 +830,32 @@ macro_rules! test_db {
 }
 
 /// Like `on_every_backend!`, for tests that need a server database but not SQLite (e.g. fault
-/// injection through `pg_terminate_backend`).
+/// injection through `pg_terminate_backend`). Each test keeps its own name: one backend, no module.
 #[macro_export]
 macro_rules! on_postgres {
-    ($($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
-        $(#[$meta])*
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            async fn body($app: $crate::TestApp) $body
-            $crate::run($crate::Backend::Postgres, body).await
-        }
-    )*};
+    ($($tests:tt)*) => {
+        $crate::__on_one_backend! { postgres $($tests)* }
+    };
 }
 
 /// Like `on_postgres!`, for tests of what only MongoDB has (its transactions, its query plans).
 #[macro_export]
 macro_rules! on_mongo {
-    ($($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
+    ($($tests:tt)*) => {
+        $crate::__on_one_backend! { mongo $($tests)* }
+    };
+}
+
+/// The tests of `on_postgres!` and `on_mongo!`, on the backend named first (as in `test_db!`).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __on_one_backend {
+    ($backend:ident $($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
         $(#[$meta])*
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $name() {
             async fn body($app: $crate::TestApp) $body
-            $crate::run($crate::Backend::Mongo, body).await
+            $crate::run_on($crate::test_db!($backend), |_| {}, body).await
         }
     )*};
 }

@@ -123,6 +123,14 @@ fn pg_timestamp(out: &mut Vec<u8>, micros: i64) {
     write!(out, "{}", at.format("%Y-%m-%d %H:%M:%S%.6f+00")).expect("write to Vec");
 }
 
+/// Ends a row with its `created_at` and `updated_at`, both `micros`.
+fn end_with_timestamps(out: &mut Vec<u8>, micros: i64) {
+    pg_timestamp(out, micros);
+    out.push(b'\t');
+    pg_timestamp(out, micros);
+    out.push(b'\n');
+}
+
 /// A UUIDv7 whose timestamp is `micros` (to the millisecond), as the service would have made it.
 fn uuid_v7_at(rng: &mut StdRng, micros: i64) -> Uuid {
     let random: [u8; 10] = rng.random();
@@ -205,10 +213,7 @@ async fn seed_users(pool: &PgPool, rng: &mut StdRng, n: usize, now: i64) -> Resu
             ids[i]
         )
         .expect("write to Vec");
-        pg_timestamp(out, created[i]);
-        out.push(b'\t');
-        pg_timestamp(out, created[i]);
-        out.push(b'\n');
+        end_with_timestamps(out, created[i]);
     })
     .await?;
     Ok(Users { ids, created })
@@ -227,10 +232,7 @@ async fn seed_products(pool: &PgPool, rng: &mut StdRng, n: usize, now: i64) -> R
             ids[i], prices[i]
         )
         .expect("write to Vec");
-        pg_timestamp(out, created[i]);
-        out.push(b'\t');
-        pg_timestamp(out, created[i]);
-        out.push(b'\n');
+        end_with_timestamps(out, created[i]);
     })
     .await?;
     Ok(Products { ids, prices })
@@ -295,10 +297,7 @@ async fn seed_orders(
             order.id, users.ids[order.user], order.status, order.total
         )
         .expect("write to Vec");
-        pg_timestamp(out, order.created);
-        out.push(b'\t');
-        pg_timestamp(out, order.created);
-        out.push(b'\n');
+        end_with_timestamps(out, order.created);
     })
     .await?;
     let lines: Vec<(usize, usize)> = orders
