@@ -942,11 +942,8 @@ EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT $columns FROM \"users\" ORDER BY \"
 note_cmd "psql \"\$BIG_URL\" <<'SQL'  # the plans quoted in the report
 $page_sql"
 psql -q -X "$BIG_URL" >"$OUT/explain-page_big.txt" 2>&1 <<<"$page_sql" || true
-cursor=$(head -n 1 "$OUT/big/cursors-$DEEP.txt" | tr '_-' '/+')
-while [ $((${#cursor} % 4)) -ne 0 ]; do cursor+="="; done
-deep_key=$(base64 -d <<<"$cursor")
-deep_at=$(cut -d'|' -f2 <<<"$deep_key")
-deep_id=$(cut -d'|' -f3 <<<"$deep_key")
+deep_key=$(target/release/cursor decode users "$(head -n 1 "$OUT/big/cursors-$DEEP.txt")")
+read -r deep_at deep_id <<<"$deep_key"
 cursor_sql="EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT $columns FROM \"users\" WHERE \"users\".\"created_at\" <= '$deep_at' AND (\"users\".\"created_at\" < '$deep_at' OR \"users\".\"id\" < '$deep_id') ORDER BY \"users\".\"created_at\" DESC, \"users\".\"id\" DESC LIMIT 21;"
 psql -q -X "$BIG_URL" >"$OUT/explain-cursor_deep.txt" 2>&1 <<<"$cursor_sql" || true
 note_cmd "$cursor_sql

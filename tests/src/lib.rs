@@ -1,6 +1,8 @@
 //! The test harness: `TestApp` starts the real server on a random port against a database of its
 //! own (a new, uniquely named database on PostgreSQL and MariaDB, a temporary file on SQLite) and
-//! drops that database afterwards. `on_every_backend!` runs one test body on each backend.
+//! drops that database afterwards. `on_every_backend!` runs one test body on each backend,
+//! `on_backends!` on the backends it lists, and `for_backends!` runs a test function that takes
+//! its database once per listed backend.
 //!
 //! Backends: SQLite always; PostgreSQL when `TEST_POSTGRES_URL` is set, directly and behind a
 //! PgBouncer of the test's own (`pgbouncer`); MariaDB/MySQL when `TEST_MYSQL_URL` is set; MongoDB
@@ -9,11 +11,13 @@
 
 pub mod pgbouncer;
 pub mod proxy;
+pub mod users;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use api::config::Config;
 use api::http::AppState;
@@ -103,9 +107,14 @@ impl TestDb {
             .await
             .expect("create the test database");
         let _ = admin.close().await;
+        Some(Self::on_server(backend, admin_url, name))
+    }
+
+    /// The database `name` on the server `admin_url` names.
+    fn on_server(backend: Backend, admin_url: String, name: String) -> Self {
         let mut url = url::Url::parse(&admin_url).expect("a valid admin URL");
         url.set_path(&name);
-        Some(Self {
+        Self {
             backend,
             url: url.into(),
             direct_url: None,
@@ -113,7 +122,7 @@ impl TestDb {
             name,
             file: None,
             pooler: None,
-        })
+        }
     }
 
     /// A new, empty PostgreSQL database reached through a PgBouncer of its own (`url`), with
@@ -150,17 +159,7 @@ impl TestDb {
             Err(err) => return skip(Backend::Mongo, &format!("it is unreachable: {err}")),
         };
         client.shutdown().await;
-        let mut url = url::Url::parse(&admin_url).expect("a valid admin URL");
-        url.set_path(&name);
-        Some(Self {
-            backend: Backend::Mongo,
-            url: url.into(),
-            direct_url: None,
-            admin_url: Some(admin_url),
-            name,
-            file: None,
-            pooler: None,
-        })
+        Some(Self::on_server(Backend::Mongo, admin_url, name))
     }
 
     /// The test's MongoDB database, through a client of the test's own.
@@ -621,16 +620,7 @@ where
     run_on(TestDb::create(backend).await, configure, body).await
 }
 
-/// `run` behind a PgBouncer of the test's own (see `pgbouncer`).
-pub async fn run_behind_pgbouncer<F, Fut>(body: F)
-where
-    F: FnOnce(TestApp) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    run_on(TestDb::behind_pgbouncer().await, |_| {}, body).await
-}
-
-/// `run_with` on a database made by the caller (`None`: skipped).
+/// `run_with` on a database made by the caller (`None`: skipped), e.g. by `test_db!`.
 pub async fn run_on<F, Fut>(db: Option<TestDb>, configure: impl FnOnce(&mut Config), body: F)
 where
     F: FnOnce(TestApp) -> Fut,
@@ -648,6 +638,33 @@ where
         }
         panic!("test body was cancelled");
     }
+}
+
+/// Stops `app` while a PATCH renaming the resource at `path` is held up by the test, and asserts
+/// that the stop waits for it: `release` lets the PATCH go on once the stop is seen waiting.
+pub async fn stop_while_a_rename_is_in_flight(
+    app: &TestApp,
+    path: String,
+    release: impl Future<Output = ()>,
+) {
+    let in_flight = {
+        let app = app.clone();
+        tokio::spawn(async move { app.patch(&path, &json!({"name": "Renamed"})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = {
+        let app = app.clone();
+        tokio::spawn(async move { app.stop().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the server stopped before its in-flight request finished"
+    );
+    release.await;
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.expect(200)["name"], "Renamed");
+    stopping.await.unwrap().expect("a clean stop");
 }
 
 /// The `id` of a resource's JSON.
@@ -686,107 +703,159 @@ pub fn fields_of(problem: &Value) -> Vec<String> {
 /// ```ignore
 /// on_every_backend! {
 ///     async fn creating_a_user_answers_201(app) { ... }
+///
+///     #[configure(|config| config.cache.ttl = Duration::ZERO)]
+///     async fn reads_without_the_cache(app) { ... }
 /// }
 /// ```
 ///
 /// Each becomes a module with one `#[tokio::test]` per backend (`sqlite`, `postgres`, `mysql`,
-/// `pgbouncer`: PostgreSQL behind PgBouncer, and `mongo`).
+/// `pgbouncer`: PostgreSQL behind PgBouncer, and `mongo`). `#[configure(…)]` adjusts the test
+/// server's configuration before it starts (see `run_with`).
 #[macro_export]
 macro_rules! on_every_backend {
-    ($($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
-        $(#[$meta])*
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            async fn body($app: $crate::TestApp) $body
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                $crate::run($crate::Backend::Sqlite, body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                $crate::run($crate::Backend::Postgres, body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn mysql() {
-                $crate::run($crate::Backend::MySql, body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn pgbouncer() {
-                $crate::run_behind_pgbouncer(body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn mongo() {
-                $crate::run($crate::Backend::Mongo, body).await
-            }
-        }
-    )*};
+    ($($tests:tt)*) => {
+        $crate::on_backends! { [sqlite, postgres, mysql, pgbouncer, mongo] $($tests)* }
+    };
 }
 
 /// Like `on_every_backend!`, for tests that reach into the database through SQL (fault injection,
 /// seeding with SQL, query plans): SQLite, PostgreSQL and MariaDB/MySQL.
 #[macro_export]
 macro_rules! on_sql_backends {
-    ($($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
-        $(#[$meta])*
+    ($($tests:tt)*) => {
+        $crate::on_backends! { [sqlite, postgres, mysql, pgbouncer] $($tests)* }
+    };
+}
+
+/// Like `on_every_backend!`, on the backends listed first (names as in `test_db!`):
+///
+/// ```ignore
+/// on_backends! {
+///     [postgres, pgbouncer, mysql]
+///     #[configure(|config| config.database.statement_timeout = Duration::from_millis(300))]
+///     async fn the_statement_timeout_answers_504(app) { ... }
+/// }
+/// ```
+#[macro_export]
+macro_rules! on_backends {
+    ($backends:tt $($(#[$($attr:tt)*])* async fn $name:ident($app:ident) $body:block)*) => {$(
+        $crate::__on_backends! { $backends [] (|_| {}) [$([$($attr)*])*] $name $app $body }
+    )*};
+}
+
+/// One test of `on_backends!`: sorts its attributes (`#[configure(…)]` is the configuration, the
+/// rest go to its module), then declares it. A muncher, because `#[configure(…)]` and
+/// `#[$meta:meta]` cannot be told apart in one matcher.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __on_backends {
+    ($backends:tt $meta:tt $configure:tt [[configure($new:expr)] $($attrs:tt)*]
+        $name:ident $app:ident $body:block) => {
+        $crate::__on_backends! { $backends $meta ($new) [$($attrs)*] $name $app $body }
+    };
+    ($backends:tt [$($meta:tt)*] $configure:tt [[$($attr:tt)*] $($attrs:tt)*]
+        $name:ident $app:ident $body:block) => {
+        $crate::__on_backends! {
+            $backends [$($meta)* #[$($attr)*]] $configure [$($attrs)*] $name $app $body
+        }
+    };
+    ([$($backend:ident),+ $(,)?] [$($meta:tt)*] ($configure:expr) []
+        $name:ident $app:ident $body:block) => {
+        $($meta)*
         mod $name {
             #[allow(unused_imports)]
             use super::*;
 
             async fn body($app: $crate::TestApp) $body
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                $crate::run($crate::Backend::Sqlite, body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                $crate::run($crate::Backend::Postgres, body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn mysql() {
-                $crate::run($crate::Backend::MySql, body).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn pgbouncer() {
-                $crate::run_behind_pgbouncer(body).await
-            }
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $backend() {
+                    $crate::run_on($crate::test_db!($backend), $configure, body).await
+                }
+            )+
         }
-    )*};
+    };
+}
+
+/// Runs a test function that takes the test's database (`Option<TestDb>`, `None` when the backend
+/// is skipped) once per listed backend, as a module with one `#[tokio::test]` per backend:
+///
+/// ```ignore
+/// async fn migrations_round_trip(db: Option<TestDb>) { ... }
+/// for_backends!([sqlite, postgres, mysql] fn migrations_round_trip);
+/// ```
+///
+/// The tests run on a four-thread runtime unless a test attribute comes first, e.g.
+/// `for_backends!(#[tokio::test] [sqlite] fn name)`.
+#[macro_export]
+macro_rules! for_backends {
+    (#[$test:meta] [$($backend:ident),+ $(,)?] fn $name:ident) => {
+        mod $name {
+            $(
+                #[$test]
+                async fn $backend() {
+                    super::$name($crate::test_db!($backend)).await
+                }
+            )+
+        }
+    };
+    ([$($backend:ident),+ $(,)?] fn $name:ident) => {
+        $crate::for_backends!(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)] [$($backend),+] fn $name
+        );
+    };
+}
+
+/// A new database for a test on the named backend (`None`: skipped): `sqlite`, `postgres`,
+/// `mysql`, `mongo`, or `pgbouncer` for PostgreSQL behind a PgBouncer of the test's own.
+#[macro_export]
+macro_rules! test_db {
+    (sqlite) => {
+        $crate::TestDb::create($crate::Backend::Sqlite).await
+    };
+    (postgres) => {
+        $crate::TestDb::create($crate::Backend::Postgres).await
+    };
+    (mysql) => {
+        $crate::TestDb::create($crate::Backend::MySql).await
+    };
+    (mongo) => {
+        $crate::TestDb::create($crate::Backend::Mongo).await
+    };
+    (pgbouncer) => {
+        $crate::TestDb::behind_pgbouncer().await
+    };
 }
 
 /// Like `on_every_backend!`, for tests that need a server database but not SQLite (e.g. fault
-/// injection through `pg_terminate_backend`).
+/// injection through `pg_terminate_backend`). Each test keeps its own name: one backend, no module.
 #[macro_export]
 macro_rules! on_postgres {
-    ($($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
-        $(#[$meta])*
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            async fn body($app: $crate::TestApp) $body
-            $crate::run($crate::Backend::Postgres, body).await
-        }
-    )*};
+    ($($tests:tt)*) => {
+        $crate::__on_one_backend! { postgres $($tests)* }
+    };
 }
 
 /// Like `on_postgres!`, for tests of what only MongoDB has (its transactions, its query plans).
 #[macro_export]
 macro_rules! on_mongo {
-    ($($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
+    ($($tests:tt)*) => {
+        $crate::__on_one_backend! { mongo $($tests)* }
+    };
+}
+
+/// The tests of `on_postgres!` and `on_mongo!`, on the backend named first (as in `test_db!`).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __on_one_backend {
+    ($backend:ident $($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
         $(#[$meta])*
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $name() {
             async fn body($app: $crate::TestApp) $body
-            $crate::run($crate::Backend::Mongo, body).await
+            $crate::run_on($crate::test_db!($backend), |_| {}, body).await
         }
     )*};
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use tests::{Backend, TestApp, TestDb, json, on_every_backend, run_on, run_with, test_config};
+use tests::{Backend, TestApp, json, on_backends, on_every_backend, run_with, test_config};
 
 fn queries(app: &TestApp) -> u64 {
     app.state.metrics.db_queries.get()
@@ -99,65 +99,47 @@ async fn with_ttl_zero_every_read_goes_to_the_database() {
     .await;
 }
 
-/// With the cache off, concurrent reads of different users are batched: each still gets its own
-/// user (or 404), from far fewer queries than requests.
-async fn concurrent_reads_of_different_users_share_queries(backend: Backend) {
-    run_with(
-        backend,
-        |config| config.cache.ttl = Duration::ZERO,
-        |app: TestApp| async move {
-            let mut users = Vec::new();
-            for i in 0..40 {
-                users.push(
-                    app.create_user("Batch", &format!("batch{i}@example.com"))
-                        .await,
-                );
-            }
-            let unknown: Vec<String> = (0..20).map(|_| uuid::Uuid::now_v7().to_string()).collect();
-            let paths: Vec<(String, Option<&serde_json::Value>)> = (0..300)
-                .map(|i| match i % 4 {
-                    3 => (format!("/v1/users/{}", unknown[i % 20]), None),
-                    _ => {
-                        let user = &users[i % 40];
-                        (
-                            format!("/v1/users/{}", user["id"].as_str().unwrap()),
-                            Some(user),
-                        )
-                    }
-                })
-                .collect();
-            let before = queries(&app);
-            let replies = join_all(paths.iter().map(|(path, _)| app.get(path))).await;
-            // With the cache off every request also looks up the caller's session: one query
-            // each, which this count of the user reads leaves out.
-            let made = queries(&app) - before - paths.len() as u64;
-            for ((path, expected), reply) in paths.iter().zip(&replies) {
-                match expected {
-                    Some(user) => assert_eq!(&reply.expect(200), *user, "{path}"),
-                    None => {
-                        reply.problem(404, "not_found");
-                    }
+on_backends! {
+    [sqlite, postgres, mysql, mongo]
+    /// With the cache off, concurrent reads of different users are batched: each still gets its
+    /// own user (or 404), from far fewer queries than requests.
+    #[configure(|config| config.cache.ttl = Duration::ZERO)]
+    async fn concurrent_reads_of_different_users_share_queries(app) {
+        let mut users = Vec::new();
+        for i in 0..40 {
+            users.push(
+                app.create_user("Batch", &format!("batch{i}@example.com"))
+                    .await,
+            );
+        }
+        let unknown: Vec<String> = (0..20).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+        let paths: Vec<(String, Option<&serde_json::Value>)> = (0..300)
+            .map(|i| match i % 4 {
+                3 => (format!("/v1/users/{}", unknown[i % 20]), None),
+                _ => {
+                    let user = &users[i % 40];
+                    (
+                        format!("/v1/users/{}", user["id"].as_str().unwrap()),
+                        Some(user),
+                    )
+                }
+            })
+            .collect();
+        let before = queries(&app);
+        let replies = join_all(paths.iter().map(|(path, _)| app.get(path))).await;
+        // With the cache off every request also looks up the caller's session: one query
+        // each, which this count of the user reads leaves out.
+        let made = queries(&app) - before - paths.len() as u64;
+        for ((path, expected), reply) in paths.iter().zip(&replies) {
+            match expected {
+                Some(user) => assert_eq!(&reply.expect(200), *user, "{path}"),
+                None => {
+                    reply.problem(404, "not_found");
                 }
             }
-            assert!(made < 150, "300 concurrent reads made {made} queries");
-        },
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_reads_of_different_users_share_queries_on_sqlite() {
-    concurrent_reads_of_different_users_share_queries(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_reads_of_different_users_share_queries_on_postgres() {
-    concurrent_reads_of_different_users_share_queries(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_reads_of_different_users_share_queries_on_mysql() {
-    concurrent_reads_of_different_users_share_queries(Backend::MySql).await;
+        }
+        assert!(made < 150, "300 concurrent reads made {made} queries");
+    }
 }
 
 /// Reads `path` through `app` until its `name` is `expected`, for at most a second.
@@ -193,71 +175,52 @@ async fn listener_pids(app: &TestApp, name: &str) -> Vec<i32> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_instances_on_postgres_stay_coherent() {
-    two_instances_stay_coherent(TestDb::create(Backend::Postgres).await).await;
-}
+on_backends! {
+    [postgres, pgbouncer]
+    /// Behind PgBouncer each instance LISTENs over its direct URL.
+    async fn two_instances_stay_coherent(a) {
+        let b = TestApp::start(a.db.clone(), test_config(&a.db)).await;
+        let user = a.create_user("Shared", "shared@example.com").await;
+        let path = format!("/v1/users/{}", user["id"].as_str().unwrap());
+        for i in 0..100 {
+            b.get(&path).await.expect(200); // B caches the current value
+            let name = format!("Shared {i}");
+            a.patch(&path, &json!({"name": name})).await.expect(200);
+            shows_within_a_second(&b, &path, &name).await;
+        }
 
-/// Behind PgBouncer each instance LISTENs over its direct URL.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_instances_behind_pgbouncer_stay_coherent() {
-    two_instances_stay_coherent(TestDb::behind_pgbouncer().await).await;
-}
-
-async fn two_instances_stay_coherent(db: Option<TestDb>) {
-    run_on(
-        db,
-        |_| {},
-        |a: TestApp| async move {
-            let b = TestApp::start(a.db.clone(), test_config(&a.db)).await;
-            let user = a.create_user("Shared", "shared@example.com").await;
-            let path = format!("/v1/users/{}", user["id"].as_str().unwrap());
-            for i in 0..100 {
-                b.get(&path).await.expect(200); // B caches the current value
-                let name = format!("Shared {i}");
-                a.patch(&path, &json!({"name": name})).await.expect(200);
-                shows_within_a_second(&b, &path, &name).await;
+        // Cut B's listening connection; B must stop trusting its cache and hear again once
+        // it has reconnected.
+        let name = b.state.listener_name.clone();
+        let pids = listener_pids(&b, &name).await;
+        assert_eq!(pids.len(), 1, "B should have one listener connection");
+        let conn = a.db.connect().await;
+        conn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_terminate_backend($1)",
+            [pids[0].into()],
+        ))
+        .await
+        .unwrap();
+        let _ = conn.close().await;
+        let started = Instant::now();
+        loop {
+            let now = listener_pids(&b, &name).await;
+            if now.len() == 1 && now[0] != pids[0] {
+                break;
             }
-
-            // Cut B's listening connection; B must stop trusting its cache and hear again once
-            // it has reconnected.
-            let name = b.state.listener_name.clone();
-            let pids = listener_pids(&b, &name).await;
-            assert_eq!(pids.len(), 1, "B should have one listener connection");
-            let conn = a.db.connect().await;
-            conn.execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_terminate_backend($1)",
-                [pids[0].into()],
-            ))
-            .await
-            .unwrap();
-            let _ = conn.close().await;
-            let started = Instant::now();
-            loop {
-                let now = listener_pids(&b, &name).await;
-                if now.len() == 1 && now[0] != pids[0] {
-                    break;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(10),
-                    "B's listener did not come back"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            for i in 0..20 {
-                b.get(&path).await.expect(200);
-                let name = format!("After {i}");
-                a.patch(&path, &json!({"name": name})).await.expect(200);
-                shows_within_a_second(&b, &path, &name).await;
-            }
-            b.stop().await.unwrap();
-        },
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_reads_of_different_users_share_queries_on_mongo() {
-    concurrent_reads_of_different_users_share_queries(Backend::Mongo).await;
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "B's listener did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for i in 0..20 {
+            b.get(&path).await.expect(200);
+            let name = format!("After {i}");
+            a.patch(&path, &json!({"name": name})).await.expect(200);
+            shows_within_a_second(&b, &path, &name).await;
+        }
+        b.stop().await.unwrap();
+    }
 }

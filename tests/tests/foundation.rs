@@ -5,10 +5,14 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, TransactionTrait};
-use tests::{Backend, TestApp, TestDb, json, on_every_backend, on_sql_backends, run};
+use tests::{
+    Backend, TestApp, TestDb, for_backends, json, on_every_backend, on_sql_backends, run,
+    stop_while_a_rename_is_in_flight,
+};
 
-async fn migrations_apply_roll_back_and_apply_again(backend: Backend) {
-    let Some(db) = TestDb::create(backend).await else {
+/// Migrations apply, roll back and apply again.
+async fn migrations_round_trip(db: Option<TestDb>) {
+    let Some(db) = db else {
         return;
     };
     let conn = db.connect().await;
@@ -51,20 +55,7 @@ async fn migrations_apply_roll_back_and_apply_again(backend: Backend) {
     db.drop_database().await;
 }
 
-#[tokio::test]
-async fn migrations_round_trip_on_sqlite() {
-    migrations_apply_roll_back_and_apply_again(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn migrations_round_trip_on_postgres() {
-    migrations_apply_roll_back_and_apply_again(Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn migrations_round_trip_on_mysql() {
-    migrations_apply_roll_back_and_apply_again(Backend::MySql).await;
-}
+for_backends!(#[tokio::test] [sqlite, postgres, mysql] fn migrations_round_trip);
 
 on_every_backend! {
     async fn every_database_error_kind_is_counted_from_start_up(app) {
@@ -122,22 +113,8 @@ on_sql_backends! {
         txn.execute_unprepared(&format!("UPDATE products SET stock = stock WHERE id = {id_literal}"))
             .await
             .unwrap();
-        let in_flight = {
-            let app = app.clone();
-            let id = id.clone();
-            tokio::spawn(async move { app.patch(&format!("/v1/products/{id}"), &json!({"name": "Renamed"})).await })
-        };
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let stopping = {
-            let app = app.clone();
-            tokio::spawn(async move { app.stop().await })
-        };
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!stopping.is_finished(), "the server stopped before its in-flight request finished");
-        txn.commit().await.unwrap();
-        let reply = in_flight.await.unwrap();
-        assert_eq!(reply.expect(200)["name"], "Renamed");
-        stopping.await.unwrap().expect("a clean stop");
+        let path = format!("/v1/products/{id}");
+        stop_while_a_rename_is_in_flight(&app, path, async { txn.commit().await.unwrap() }).await;
         // The pool was closed on the way down.
         assert!(app.state.db.ping().await.is_err(), "the pool is still open");
     }

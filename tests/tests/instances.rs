@@ -8,7 +8,7 @@ use std::time::Duration;
 use migration::lock::MigrationLock;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
-use tests::{Backend, TestDb};
+use tests::{TestDb, for_backends};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -119,7 +119,7 @@ async fn assert_migrated_once(conn: &DatabaseConnection) {
     }
 }
 
-async fn four_instances_start_at_once(db: Option<TestDb>) {
+async fn four_instances_started_at_once_all_come_up(db: Option<TestDb>) {
     let Some(db) = db else {
         return;
     };
@@ -155,25 +155,7 @@ async fn four_instances_start_at_once(db: Option<TestDb>) {
     db.drop_database().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn four_instances_started_at_once_all_come_up_on_sqlite() {
-    four_instances_start_at_once(TestDb::create(Backend::Sqlite).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn four_instances_started_at_once_all_come_up_on_postgres() {
-    four_instances_start_at_once(TestDb::create(Backend::Postgres).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn four_instances_started_at_once_all_come_up_on_mysql() {
-    four_instances_start_at_once(TestDb::create(Backend::MySql).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn four_instances_started_at_once_all_come_up_behind_pgbouncer() {
-    four_instances_start_at_once(TestDb::behind_pgbouncer().await).await;
-}
+for_backends!([sqlite, postgres, mysql, pgbouncer] fn four_instances_started_at_once_all_come_up);
 
 /// The migration command built from the `migration` crate's own entry point.
 fn migrate_command(db: &TestDb, args: &[&str]) -> Command {
@@ -189,8 +171,8 @@ fn migrate_command(db: &TestDb, args: &[&str]) -> Command {
     command
 }
 
-async fn two_migration_commands_at_once(backend: Backend) {
-    let Some(db) = TestDb::create(backend).await else {
+async fn two_migration_commands_at_once_apply_each_migration_once(db: Option<TestDb>) {
+    let Some(db) = db else {
         return;
     };
     let first = migrate_command(&db, &["up"]).output();
@@ -211,25 +193,12 @@ async fn two_migration_commands_at_once(backend: Backend) {
     db.drop_database().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_migration_commands_at_once_apply_each_migration_once_on_sqlite() {
-    two_migration_commands_at_once(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_migration_commands_at_once_apply_each_migration_once_on_postgres() {
-    two_migration_commands_at_once(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_migration_commands_at_once_apply_each_migration_once_on_mysql() {
-    two_migration_commands_at_once(Backend::MySql).await;
-}
+for_backends!([sqlite, postgres, mysql] fn two_migration_commands_at_once_apply_each_migration_once);
 
 /// While someone else holds the lock, an instance says that it waits, then gives up with one line
 /// on stderr; the command does the same.
-async fn a_held_lock_makes_others_wait_then_give_up(backend: Backend) {
-    let Some(db) = TestDb::create(backend).await else {
+async fn a_held_migration_lock_makes_others_wait_then_give_up(db: Option<TestDb>) {
+    let Some(db) = db else {
         return;
     };
     let held = MigrationLock::acquire(&db.url, Duration::from_secs(10), || {})
@@ -284,17 +253,4 @@ async fn a_held_lock_makes_others_wait_then_give_up(backend: Backend) {
     db.drop_database().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_held_migration_lock_makes_others_wait_then_give_up_on_sqlite() {
-    a_held_lock_makes_others_wait_then_give_up(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_held_migration_lock_makes_others_wait_then_give_up_on_postgres() {
-    a_held_lock_makes_others_wait_then_give_up(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_held_migration_lock_makes_others_wait_then_give_up_on_mysql() {
-    a_held_lock_makes_others_wait_then_give_up(Backend::MySql).await;
-}
+for_backends!([sqlite, postgres, mysql] fn a_held_migration_lock_makes_others_wait_then_give_up);

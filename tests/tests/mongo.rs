@@ -11,7 +11,10 @@ use api::store::mongo::schema;
 use bson::{Document, doc};
 use futures::future::join_all;
 use serde_json::Value;
-use tests::{Backend, Reply, TestApp, id_of, json, on_mongo, run_with, test_config};
+use tests::{
+    Backend, Reply, TestApp, id_of, json, on_mongo, run_with, stop_while_a_rename_is_in_flight,
+    test_config,
+};
 
 fn order_of(user: &Value, product: &Value, quantity: i64) -> Value {
     json!({"user_id": user["id"], "items": [{"product_id": product["id"], "quantity": quantity}]})
@@ -278,22 +281,9 @@ on_mongo! {
             .session(&mut session)
             .await
             .unwrap();
-        let in_flight = {
-            let app = app.clone();
-            let path = format!("/v1/products/{}", id_of(&product));
-            tokio::spawn(async move { app.patch(&path, &json!({"name": "Renamed"})).await })
-        };
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let stopping = {
-            let app = app.clone();
-            tokio::spawn(async move { app.stop().await })
-        };
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!stopping.is_finished(), "the server stopped before its in-flight request finished");
-        session.abort_transaction().await.unwrap();
-        let reply = in_flight.await.unwrap();
-        assert_eq!(reply.expect(200)["name"], "Renamed");
-        stopping.await.unwrap().expect("a clean stop");
+        let path = format!("/v1/products/{}", id_of(&product));
+        let release = async { session.abort_transaction().await.unwrap() };
+        stop_while_a_rename_is_in_flight(&app, path, release).await;
         assert!(app.state.db.ping().await.is_err(), "the client is still open");
     }
 }

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
 use tests::proxy::Proxy;
-use tests::{Backend, TestApp, TestDb, json, on_every_backend, run_on, run_with, test_config};
+use tests::{
+    Backend, TestApp, TestDb, for_backends, json, on_backends, on_every_backend, run_with,
+    test_config,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A literal for `id` in this backend's SQL (test-side statements only).
@@ -99,38 +102,25 @@ async fn a_body_over_the_limit_is_413_chunked_or_not() {
     .await;
 }
 
-async fn deadline_test(backend: Backend) {
-    run_with(
-        backend,
-        |config| config.request_timeout = Duration::from_millis(300),
-        |app: TestApp| async move {
-            let product = app.create_product("SLOW-1", 100, 5).await;
-            let id = product["id"].as_str().unwrap().to_owned();
-            let (_conn, txn) = hold_product(&app, &id).await;
-            let started = Instant::now();
-            let reply = app
-                .patch(&format!("/v1/products/{id}"), &json!({"name": "Late"}))
-                .await;
-            reply.problem(504, "request_timeout");
-            assert!(
-                started.elapsed() < Duration::from_secs(2),
-                "took {:?}",
-                started.elapsed()
-            );
-            txn.rollback().await.unwrap();
-        },
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_request_past_the_deadline_is_504_on_sqlite() {
-    deadline_test(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_request_past_the_deadline_is_504_on_postgres() {
-    deadline_test(Backend::Postgres).await;
+on_backends! {
+    [sqlite, postgres]
+    #[configure(|config| config.request_timeout = Duration::from_millis(300))]
+    async fn a_request_past_the_deadline_is_504(app) {
+        let product = app.create_product("SLOW-1", 100, 5).await;
+        let id = product["id"].as_str().unwrap().to_owned();
+        let (_conn, txn) = hold_product(&app, &id).await;
+        let started = Instant::now();
+        let reply = app
+            .patch(&format!("/v1/products/{id}"), &json!({"name": "Late"}))
+            .await;
+        reply.problem(504, "request_timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+        txn.rollback().await.unwrap();
+    }
 }
 
 /// Starts the real binary against `db` without migrating, and returns its port and output.
@@ -154,8 +144,8 @@ async fn start_binary(db: &TestDb) -> (tokio::process::Child, u16) {
     (child, port)
 }
 
-async fn missing_tables(backend: Backend) {
-    let Some(db) = TestDb::create(backend).await else {
+async fn missing_tables_are_503_and_the_log_names_the_fix(db: Option<TestDb>) {
+    let Some(db) = db else {
         return;
     };
     let (mut child, port) = start_binary(&db).await;
@@ -201,20 +191,9 @@ async fn missing_tables(backend: Backend) {
     assert!(found, "no log line named the missing table and the fix");
 }
 
-#[tokio::test]
-async fn missing_tables_are_503_and_the_log_names_the_fix_on_sqlite() {
-    missing_tables(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn missing_tables_are_503_and_the_log_names_the_fix_on_postgres() {
-    missing_tables(Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn missing_tables_are_503_and_the_log_names_the_fix_on_mysql() {
-    missing_tables(Backend::MySql).await;
-}
+for_backends!(
+    #[tokio::test] [sqlite, postgres, mysql] fn missing_tables_are_503_and_the_log_names_the_fix
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_exhausted_pool_answers_503_within_the_acquire_timeout() {
@@ -264,11 +243,11 @@ async fn an_exhausted_pool_answers_503_within_the_acquire_timeout() {
     .await;
 }
 
-async fn statement_timeout(db: Option<TestDb>) {
-    let configure = |config: &mut api::config::Config| {
-        config.database.statement_timeout = Duration::from_millis(300);
-    };
-    run_on(db, configure, |app: TestApp| async move {
+on_backends! {
+    [postgres, pgbouncer, mysql]
+    /// Behind PgBouncer the timeout cannot be a start-up option; it is the role's default instead.
+    #[configure(|config| config.database.statement_timeout = Duration::from_millis(300))]
+    async fn the_statement_timeout_answers_504_and_writes_nothing(app) {
         let user = app.create_user("Slow", "slow@example.com").await;
         let product = app.create_product("SLOW-2", 100, 10).await;
         let id = product["id"].as_str().unwrap().to_owned();
@@ -297,24 +276,7 @@ async fn statement_timeout(db: Option<TestDb>) {
             .await
             .expect(200);
         assert_eq!(orders["total_items"], 0);
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_statement_timeout_answers_504_and_writes_nothing_on_postgres() {
-    statement_timeout(TestDb::create(Backend::Postgres).await).await;
-}
-
-/// Behind PgBouncer the timeout cannot be a start-up option; it is the role's default instead.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_statement_timeout_answers_504_and_writes_nothing_behind_pgbouncer() {
-    statement_timeout(TestDb::behind_pgbouncer().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_statement_timeout_answers_504_and_writes_nothing_on_mysql() {
-    statement_timeout(TestDb::create(Backend::MySql).await).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -145,7 +145,7 @@ impl Password {
     }
 
     fn hash_in(&self, area: &mut [Block]) -> Result<PasswordHash, String> {
-        let params = params()?;
+        let params = Hasher::params()?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
         let salt = SaltString::generate(&mut OsRng);
         let mut salt_bytes = [0u8; 64];
@@ -167,9 +167,11 @@ impl Password {
     }
 }
 
-/// The Argon2id parameters every new hash is made with.
-pub fn params() -> Result<Params, String> {
-    Params::new(MEMORY_KIB, PASSES, LANES, Some(OUTPUT_LEN)).map_err(|err| err.to_string())
+impl Hasher {
+    /// The Argon2id parameters every new hash is made with.
+    pub fn params() -> Result<Params, String> {
+        Params::new(MEMORY_KIB, PASSES, LANES, Some(OUTPUT_LEN)).map_err(|err| err.to_string())
+    }
 }
 
 impl fmt::Debug for Password {

@@ -66,7 +66,7 @@ pub fn encode_cursor(resource: &str, key: CursorKey) -> String {
     URL_SAFE_NO_PAD.encode(format!("{resource}|{created_at}|{}", key.id))
 }
 
-fn decode_cursor(resource: &str, cursor: &str) -> Option<CursorKey> {
+pub fn decode_cursor(resource: &str, cursor: &str) -> Option<CursorKey> {
     let bytes = URL_SAFE_NO_PAD.decode(cursor.as_bytes()).ok()?;
     let text = String::from_utf8(bytes).ok()?;
     let mut parts = text.splitn(3, '|');

@@ -1,5 +1,5 @@
 //! How many Argon2id hashes per second this machine computes with the service's parameters
-//! (m=19456 KiB, t=2, p=1: OWASP's recommendation, as in `api/src/domain/password.rs`).
+//! (`api::domain::Hasher::params`: OWASP's recommendation).
 //!
 //! ```sh
 //! cargo run --release -p bench --bin hashrate -- [--seconds 5] [--threads 1]
@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Version};
 
 fn main() {
     let mut seconds = 5.0_f64;
@@ -30,7 +30,7 @@ fn main() {
             }
         }
     }
-    let params = Params::new(19 * 1024, 2, 1, None).expect("valid Argon2 parameters");
+    let params = api::domain::Hasher::params().expect("valid Argon2 parameters");
     let stop = Arc::new(AtomicBool::new(false));
     let hashes = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

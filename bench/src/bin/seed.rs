@@ -13,8 +13,8 @@
 //! - users: `user<N>@bench.example` (unique, lower case), statuses 80 % active, 15 % inactive,
 //!   5 % suspended, `created_at` spread evenly (with jitter) over the past year, UUIDv7 ids built
 //!   from `created_at`. Every row carries the same password hash: one real Argon2id PHC string
-//!   (m=19456, t=2, p=1, the service's parameters) computed once at start-up, for the password
-//!   [`PASSWORD`].
+//!   (the service's parameters, `api::domain::Hasher::params`) computed once at start-up, for
+//!   the password [`PASSWORD`].
 //! - products: `BENCH-<N>` SKUs, prices 1.00–1,000.00, 100,000,000 in stock each.
 //! - orders: each for a user who existed at the time, 1–3 distinct products, quantities 1–3,
 //!   prices and totals consistent with the products, statuses mixed.
@@ -30,11 +30,12 @@ use std::io::{BufWriter, Write as _};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use api::domain::Hasher;
+use api::http::pagination::encode_cursor;
+use api::store::CursorKey;
 use argon2::password_hash::{PasswordHasher, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, SecondsFormat, Utc};
+use argon2::{Algorithm, Argon2, Version};
+use chrono::{DateTime, Utc};
 use migration::{Migrator, MigratorTrait};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -122,6 +123,14 @@ fn pg_timestamp(out: &mut Vec<u8>, micros: i64) {
     write!(out, "{}", at.format("%Y-%m-%d %H:%M:%S%.6f+00")).expect("write to Vec");
 }
 
+/// Ends a row with its `created_at` and `updated_at`, both `micros`.
+fn end_with_timestamps(out: &mut Vec<u8>, micros: i64) {
+    pg_timestamp(out, micros);
+    out.push(b'\t');
+    pg_timestamp(out, micros);
+    out.push(b'\n');
+}
+
 /// A UUIDv7 whose timestamp is `micros` (to the millisecond), as the service would have made it.
 fn uuid_v7_at(rng: &mut StdRng, micros: i64) -> Uuid {
     let random: [u8; 10] = rng.random();
@@ -166,7 +175,7 @@ async fn copy_rows(
 }
 
 fn argon2id_hash() -> Result<String> {
-    let params = Params::new(19 * 1024, 2, 1, None).map_err(|e| e.to_string())?;
+    let params = Hasher::params()?;
     let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
     let salt = SaltString::encode_b64(b"bench-fixed-salt").map_err(|e| e.to_string())?;
     Ok(argon2
@@ -204,10 +213,7 @@ async fn seed_users(pool: &PgPool, rng: &mut StdRng, n: usize, now: i64) -> Resu
             ids[i]
         )
         .expect("write to Vec");
-        pg_timestamp(out, created[i]);
-        out.push(b'\t');
-        pg_timestamp(out, created[i]);
-        out.push(b'\n');
+        end_with_timestamps(out, created[i]);
     })
     .await?;
     Ok(Users { ids, created })
@@ -226,10 +232,7 @@ async fn seed_products(pool: &PgPool, rng: &mut StdRng, n: usize, now: i64) -> R
             ids[i], prices[i]
         )
         .expect("write to Vec");
-        pg_timestamp(out, created[i]);
-        out.push(b'\t');
-        pg_timestamp(out, created[i]);
-        out.push(b'\n');
+        end_with_timestamps(out, created[i]);
     })
     .await?;
     Ok(Products { ids, prices })
@@ -294,10 +297,7 @@ async fn seed_orders(
             order.id, users.ids[order.user], order.status, order.total
         )
         .expect("write to Vec");
-        pg_timestamp(out, order.created);
-        out.push(b'\t');
-        pg_timestamp(out, order.created);
-        out.push(b'\n');
+        end_with_timestamps(out, order.created);
     })
     .await?;
     let lines: Vec<(usize, usize)> = orders
@@ -330,15 +330,16 @@ fn write_ids(path: PathBuf, ids: &[Uuid]) -> Result<()> {
     Ok(())
 }
 
-/// The service's cursor for "after this user": base64url (no padding) of
-/// `users|<created_at, RFC 3339, microseconds, Z>|<id>`.
+/// The service's cursor for "after this user".
 fn user_cursor(created: i64, id: Uuid) -> String {
     let at = DateTime::<Utc>::from_timestamp_micros(created).expect("timestamp in range");
-    let key = format!(
-        "users|{}|{id}",
-        at.to_rfc3339_opts(SecondsFormat::Micros, true)
-    );
-    URL_SAFE_NO_PAD.encode(key)
+    encode_cursor(
+        "users",
+        CursorKey {
+            created_at: at.fixed_offset(),
+            id,
+        },
+    )
 }
 
 fn write_cursors(args: &Args, dir: &std::path::Path, users: &Users) -> Result<()> {
