@@ -76,9 +76,7 @@ impl<T: Type> Payload for Representation<T> {
 
 impl<T> IntoResponse for Representation<T> {
     fn into_response(self) -> Response {
-        Response::builder()
-            .content_type(JSON)
-            .body(self.0)
+        Response::builder().content_type(JSON).body(self.0)
     }
 }
 
