@@ -39,6 +39,8 @@ pub struct AppState {
     /// Every password hash and verification, on a bounded queue.
     pub hasher: Hasher,
     pub caches: Caches,
+    /// PostgreSQL's read replicas, when configured.
+    pub replicas: Option<Arc<crate::store::sql::replicas::Replicas>>,
     /// The `application_name` of this instance's cache-invalidation listener (PostgreSQL).
     pub listener_name: String,
 }
