@@ -119,6 +119,9 @@ pub struct Replicas {
     /// How long a read may take on a replica before the primary answers it instead.
     patience: Duration,
     next: AtomicUsize,
+    /// When a waiting read last asked the replicas their position: reads waiting at once share
+    /// one round of questions per `POLL_INTERVAL` instead of asking each.
+    polled: tokio::sync::Mutex<Instant>,
     samples: Mutex<VecDeque<(Instant, u64)>>,
     by_primary: IntCounter,
     by_replica: IntCounter,
@@ -160,8 +163,11 @@ impl Replicas {
                 .idle_timeout(config.idle_timeout)
                 .test_before_acquire(true)
                 .connect_lazy_with(options);
+            let mut db = SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
+            let queries = metrics.db_queries.clone();
+            db.set_metric_callback(move |_| queries.inc());
             members.push(Member {
-                db: SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
+                db,
                 name,
                 replayed: AtomicU64::new(0),
                 usable: AtomicBool::new(false),
@@ -178,6 +184,7 @@ impl Replicas {
             max_lag: config.replica_max_lag,
             patience: config.connect_timeout.max(PROBE_TIMEOUT),
             next: AtomicUsize::new(0),
+            polled: tokio::sync::Mutex::new(Instant::now()),
             samples: Mutex::new(VecDeque::with_capacity(SAMPLES)),
             by_primary: metrics.reads.with_label_values(&["primary"]),
             by_replica: metrics.reads.with_label_values(&["replica"]),
@@ -216,7 +223,8 @@ impl Replicas {
         for (member, replayed) in futures::future::join_all(probes).await {
             let usable = match replayed {
                 Some(position) => {
-                    member.replayed.fetch_max(position, Ordering::AcqRel);
+                    // Stored, not maximised: a replica rebuilt from an older backup is behind.
+                    member.replayed.store(position, Ordering::Release);
                     let lag = self.lag(now, position);
                     member
                         .lag_ms
@@ -238,13 +246,9 @@ impl Replicas {
         }
     }
 
-    /// How long ago the primary was first sampled at a position past `replayed`.
     fn lag(&self, now: Instant, replayed: u64) -> Duration {
         let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        samples
-            .iter()
-            .find(|(_, position)| *position > replayed)
-            .map_or(Duration::ZERO, |(at, _)| now.saturating_duration_since(*at))
+        lag_behind(&samples, now, replayed)
     }
 
     async fn read<T, F, Fut>(&self, wanted: u64, query: F) -> Result<T, StoreError>
@@ -294,30 +298,42 @@ impl Replicas {
             if let Some(member) = self.ready(wanted) {
                 return Some(member);
             }
-            let polled = self
-                .members
-                .iter()
-                .filter(|member| member.usable.load(Ordering::Acquire));
-            let polls = polled.map(|member| async move {
-                if let Some(position) = replay_position(&member.db).await {
-                    member.replayed.fetch_max(position, Ordering::AcqRel);
-                }
-            });
-            futures::future::join_all(polls).await;
+            self.poll().await;
             if let Some(member) = self.ready(wanted) {
                 return Some(member);
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero()
-                || !self
-                    .members
-                    .iter()
-                    .any(|m| m.usable.load(Ordering::Acquire))
-            {
+            let any_usable = self
+                .members
+                .iter()
+                .any(|m| m.usable.load(Ordering::Acquire));
+            if left.is_zero() || !any_usable {
                 return None;
             }
             tokio::time::sleep(left.min(POLL_INTERVAL)).await;
         }
+    }
+
+    /// Asks the usable replicas how far they have replayed, unless another read did so within
+    /// `POLL_INTERVAL` or is doing so now.
+    async fn poll(&self) {
+        let Ok(mut last) = self.polled.try_lock() else {
+            return;
+        };
+        if last.elapsed() < POLL_INTERVAL {
+            return;
+        }
+        let usable = self
+            .members
+            .iter()
+            .filter(|member| member.usable.load(Ordering::Acquire));
+        let polls = usable.map(|member| async move {
+            if let Some(position) = replay_position(&member.db).await {
+                member.replayed.store(position, Ordering::Release);
+            }
+        });
+        futures::future::join_all(polls).await;
+        *last = Instant::now();
     }
 
     /// The next usable replica, in turn, that has replayed `wanted`.
@@ -331,6 +347,15 @@ impl Replicas {
                     && member.replayed.load(Ordering::Acquire) >= wanted
             })
     }
+}
+
+/// How long ago the primary was first sampled at a position past `replayed` (zero when the
+/// replica has replayed every sample).
+fn lag_behind(samples: &VecDeque<(Instant, u64)>, now: Instant, replayed: u64) -> Duration {
+    samples
+        .iter()
+        .find(|(_, position)| *position > replayed)
+        .map_or(Duration::ZERO, |(at, _)| now.saturating_duration_since(*at))
 }
 
 /// The primary's WAL position now. After a commit it is at or past the commit.
@@ -386,4 +411,25 @@ pub async fn record_commit(db: &DatabaseConnection, positions: &Positions) {
     );
     positions.lose_track();
     consistency::position_unknown();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_sample_not_replayed() {
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let samples: VecDeque<_> = [(at(0), 100), (at(250), 100), (at(500), 180), (at(750), 200)]
+            .into_iter()
+            .collect();
+        let now = at(1_000);
+        assert_eq!(lag_behind(&samples, now, 200), Duration::ZERO);
+        assert_eq!(lag_behind(&samples, now, 300), Duration::ZERO);
+        assert_eq!(lag_behind(&samples, now, 180), Duration::from_millis(250));
+        assert_eq!(lag_behind(&samples, now, 100), Duration::from_millis(500));
+        assert_eq!(lag_behind(&samples, now, 50), Duration::from_millis(1_000));
+        assert_eq!(lag_behind(&VecDeque::new(), now, 0), Duration::ZERO);
+    }
 }
