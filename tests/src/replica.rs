@@ -4,6 +4,12 @@
 //! reliably stale. One per test binary, made on first use (a base backup takes a second or
 //! more), and shut down by a watcher once the test process has exited.
 //!
+//! The replica streams through a replication slot of its own, so that the primary keeps the WAL
+//! it has not received yet (a busy server recycles segments within seconds, and the replica is
+//! stopped and started again by a test). The watcher drops the slot with the replica; a slot
+//! left behind by a test process that died before its watcher could act is dropped by the next
+//! run (its name carries the process id).
+//!
 //! The server's binaries are Debian's (`/usr/lib/postgresql/<major>/bin`, the major version of the
 //! running server; `PG_BINDIR` overrides). The server must accept replication connections from
 //! 127.0.0.1 (`.ci/run` adds the pg_hba.conf entry). PostgreSQL refuses to run as root, so as
@@ -80,6 +86,7 @@ impl Replica {
             .flatten()
             .and_then(|row| row.try_get_by_index::<i32>(0).ok())
             .ok_or_else(|| Unavailable("cannot read the primary's version".to_owned()))?;
+        drop_abandoned_slots(&admin).await;
         let _ = admin.close().await;
         let bin = std::env::var("PG_BINDIR")
             .map(PathBuf::from)
@@ -96,14 +103,19 @@ impl Replica {
         std::fs::create_dir_all(&dir).map_err(|err| fail("cannot make a directory", &err))?;
         let data = dir.join("data");
         let port = free_port();
-        watch_over(&dir);
+        let slot = format!(
+            "{SLOT_PREFIX}{}_{}",
+            std::process::id(),
+            &uuid::Uuid::now_v7().simple().to_string()[24..]
+        );
+        watch_over(&dir, &slot, &primary);
         if running_as_root() {
             run("chown", &["postgres:postgres".as_ref(), dir.as_os_str()])?;
         }
         let host = primary.host_str().unwrap_or("127.0.0.1").to_owned();
         let primary_port = primary.port().unwrap_or(5432).to_string();
         let backup = as_postgres(&bin.join("pg_basebackup"))
-            .args(["-R", "-X", "stream", "-c", "fast", "-D"])
+            .args(["-R", "-C", "-S", &slot, "-X", "stream", "-c", "fast", "-D"])
             .arg(&data)
             .args(["-h", &host, "-p", &primary_port, "-U", primary.username()])
             .env("PGPASSWORD", primary.password().unwrap_or_default())
@@ -241,19 +253,63 @@ fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), Unavailable> {
     }
 }
 
-/// Once this process has exited, stops the replica and removes its directory: statics are never
-/// dropped, so nothing in this process could.
-fn watch_over(dir: &Path) {
+/// Names the slots of these replicas: `sf_replica_<pid>_<random>`.
+const SLOT_PREFIX: &str = "sf_replica_";
+
+/// Drops the inactive slots of test processes that no longer run.
+async fn drop_abandoned_slots(admin: &sea_orm::DatabaseConnection) {
+    let backend = admin.get_database_backend();
+    let Ok(rows) = admin
+        .query_all_raw(sea_orm::Statement::from_string(
+            backend,
+            "SELECT slot_name::text FROM pg_replication_slots WHERE NOT active",
+        ))
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let Ok(name) = row.try_get_by_index::<String>(0) else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix(SLOT_PREFIX)
+            .and_then(|rest| rest.split('_').next())
+        else {
+            continue;
+        };
+        if Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let _ = admin
+            .execute_raw(sea_orm::Statement::from_sql_and_values(
+                backend,
+                "SELECT pg_drop_replication_slot($1)",
+                [name.into()],
+            ))
+            .await;
+    }
+}
+
+/// Once this process has exited, stops the replica, drops its slot on the primary and removes its
+/// directory: statics are never dropped, so nothing in this process could.
+fn watch_over(dir: &Path, slot: &str, primary: &url::Url) {
     let script = format!(
         "while kill -0 {me} 2>/dev/null; do sleep 1; done; \
          pid=$(head -n 1 '{dir}/data/postmaster.pid' 2>/dev/null) && kill -INT \"$pid\"; \
          for _ in 1 2 3 4 5 6 7 8 9 10; do [ -e '{dir}/data/postmaster.pid' ] || break; sleep 1; done; \
+         psql -qtAX -h '{host}' -p {port} -U '{user}' -d postgres \
+           -c \"SELECT pg_drop_replication_slot('{slot}')\"; \
          rm -rf '{dir}'",
         me = std::process::id(),
         dir = dir.display(),
+        host = primary.host_str().unwrap_or("127.0.0.1"),
+        port = primary.port().unwrap_or(5432),
+        user = primary.username(),
     );
     let _ = Command::new("setsid")
         .args(["sh", "-c", &script])
+        .env("PGPASSWORD", primary.password().unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
