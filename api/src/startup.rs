@@ -149,6 +149,9 @@ impl Application {
         if let Some(checks) = &self.replica_checks {
             checks.abort();
         }
+        if let Some(replicas) = &self.state.replicas {
+            replicas.close().await;
+        }
         tracing::info!("shutting down: closing the database pool");
         if let Err(err) = self.state.db.close_by_ref().await {
             tracing::warn!(error = %err, "closing the pool failed");

@@ -191,6 +191,13 @@ impl Replicas {
         }))
     }
 
+    /// Closes the replicas' pools (on shutdown, with the primary's).
+    pub async fn close(&self) {
+        for member in &self.members {
+            let _ = member.db.close_by_ref().await;
+        }
+    }
+
     /// Samples positions every `HEALTH_INTERVAL` until the task is aborted. The first round is
     /// done before this returns, so reads use healthy replicas from the first request.
     pub async fn start_health_checks(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
