@@ -167,6 +167,11 @@ async fn with_the_token_no_instance_reads_stale() {
                 "a read with the write's token was stale (round {round})"
             );
         }
+        // A token the instance cannot read could name any state: the primary answers.
+        let by_primary = metric(&reader, BY_PRIMARY).await;
+        set_price(&writer, &id, 2_500).await;
+        assert_eq!(price(&reader, &id, Some("not-a-token")).await, 2_500);
+        assert!(metric(&reader, BY_PRIMARY).await > by_primary);
         cluster
     })
     .await;
