@@ -22,6 +22,9 @@ pub enum ConfigError {
 struct Env {
     database_url: Option<String>,
     database_direct_url: Option<String>,
+    database_replica_urls: Option<String>,
+    db_replica_wait_ms: Option<u64>,
+    db_replica_max_lag_ms: Option<u64>,
     db_host: Option<String>,
     db_port: Option<u16>,
     db_name: Option<String>,
@@ -65,6 +68,14 @@ pub struct DatabaseConfig {
     pub acquire_timeout: Duration,
     pub idle_timeout: Duration,
     pub statement_timeout: Duration,
+    /// PostgreSQL streaming replicas that answer reads outside write transactions (see
+    /// `store::sql::replicas`). Empty: the primary answers everything.
+    pub replica_urls: Vec<String>,
+    /// How long a read may wait for a replica to reach the position it needs before the primary
+    /// answers it.
+    pub replica_wait: Duration,
+    /// A replica further behind the primary than this is skipped until it catches up.
+    pub replica_max_lag: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +149,7 @@ impl Config {
         }
         let url = database_url(&env)?;
         let direct_url = direct_url(&env, &url)?;
+        let replica_urls = replica_urls(&env, &url)?;
         let database = DatabaseConfig {
             url,
             direct_url,
@@ -167,6 +179,14 @@ impl Config {
                 "DB_STATEMENT_TIMEOUT_MS",
                 env.db_statement_timeout_ms,
                 30_000,
+            )?),
+            replica_urls,
+            // Zero is meaningful here: never wait, go to the primary at once.
+            replica_wait: millis(env.db_replica_wait_ms.unwrap_or(100)),
+            replica_max_lag: millis(positive(
+                "DB_REPLICA_MAX_LAG_MS",
+                env.db_replica_max_lag_ms,
+                5_000,
             )?),
         };
         Ok(Self {
@@ -285,6 +305,27 @@ fn direct_url(env: &Env, url: &str) -> Result<Option<String>, ConfigError> {
         ));
     }
     Ok(Some(direct.clone()))
+}
+
+/// `DATABASE_REPLICA_URLS`: comma-separated PostgreSQL URLs, next to a PostgreSQL `DATABASE_URL`.
+fn replica_urls(env: &Env, url: &str) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = &env.database_replica_urls else {
+        return Ok(Vec::new());
+    };
+    let postgres = |url: &str| url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let urls: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if !postgres(url) || !urls.iter().all(|replica| postgres(replica)) {
+        return Err(invalid(
+            "DATABASE_REPLICA_URLS",
+            "is for PostgreSQL only: every URL in it and DATABASE_URL must start with postgres://",
+        ));
+    }
+    Ok(urls)
 }
 
 fn positive(name: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigError> {
@@ -449,6 +490,47 @@ mod tests {
             err.to_string().contains("MIGRATION_LOCK_TIMEOUT_SECS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn replicas_are_a_postgres_list_with_a_wait_and_a_lag_limit() {
+        let config = Config::from_vars(vars(&[])).unwrap();
+        assert!(config.database.replica_urls.is_empty());
+        assert_eq!(config.database.replica_wait, Duration::from_millis(100));
+        assert_eq!(
+            config.database.replica_max_lag,
+            Duration::from_millis(5_000)
+        );
+        let config = Config::from_vars(vars(&[
+            ("DATABASE_URL", "postgres://app:pw@primary/shop"),
+            (
+                "DATABASE_REPLICA_URLS",
+                "postgres://app:pw@r1/shop, postgres://app:pw@r2/shop,",
+            ),
+            ("DB_REPLICA_WAIT_MS", "0"),
+            ("DB_REPLICA_MAX_LAG_MS", "750"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.database.replica_urls,
+            ["postgres://app:pw@r1/shop", "postgres://app:pw@r2/shop"]
+        );
+        assert_eq!(config.database.replica_wait, Duration::ZERO);
+        assert_eq!(config.database.replica_max_lag, Duration::from_millis(750));
+        let err = Config::from_vars(vars(&[
+            ("DATABASE_URL", "mysql://app:pw@db/shop"),
+            ("DATABASE_REPLICA_URLS", "postgres://app:pw@r1/shop"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("DATABASE_REPLICA_URLS"), "{err}");
+        let err = Config::from_vars(vars(&[
+            ("DATABASE_URL", "postgres://app:pw@primary/shop"),
+            ("DATABASE_REPLICA_URLS", "mysql://app:pw@r1/shop"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("DATABASE_REPLICA_URLS"), "{err}");
+        let err = Config::from_vars(vars(&[("DB_REPLICA_MAX_LAG_MS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("DB_REPLICA_MAX_LAG_MS"), "{err}");
     }
 
     #[test]

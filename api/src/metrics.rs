@@ -22,6 +22,9 @@ pub struct Metrics {
     pub cache_invalidations: IntCounterVec,
     pub listing_index_requests: IntCounterVec,
     pub listing_index_builds: IntCounterVec,
+    pub replica_lag: IntGaugeVec,
+    pub replica_up: IntGaugeVec,
+    pub reads: IntCounterVec,
 }
 
 /// Registers each metric as it is made: a name appears once, with its help text, here.
@@ -131,6 +134,21 @@ impl Metrics {
                 "listing_index_builds_total",
                 "Passes over a listing that recorded its page positions",
                 &["listing", "outcome"],
+            ),
+            replica_lag: b.gauges(
+                "db_replica_lag_milliseconds",
+                "How far each read replica is behind the primary (-1: it does not answer)",
+                &["replica"],
+            ),
+            replica_up: b.gauges(
+                "db_replica_up",
+                "Whether each read replica is answering reads (1) or skipped (0)",
+                &["replica"],
+            ),
+            reads: b.counters(
+                "db_reads_total",
+                "Reads outside write transactions by where they were answered (with replicas)",
+                &["source"],
             ),
             registry: b.registry,
         };

@@ -14,6 +14,7 @@ use crate::domain::Hasher;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::store::mongo::{self, Mongo};
+use crate::store::sql::replicas::Replicas;
 use crate::store::sql::{notify, pool};
 use crate::store::{Engine, Repositories};
 
@@ -37,12 +38,15 @@ impl AppState {
     pub fn new(config: Config, db: Engine, metrics: Arc<Metrics>) -> Self {
         let caches = Caches::new(&config.cache, &metrics);
         let representations = http::conditional::Representations::new(&config.cache);
+        let replicas = db
+            .sql()
+            .and_then(|primary| Replicas::new(primary, &config.database, &caches, &metrics));
         let Repositories {
             users,
             products,
             orders,
             sessions,
-        } = Repositories::new(&db, &caches, metrics.clone());
+        } = Repositories::new(&db, &caches, metrics.clone(), replicas.clone());
         let hasher = Hasher::new(config.auth.hash_queue_limit);
         Self {
             config,
@@ -55,6 +59,7 @@ impl AppState {
             hasher,
             caches,
             representations,
+            replicas,
             listener_name: format!(
                 "{}{}",
                 notify::LISTENER_PREFIX,
@@ -71,6 +76,8 @@ pub struct Application {
     state: Arc<AppState>,
     /// Hears other instances' cache invalidations (PostgreSQL and MongoDB, with caching on).
     listener: Option<tokio::task::JoinHandle<()>>,
+    /// Samples the read replicas' positions (PostgreSQL with replicas).
+    replica_checks: Option<tokio::task::JoinHandle<()>>,
     acceptor: poem::listener::TcpAcceptor,
     addr: SocketAddr,
 }
@@ -107,10 +114,15 @@ impl Application {
             .unwrap_or(addr);
         let state = Arc::new(AppState::new(config, db, metrics));
         ensure_admin(&state).await?;
+        let replica_checks = match &state.replicas {
+            Some(replicas) => Some(replicas.start_health_checks().await),
+            None => None,
+        };
         let listener = listen_to_peers(&state).await;
         Ok(Self {
             state,
             listener,
+            replica_checks,
             acceptor,
             addr,
         })
@@ -135,6 +147,12 @@ impl Application {
             .await;
         if let Some(listener) = &self.listener {
             listener.abort();
+        }
+        if let Some(checks) = &self.replica_checks {
+            checks.abort();
+        }
+        if let Some(replicas) = &self.state.replicas {
+            replicas.close().await;
         }
         tracing::info!("shutting down: closing the database pool");
         if let Err(err) = self.state.db.close_by_ref().await {

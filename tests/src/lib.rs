@@ -11,6 +11,7 @@
 
 pub mod pgbouncer;
 pub mod proxy;
+pub mod replica;
 pub mod users;
 
 use std::future::Future;
@@ -144,6 +145,26 @@ impl TestDb {
         db.direct_url = Some(direct.into());
         db.pooler = Some(Arc::new(pooler));
         Some(db)
+    }
+
+    /// A new, empty PostgreSQL database and the test binary's streaming replica of its server
+    /// (`replica`), which has the database once it has replayed its creation.
+    pub async fn with_replica() -> Option<(Self, &'static replica::Replica)> {
+        let db = Self::create(Backend::Postgres).await?;
+        let admin: url::Url = db
+            .admin_url
+            .as_deref()
+            .unwrap_or_default()
+            .parse()
+            .expect("a valid admin URL");
+        match replica::Replica::shared(&admin).await {
+            Ok(replica) => Some((db, replica)),
+            Err(replica::Unavailable(why)) => {
+                db.drop_database().await;
+                skip("a PostgreSQL replica", &why);
+                None
+            }
+        }
     }
 
     /// PgBouncer's pool mode when the database is behind one.

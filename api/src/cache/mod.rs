@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::config::CacheConfig;
 use crate::domain::model::{Product, Session, User};
 use crate::metrics::Metrics;
+use crate::store::consistency::Positions;
 use crate::store::positions::ListingIndex;
 
 const STRIPES: usize = 4096;
@@ -263,6 +264,9 @@ pub struct Caches {
     pub users: Arc<EntityCache<User>>,
     pub products: Arc<EntityCache<Product>>,
     pub sessions: Arc<EntityCache<Session>>,
+    /// With read replicas: the positions a refill must be read at, raised by every write this
+    /// instance commits or hears of before its keys are evicted.
+    pub positions: Arc<Positions>,
 }
 
 impl Caches {
@@ -271,6 +275,7 @@ impl Caches {
             users: Arc::new(EntityCache::new("users", config, Arc::clone(metrics))),
             products: Arc::new(EntityCache::new("products", config, Arc::clone(metrics))),
             sessions: Arc::new(EntityCache::new("sessions", config, Arc::clone(metrics))),
+            positions: Arc::new(Positions::default()),
         }
     }
 

@@ -1,20 +1,93 @@
 //! `Consistency-Token`: every answer from a `/v1` route names the database state it includes, and
 //! a read that presents a token sees that state or a later one (API.md, General).
 //!
-//! Every backend this service runs on today answers reads from the database that took the
-//! writes (no replicas), where any read that starts after a write's answer already sees it. So
-//! the token is issued — the time of the answer, opaque to clients — and every presented token
-//! is satisfied as it stands; a backend with replicas would read its own position here instead.
+//! With PostgreSQL read replicas the token is a WAL position, `p1.<hex>`: the highest position
+//! this instance has committed, heard announced or read at (`store::consistency::Positions`),
+//! and never below the one presented, so it covers what the request wrote or read. A read that
+//! presents one is routed to a replica that has replayed that far, or to the primary
+//! (`store::sql::replicas`). A token this instance cannot read (malformed, or from a deployment
+//! without replicas) could name any state, so such a read is answered by the primary, which is
+//! always at or past every state; API.md names no error for it, and refusing it would break
+//! clients across a change of configuration.
+//!
+//! Without replicas (SQLite, MariaDB, MongoDB, or PostgreSQL alone) any read that starts after a
+//! write's answer already sees it, so the token issued is the time of the answer, opaque to
+//! clients, and every presented token is satisfied as it stands.
 
 use poem::Response;
 use poem::http::HeaderValue;
 
+use crate::store::consistency::{PRIMARY_ONLY, Positions, Presented, Scope};
+
 pub const HEADER: &str = "consistency-token";
 
+/// The position tokens' prefix, versioned so that another scheme can follow.
+const POSITION: &str = "p1.";
+
+/// What the request's header names. Only meaningful with replicas.
+pub fn presented(header: Option<&str>, positions: &Positions) -> Presented {
+    if !positions.is_enabled() {
+        return Presented::Nothing;
+    }
+    let Some(token) = header.map(str::trim) else {
+        return Presented::Nothing;
+    };
+    match token
+        .strip_prefix(POSITION)
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+    {
+        Some(position) => Presented::At(position),
+        None => Presented::Unreadable,
+    }
+}
+
 /// Names the state this response was produced from.
-pub fn stamp(response: &mut Response) {
-    let micros = chrono::Utc::now().timestamp_micros();
-    if let Ok(value) = HeaderValue::from_str(&format!("t1.{micros:x}")) {
+pub fn stamp(response: &mut Response, scope: &Scope, positions: &Positions) {
+    let token = if positions.is_enabled() {
+        let presented = match scope.presented() {
+            Presented::At(position) => position,
+            Presented::Unreadable => PRIMARY_ONLY,
+            Presented::Nothing => 0,
+        };
+        let position = if scope.is_position_unknown() {
+            PRIMARY_ONLY
+        } else {
+            positions.seen().max(presented)
+        };
+        format!("{POSITION}{position:x}")
+    } else {
+        let micros = chrono::Utc::now().timestamp_micros();
+        format!("t1.{micros:x}")
+    };
+    if let Ok(value) = HeaderValue::from_str(&token) {
         response.headers_mut().insert(HEADER, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_tokens_are_read_only_with_replicas() {
+        let positions = Positions::default();
+        assert_eq!(presented(Some("p1.ff"), &positions), Presented::Nothing);
+        positions.enable();
+        assert_eq!(presented(None, &positions), Presented::Nothing);
+        assert_eq!(presented(Some("p1.ff"), &positions), Presented::At(255));
+        assert_eq!(presented(Some("p1.zz"), &positions), Presented::Unreadable);
+        assert_eq!(presented(Some("t1.ff"), &positions), Presented::Unreadable);
+    }
+
+    #[test]
+    fn the_answer_covers_the_presented_token_and_what_this_instance_saw() {
+        let positions = Positions::default();
+        positions.enable();
+        positions.read_at(0x40);
+        let mut response = Response::default();
+        stamp(&mut response, &Scope::new(Presented::At(0x80)), &positions);
+        assert_eq!(response.headers()[HEADER], "p1.80");
+        stamp(&mut response, &Scope::new(Presented::Nothing), &positions);
+        assert_eq!(response.headers()[HEADER], "p1.40");
     }
 }

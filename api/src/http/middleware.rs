@@ -21,6 +21,7 @@ use super::consistency;
 use super::error::{ApiError, FailureNote};
 use crate::domain::FieldError;
 use crate::store::DbFailure;
+use crate::store::consistency as store_consistency;
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -45,10 +46,18 @@ pub async fn observe<E: Endpoint>(
     // line (below) names the rest once.
     let span = tracing::info_span!("request", request_id = %request_id);
 
+    let positions = Arc::clone(&state.caches.positions);
+    let scope = store_consistency::Scope::new(consistency::presented(
+        request.header(consistency::HEADER),
+        &positions,
+    ));
+
     async move {
         let started = Instant::now();
         let deadline = state.config.request_timeout;
-        let outcome = tokio::time::timeout(deadline, next.call(request)).await;
+        // The store reads the presented token from the request's scope (`store::consistency`).
+        let work = store_consistency::within(scope.clone(), next.call(request));
+        let outcome = tokio::time::timeout(deadline, work).await;
         let response = match outcome {
             Ok(Ok(response)) => response.into_response(),
             Ok(Err(err)) => problem_from(err),
@@ -70,7 +79,7 @@ pub async fn observe<E: Endpoint>(
             response.headers_mut().insert(REQUEST_ID, value);
         }
         if is_resource_route && (status.is_success() || status == StatusCode::NOT_MODIFIED) {
-            consistency::stamp(&mut response);
+            consistency::stamp(&mut response, &scope, &positions);
         }
         let elapsed = started.elapsed();
         let metrics = &state.metrics;

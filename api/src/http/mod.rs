@@ -43,6 +43,8 @@ pub struct AppState {
     /// Serialized single-resource representations, by id and version (ids are UUIDv7, unique
     /// across resources).
     pub representations: conditional::Representations,
+    /// PostgreSQL's read replicas, when configured.
+    pub replicas: Option<Arc<crate::store::sql::replicas::Replicas>>,
     /// The `application_name` of this instance's cache-invalidation listener (PostgreSQL).
     pub listener_name: String,
 }

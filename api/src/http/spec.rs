@@ -138,7 +138,7 @@ fn document_consistency(document: &mut Value) {
     let parameter = serde_json::json!({
         "name": "Consistency-Token",
         "in": "header",
-        "description": "A token from an earlier answer: this read sees at least the state it names.",
+        "description": "A token from an earlier answer: this read sees at least the state it names. A token the service cannot read is not an error: the read is then answered from the latest state.",
         "required": false,
         "deprecated": false,
         "schema": {"type": "string"},

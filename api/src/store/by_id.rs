@@ -1,6 +1,10 @@
 //! Reads by id, written once for every engine: cache-aside over the engine's batched loader.
 //! A hit never reaches the engine; concurrent misses for one id share one load (the cache), and
 //! misses for different ids at once share one query (the batcher).
+//!
+//! Where reads may be served by replicas (PostgreSQL), a read names the write position it must
+//! see (`Freshness`): a refill waits for every write evicted so far, and a read that presents a
+//! client's token skips the cache, which may not yet have heard of the write the token names.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,9 +16,31 @@ use super::batch::{self, Batcher};
 use super::error::{Resource, StoreError};
 use crate::cache::EntityCache;
 
+/// What a read by id must see.
+pub trait Freshness {
+    /// The write position the answering database must have reached (0: any will do). Asked for
+    /// only once the cache missed, so a refill wants every write evicted so far.
+    fn wanted(&self) -> u64 {
+        0
+    }
+
+    /// Whether the cache may answer at all.
+    fn cache_may_answer(&self) -> bool {
+        true
+    }
+}
+
+/// For engines whose reads always see every committed write.
+pub struct Current;
+
+impl Freshness for Current {}
+
+/// A batch key: the id and the position its read wants.
+pub type Key = (Uuid, u64);
+
 pub struct ById<V> {
     cache: Arc<EntityCache<V>>,
-    loader: Batcher<Uuid, V, StoreError>,
+    loader: Batcher<Key, V, StoreError>,
     resource: Resource,
 }
 
@@ -32,11 +58,12 @@ impl<V> ById<V>
 where
     V: Clone + Send + Sync + 'static,
 {
-    /// `load` reads a batch of ids from the engine and returns the rows found, keyed by id.
+    /// `load` reads a batch of keys from the engine, all at the highest position any of them
+    /// wants, and returns the rows found by key.
     pub fn new<F, Fut>(cache: Arc<EntityCache<V>>, resource: Resource, load: F) -> Self
     where
-        F: Fn(Vec<Uuid>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<HashMap<Uuid, V>, StoreError>> + Send + 'static,
+        F: Fn(Vec<Key>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<HashMap<Key, V>, StoreError>> + Send + 'static,
     {
         Self {
             cache,
@@ -45,22 +72,42 @@ where
         }
     }
 
-    /// Through the cache; `NotFound` when there is no such row.
-    pub async fn get(&self, id: Uuid) -> Result<V, StoreError> {
-        let found = self
-            .cache
-            .get_or_load(id, || async {
-                self.loader
-                    .load(id)
-                    .await?
-                    .ok_or(StoreError::not_found(self.resource, id))
-            })
-            .await?;
+    /// For an engine without positions: `load` reads a batch of ids.
+    pub fn current<F, Fut>(cache: Arc<EntityCache<V>>, resource: Resource, load: F) -> Self
+    where
+        F: Fn(Vec<Uuid>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<HashMap<Uuid, V>, StoreError>> + Send + 'static,
+    {
+        let load = Arc::new(load);
+        Self::new(cache, resource, move |keys: Vec<Key>| {
+            let load = Arc::clone(&load);
+            async move {
+                let found = load(keys.iter().map(|(id, _)| *id).collect()).await?;
+                Ok(keys
+                    .into_iter()
+                    .filter_map(|key| found.get(&key.0).map(|row| (key, row.clone())))
+                    .collect())
+            }
+        })
+    }
+
+    /// Through the cache when `freshness` allows; `NotFound` when there is no such row.
+    pub async fn get(&self, id: Uuid, freshness: &impl Freshness) -> Result<V, StoreError> {
+        let load = || async {
+            self.loader
+                .load((id, freshness.wanted()))
+                .await?
+                .ok_or(StoreError::not_found(self.resource, id))
+        };
+        if !freshness.cache_may_answer() {
+            return load().await;
+        }
+        let found = self.cache.get_or_load(id, load).await?;
         Ok(V::clone(&found))
     }
 
     /// Past the cache (still batched): for a read that must see the engine's current row.
     pub async fn load(&self, id: Uuid) -> Result<Option<V>, StoreError> {
-        self.loader.load(id).await
+        self.loader.load((id, 0)).await
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod by_id;
+pub mod consistency;
 pub mod error;
 pub mod failure;
 pub mod mongo;
@@ -127,14 +128,23 @@ pub struct Repositories {
 }
 
 impl Repositories {
-    pub fn new(engine: &Engine, caches: &Caches, metrics: Arc<Metrics>) -> Self {
+    /// `replicas`: PostgreSQL's read replicas, when configured (`sql::replicas`).
+    pub fn new(
+        engine: &Engine,
+        caches: &Caches,
+        metrics: Arc<Metrics>,
+        replicas: Option<Arc<sql::replicas::Replicas>>,
+    ) -> Self {
         match engine {
-            Engine::Sql(db) => Self {
-                users: Users::Sql(sql::UserRepo::new(db.clone(), caches.clone())),
-                products: Products::Sql(sql::ProductRepo::new(db.clone(), caches.clone())),
-                orders: Orders::Sql(sql::OrderRepo::new(db.clone(), caches.clone(), metrics)),
-                sessions: Sessions::Sql(sql::SessionRepo::new(db.clone(), caches.clone())),
-            },
+            Engine::Sql(db) => {
+                let reads = sql::replicas::Reads::new(db.clone(), replicas);
+                Self {
+                    users: Users::Sql(sql::UserRepo::new(reads.clone(), caches.clone())),
+                    products: Products::Sql(sql::ProductRepo::new(reads.clone(), caches.clone())),
+                    orders: Orders::Sql(sql::OrderRepo::new(reads, caches.clone(), metrics)),
+                    sessions: Sessions::Sql(sql::SessionRepo::new(db.clone(), caches.clone())),
+                }
+            }
             Engine::Mongo(m) => {
                 let products =
                     mongo::ProductRepo::new(m.clone(), caches.products.clone(), metrics.clone());

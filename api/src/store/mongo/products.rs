@@ -15,7 +15,7 @@ use super::{Mongo, page, settle};
 use crate::cache::EntityCache;
 use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
 use crate::metrics::Metrics;
-use crate::store::by_id::ById;
+use crate::store::by_id::{ById, Current};
 use crate::store::retry::{RetryPolicy, with_retry};
 use crate::store::{Conflict, PageOf, PageRequest, Resource, StoreError};
 
@@ -61,7 +61,7 @@ impl ProductRepo {
     pub fn new(mongo: Mongo, cache: Arc<EntityCache<Product>>, metrics: Arc<Metrics>) -> Self {
         let by_id = {
             let mongo = mongo.clone();
-            ById::new(cache.clone(), Resource::Product, move |ids| {
+            ById::current(cache.clone(), Resource::Product, move |ids| {
                 load_products(mongo.clone(), ids)
             })
         };
@@ -75,7 +75,7 @@ impl ProductRepo {
 
     /// Read through the cache; misses for different ids at once share one query.
     pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
-        self.by_id.get(id).await
+        self.by_id.get(id, &Current).await
     }
 
     pub async fn list(

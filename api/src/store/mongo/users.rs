@@ -17,7 +17,7 @@ use crate::domain::model::{NewUser, User, UserChanges, UserFilter};
 use crate::domain::model::{Session, cache_key};
 use crate::domain::{Email, PasswordHash, UserRole, UserStatus};
 use crate::metrics::Metrics;
-use crate::store::by_id::ById;
+use crate::store::by_id::{ById, Current};
 use crate::store::retry::{RetryPolicy, with_retry};
 use crate::store::{Conflict, PageOf, PageRequest, Resource, StoreError};
 
@@ -74,7 +74,7 @@ impl UserRepo {
     ) -> Self {
         let by_id = {
             let mongo = mongo.clone();
-            ById::new(cache.clone(), Resource::User, move |ids| {
+            ById::current(cache.clone(), Resource::User, move |ids| {
                 load_users(mongo.clone(), ids)
             })
         };
@@ -89,7 +89,7 @@ impl UserRepo {
 
     /// Read through the cache; misses for different ids at once share one query.
     pub async fn get(&self, id: Uuid) -> Result<User, StoreError> {
-        self.by_id.get(id).await
+        self.by_id.get(id, &Current).await
     }
 
     pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {

@@ -10,6 +10,7 @@ pub mod notify;
 pub mod orders;
 pub mod pool;
 pub mod products;
+pub mod replicas;
 pub mod sessions;
 pub mod users;
 pub mod write;

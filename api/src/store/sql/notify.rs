@@ -12,6 +12,13 @@
 //! afresh. Session revocations are heard by every instance, the revoking one included, since each
 //! acknowledges them.
 //!
+//! With read replicas an eviction alone is not enough: a refill could be read from a replica that
+//! has not replayed the write yet. So before evicting what it hears, an instance raises its
+//! floor (`consistency::Positions`) to the primary's WAL position, read on the listening
+//! connection. A notification is delivered only after its transaction committed, so that position
+//! is at or past the write; a position written into the message itself would be read inside the
+//! transaction, before its commit, and could not be.
+//!
 //! On SQLite and MariaDB/MySQL there is no such channel: run a single instance there.
 
 use std::time::Duration;
@@ -20,6 +27,7 @@ use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use uuid::Uuid;
 
+use super::replicas;
 use crate::cache::{Caches, Topic};
 
 pub const CHANNEL: &str = "storefront_cache";
@@ -109,7 +117,8 @@ pub async fn start_listener(
     // Until a LISTEN succeeds this instance hears nobody.
     caches.suspend();
     let mut first = Some(listen(&url, &name).await);
-    if first.as_ref().is_some_and(Result::is_ok) {
+    if let Some(Ok(listener)) = first.as_mut() {
+        catch_up(listener, &caches).await;
         caches.resume();
     }
     tokio::spawn(async move {
@@ -121,10 +130,14 @@ pub async fn start_listener(
             };
             match attempt {
                 Ok(mut listener) => {
+                    catch_up(&mut listener, &caches).await;
                     caches.resume();
                     backoff = Duration::from_millis(50);
                     tracing::info!(channel = CHANNEL, "listening for cache invalidations");
                     while let Ok(Some(notification)) = listener.try_recv().await {
+                        if !notification.payload().starts_with("ack:") {
+                            catch_up(&mut listener, &caches).await;
+                        }
                         if let Heard::SessionEvicted(id) =
                             evictor.evict(notification.payload()).await
                             && let Err(err) = acknowledge(&mut listener, id, &name).await
@@ -146,6 +159,26 @@ pub async fn start_listener(
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     })
+}
+
+/// With replicas: what this instance reads from now on must be at or past the primary's position
+/// (every write heard so far, or missed while not listening, has committed by then). Call before
+/// evicting.
+async fn catch_up(listener: &mut PgListener, caches: &Caches) {
+    let positions = &caches.positions;
+    if !positions.is_enabled() {
+        return;
+    }
+    let position = sea_orm::sqlx::query_scalar::<_, i64>(replicas::PRIMARY_POSITION)
+        .fetch_one(&mut *listener)
+        .await;
+    match position
+        .ok()
+        .and_then(|position| u64::try_from(position).ok())
+    {
+        Some(position) => positions.wrote(position),
+        None => positions.lose_track(),
+    }
 }
 
 /// Tells every instance (the revoking one waits for this) that this one has evicted session `id`.

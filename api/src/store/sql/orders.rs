@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::error::OnViolation;
 use super::failure::classify;
 use super::listing::{self, ListOrder};
+use super::replicas::Reads;
 use super::write::Write;
 use crate::cache::{Caches, Topic};
 use crate::domain::model::{Idempotency, Order, OrderFilter, OrderItem, PlaceOrder, Placed};
@@ -70,7 +71,9 @@ impl From<sea_orm::DbErr> for Attempt {
 
 #[derive(Clone)]
 pub struct OrderRepo {
+    /// The primary, for writes.
     db: DatabaseConnection,
+    reads: Reads,
     caches: Caches,
     metrics: Arc<Metrics>,
     retry: RetryPolicy,
@@ -82,9 +85,10 @@ impl OrderRepo {
         &self.db
     }
 
-    pub fn new(db: DatabaseConnection, caches: Caches, metrics: Arc<Metrics>) -> Self {
+    pub fn new(reads: Reads, caches: Caches, metrics: Arc<Metrics>) -> Self {
         Self {
-            db,
+            db: reads.primary().clone(),
+            reads,
             caches,
             metrics,
             retry: RetryPolicy::default(),
@@ -143,19 +147,14 @@ impl OrderRepo {
         if claim.request_hash != idempotency.request_hash {
             return Err(StoreError::Conflict(Conflict::IdempotencyKeyReused));
         }
-        self.get(claim.order_id).await
+        // The order was committed by another request just now: only the primary surely has it.
+        order_on(&self.db, claim.order_id).await
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Order, StoreError> {
-        let order = orders::Entity::find_by_id(id)
-            .one(&self.db)
-            .await?
-            .ok_or(StoreError::not_found(Resource::Order, id))?;
-        let items = items_of(&self.db, &[id])
-            .await?
-            .remove(&id)
-            .unwrap_or_default();
-        order_from_rows(order, items)
+        self.reads
+            .read_current(|db| async move { order_on(&db, id).await })
+            .await
     }
 
     /// A user's orders, newest first, each with its items (loaded in one query for the page).
@@ -165,43 +164,9 @@ impl OrderRepo {
         filter: OrderFilter,
         request: PageRequest,
     ) -> Result<PageOf<Order>, StoreError> {
-        let user = users::Entity::find_by_id(user_id)
-            .select_only()
-            .column(users::Column::Id)
-            .into_tuple::<Uuid>()
-            .one(&self.db)
-            .await?;
-        if user.is_none() {
-            return Err(StoreError::not_found(Resource::User, user_id));
-        }
-        let mut query = orders::Entity::find().filter(orders::Column::UserId.eq(user_id));
-        if let Some(status) = filter.status {
-            query = query.filter(orders::Column::Status.eq(status.as_str()));
-        }
-        let order = ListOrder {
-            created_at: orders::Column::CreatedAt,
-            id: orders::Column::Id,
-        };
-        let key = |row: &orders::Model| CursorKey {
-            created_at: row.created_at,
-            id: row.id,
-        };
-        let page = listing::list(&self.db, query, order, key, request, None).await?;
-        let ids: Vec<Uuid> = page.items.iter().map(|order| order.id).collect();
-        let mut items = items_of(&self.db, &ids).await?;
-        let orders = page
-            .items
-            .into_iter()
-            .map(|order| {
-                let items = items.remove(&order.id).unwrap_or_default();
-                order_from_rows(order, items)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(PageOf {
-            items: orders,
-            total: page.total,
-            next: page.next,
-        })
+        self.reads
+            .read_current(|db| async move { orders_of_on(&db, user_id, filter, request).await })
+            .await
     }
 
     /// Moves an order along the transition table; cancelling gives the stock back in the same
@@ -228,6 +193,60 @@ impl OrderRepo {
         })
         .await
     }
+}
+
+async fn order_on(db: &DatabaseConnection, id: Uuid) -> Result<Order, StoreError> {
+    let order = orders::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or(StoreError::not_found(Resource::Order, id))?;
+    let items = items_of(db, &[id]).await?.remove(&id).unwrap_or_default();
+    order_from_rows(order, items)
+}
+
+async fn orders_of_on(
+    db: &DatabaseConnection,
+    user_id: Uuid,
+    filter: OrderFilter,
+    request: PageRequest,
+) -> Result<PageOf<Order>, StoreError> {
+    let user = users::Entity::find_by_id(user_id)
+        .select_only()
+        .column(users::Column::Id)
+        .into_tuple::<Uuid>()
+        .one(db)
+        .await?;
+    if user.is_none() {
+        return Err(StoreError::not_found(Resource::User, user_id));
+    }
+    let mut query = orders::Entity::find().filter(orders::Column::UserId.eq(user_id));
+    if let Some(status) = filter.status {
+        query = query.filter(orders::Column::Status.eq(status.as_str()));
+    }
+    let order = ListOrder {
+        created_at: orders::Column::CreatedAt,
+        id: orders::Column::Id,
+    };
+    let key = |row: &orders::Model| CursorKey {
+        created_at: row.created_at,
+        id: row.id,
+    };
+    let page = listing::list(db, query, order, key, request, None).await?;
+    let ids: Vec<Uuid> = page.items.iter().map(|order| order.id).collect();
+    let mut items = items_of(db, &ids).await?;
+    let orders = page
+        .items
+        .into_iter()
+        .map(|order| {
+            let items = items.remove(&order.id).unwrap_or_default();
+            order_from_rows(order, items)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PageOf {
+        items: orders,
+        total: page.total,
+        next: page.next,
+    })
 }
 
 /// One attempt at placing an order, in named steps (each traced, so a slow placement's log says

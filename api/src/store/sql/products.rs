@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::error::OnViolation;
 use super::listing::{self, ListOrder};
+use super::replicas::Reads;
 use super::write::Write;
 use crate::cache::{Caches, Topic};
 use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
@@ -32,20 +33,36 @@ impl From<products::Model> for Product {
     }
 }
 
+/// Loads a batch of (id, wanted position) keys, all at the highest position any of them wants.
 async fn load_products(
-    db: DatabaseConnection,
-    ids: Vec<Uuid>,
-) -> Result<HashMap<Uuid, Product>, StoreError> {
-    let rows = products::Entity::find()
-        .filter(products::Column::Id.is_in(batch::padded(ids)))
-        .all(&db)
+    reads: Reads,
+    keys: Vec<(Uuid, u64)>,
+) -> Result<HashMap<(Uuid, u64), Product>, StoreError> {
+    let wanted = keys.iter().map(|(_, wanted)| *wanted).max().unwrap_or(0);
+    let ids: Vec<Uuid> = keys.iter().map(|(id, _)| *id).collect();
+    let rows = reads
+        .read(wanted, |db| {
+            let ids = batch::padded(ids.clone());
+            async move {
+                Ok(products::Entity::find()
+                    .filter(products::Column::Id.is_in(ids))
+                    .all(&db)
+                    .await?)
+            }
+        })
         .await?;
-    Ok(rows.into_iter().map(|row| (row.id, row.into())).collect())
+    let found: HashMap<Uuid, Product> = rows.into_iter().map(|row| (row.id, row.into())).collect();
+    Ok(keys
+        .into_iter()
+        .filter_map(|key| found.get(&key.0).map(|product| (key, product.clone())))
+        .collect())
 }
 
 #[derive(Clone)]
 pub struct ProductRepo {
+    /// The primary, for writes.
     db: DatabaseConnection,
+    reads: Reads,
     caches: Caches,
     by_id: ById<Product>,
 }
@@ -56,19 +73,24 @@ impl ProductRepo {
         &self.db
     }
 
-    pub fn new(db: DatabaseConnection, caches: Caches) -> Self {
+    pub fn new(reads: Reads, caches: Caches) -> Self {
         let by_id = {
-            let db = db.clone();
-            ById::new(caches.products.clone(), Resource::Product, move |ids| {
-                load_products(db.clone(), ids)
+            let reads = reads.clone();
+            ById::new(caches.products.clone(), Resource::Product, move |keys| {
+                load_products(reads.clone(), keys)
             })
         };
-        Self { db, caches, by_id }
+        Self {
+            db: reads.primary().clone(),
+            reads,
+            caches,
+            by_id,
+        }
     }
 
     /// Read through the cache; misses for different ids at once share one query.
     pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
-        self.by_id.get(id).await
+        self.by_id.get(id, &self.reads).await
     }
 
     pub async fn list(
@@ -86,18 +108,17 @@ impl ProductRepo {
             created_at: products::Column::CreatedAt,
             id: products::Column::Id,
         };
-        let page = listing::list(
-            &self.db,
-            query,
-            order,
-            |row: &products::Model| CursorKey {
-                created_at: row.created_at,
-                id: row.id,
-            },
-            request,
-            None,
-        )
-        .await?;
+        let key = |row: &products::Model| CursorKey {
+            created_at: row.created_at,
+            id: row.id,
+        };
+        let page = self
+            .reads
+            .read_current(|db| {
+                let query = query.clone();
+                async move { Ok(listing::list(&db, query, order, key, request, None).await?) }
+            })
+            .await?;
         Ok(page.map(Product::from))
     }
 

@@ -44,6 +44,8 @@ pub async fn hashes_of<C: ConnectionTrait>(
     Ok(query.into_tuple::<String>().all(conn).await?)
 }
 
+/// Sessions are read from the primary only: a token must work from the moment its login is
+/// answered, and a revoked one stop at once, on every instance, whatever the replicas replayed.
 #[derive(Clone)]
 pub struct SessionRepo {
     db: DatabaseConnection,

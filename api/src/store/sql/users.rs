@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::error::OnViolation;
 use super::listing::{self, Indexed, ListOrder};
+use super::replicas::Reads;
 use super::sessions;
 use super::write::Write;
 use crate::cache::{Caches, Topic};
@@ -38,22 +39,39 @@ impl User {
     }
 }
 
+/// Loads a batch of (id, wanted position) keys, all at the highest position any of them wants.
 async fn load_users(
-    db: DatabaseConnection,
-    ids: Vec<Uuid>,
-) -> Result<HashMap<Uuid, User>, StoreError> {
-    let rows = users::Entity::find()
-        .filter(users::Column::Id.is_in(batch::padded(ids)))
-        .all(&db)
+    reads: Reads,
+    keys: Vec<(Uuid, u64)>,
+) -> Result<HashMap<(Uuid, u64), User>, StoreError> {
+    let wanted = keys.iter().map(|(_, wanted)| *wanted).max().unwrap_or(0);
+    let ids: Vec<Uuid> = keys.iter().map(|(id, _)| *id).collect();
+    let rows = reads
+        .read(wanted, |db| {
+            let ids = batch::padded(ids.clone());
+            async move {
+                Ok(users::Entity::find()
+                    .filter(users::Column::Id.is_in(ids))
+                    .all(&db)
+                    .await?)
+            }
+        })
         .await?;
-    rows.into_iter()
+    let found = rows
+        .into_iter()
         .map(|row| User::from_row(row).map(|user| (user.id, user)))
-        .collect()
+        .collect::<Result<HashMap<_, _>, _>>()?;
+    Ok(keys
+        .into_iter()
+        .filter_map(|key| found.get(&key.0).map(|user| (key, user.clone())))
+        .collect())
 }
 
 #[derive(Clone)]
 pub struct UserRepo {
+    /// The primary: writes, and reads that must see the latest state (logins).
     db: DatabaseConnection,
+    reads: Reads,
     caches: Caches,
     by_id: ById<User>,
 }
@@ -64,19 +82,24 @@ impl UserRepo {
         &self.db
     }
 
-    pub fn new(db: DatabaseConnection, caches: Caches) -> Self {
+    pub fn new(reads: Reads, caches: Caches) -> Self {
         let by_id = {
-            let db = db.clone();
-            ById::new(caches.users.clone(), Resource::User, move |ids| {
-                load_users(db.clone(), ids)
+            let reads = reads.clone();
+            ById::new(caches.users.clone(), Resource::User, move |keys| {
+                load_users(reads.clone(), keys)
             })
         };
-        Self { db, caches, by_id }
+        Self {
+            db: reads.primary().clone(),
+            reads,
+            caches,
+            by_id,
+        }
     }
 
     /// Read through the cache; misses for different ids at once share one query.
     pub async fn get(&self, id: Uuid) -> Result<User, StoreError> {
-        self.by_id.get(id).await
+        self.by_id.get(id, &self.reads).await
     }
 
     pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
@@ -110,14 +133,11 @@ impl UserRepo {
         request: PageRequest,
     ) -> Result<PageOf<User>, StoreError> {
         // Positions are kept per filter: the key names every value that shapes the listing.
-        let indexed = self.caches.users.listing().map(|index| Indexed {
-            index,
-            filter: format!(
-                "status={:?} email={:?}",
-                filter.status.map(UserStatus::as_str),
-                filter.email
-            ),
-        });
+        let filter_key = format!(
+            "status={:?} email={:?}",
+            filter.status.map(UserStatus::as_str),
+            filter.email
+        );
         let mut query = users::Entity::find();
         if let Some(status) = filter.status {
             query = query.filter(users::Column::Status.eq(status.as_str()));
@@ -139,7 +159,17 @@ impl UserRepo {
             created_at: row.created_at,
             id: row.id,
         };
-        let page = listing::list(&self.db, query, order, key, request, indexed).await?;
+        let page = self
+            .reads
+            .read_current(|db| {
+                let query = query.clone();
+                let indexed = self.caches.users.listing().map(|index| Indexed {
+                    index,
+                    filter: filter_key.clone(),
+                });
+                async move { Ok(listing::list(&db, query, order, key, request, indexed).await?) }
+            })
+            .await?;
         let items = page
             .items
             .into_iter()

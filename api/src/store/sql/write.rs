@@ -18,7 +18,7 @@ use sea_orm::{
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 use uuid::Uuid;
 
-use super::notify;
+use super::{notify, replicas};
 use crate::cache::{Caches, Topic};
 use crate::store::error::StoreError;
 
@@ -29,6 +29,8 @@ const ACKNOWLEDGEMENT_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Write<'a> {
     txn: DatabaseTransaction,
+    /// The pool the transaction came from, for reading the commit's position afterwards.
+    db: DatabaseConnection,
     caches: &'a Caches,
     /// Keys changed, added or deleted, in the order written.
     changed: Vec<(Topic, Uuid)>,
@@ -45,6 +47,7 @@ impl<'a> Write<'a> {
         };
         Ok(Self {
             txn: db.begin_with_options(options).await?,
+            db: db.clone(),
             caches,
             changed: Vec::new(),
             acknowledgements,
@@ -77,7 +80,7 @@ impl<'a> Write<'a> {
         }
     }
 
-    /// Announces, commits, evicts.
+    /// Announces, commits, records the commit's position (with replicas), evicts.
     pub async fn commit(self) -> Result<(), StoreError> {
         let mut sessions = Vec::new();
         for &(topic, id) in &self.changed {
@@ -92,6 +95,8 @@ impl<'a> Write<'a> {
             notify::listeners(&self.txn).await?
         };
         self.txn.commit().await?;
+        // Before evicting: a refill that misses afterwards must ask for this commit's position.
+        replicas::record_commit(&self.db, &self.caches.positions).await;
         for &(topic, id) in &self.changed {
             self.caches.evict(topic, id).await;
         }
