@@ -25,17 +25,14 @@ const TABLES: [&str; 7] = [
 /// Guards against a hung process only; nothing here depends on how fast anything is.
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// The real server binary on `db` with its defaults (migrations at start-up included).
-fn server(db: &TestDb, port: u16) -> Command {
+/// The real server binary on `db` with its defaults (migrations at start-up included), on a port
+/// the OS chooses as it binds (its "listening" line names it): a port picked beforehand could
+/// be taken by anything else on the machine before the instance binds it.
+fn server(db: &TestDb) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_storefront"));
     command
         .env("DATABASE_URL", &db.url)
-        .env("PORT", port.to_string())
+        .env("PORT", "0")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .env_remove("DATABASE_DIRECT_URL")
@@ -55,6 +52,8 @@ fn server(db: &TestDb, port: u16) -> Command {
 struct StartUp {
     applied: bool,
     nothing_to_apply: bool,
+    /// The address from the "listening" line.
+    addr: Option<String>,
 }
 
 /// Reads the instance's log up to its "listening" line. Panics with its stderr if it exits first.
@@ -66,7 +65,15 @@ async fn wait_until_listening(child: &mut Child) -> StartUp {
         while let Ok(Some(line)) = lines.next_line().await {
             seen.applied |= line.contains("migrations applied");
             seen.nothing_to_apply |= line.contains("nothing to apply");
-            if line.contains("listening") {
+            // "listening for cache invalidations" comes first on PostgreSQL; the server's own
+            // line names its address.
+            let addr = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("addr="));
+            if line.contains("listening")
+                && let Some(addr) = addr
+            {
+                seen.addr = Some(addr.to_owned());
                 return true;
             }
         }
@@ -123,23 +130,25 @@ async fn four_instances_started_at_once_all_come_up(db: Option<TestDb>) {
     let Some(db) = db else {
         return;
     };
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let mut children: Vec<Child> = ports
-        .iter()
-        .map(|port| server(&db, *port).spawn().expect("start an instance"))
+    let mut children: Vec<Child> = (0..4)
+        .map(|_| server(&db).spawn().expect("start an instance"))
         .collect();
     let mut start_ups = Vec::new();
     for child in &mut children {
         start_ups.push(wait_until_listening(child).await);
     }
     let client = reqwest::Client::new();
-    for port in &ports {
+    for start_up in &start_ups {
+        let addr = start_up
+            .addr
+            .as_deref()
+            .expect("the listening line names the address");
         let ready = client
-            .get(format!("http://127.0.0.1:{port}/ready"))
+            .get(format!("http://{addr}/ready"))
             .send()
             .await
             .expect("an answer");
-        assert_eq!(ready.status(), 200, "instance on {port} is not ready");
+        assert_eq!(ready.status(), 200, "instance on {addr} is not ready");
     }
     // One instance migrated; the others waited for it, or came after it, and found nothing to do.
     let migrated = start_ups.iter().filter(|s| s.applied).count();
@@ -205,9 +214,7 @@ async fn a_held_migration_lock_makes_others_wait_then_give_up(db: Option<TestDb>
         .await
         .expect("take the lock");
 
-    let output = server(&db, free_port())
-        .env("MIGRATION_LOCK_TIMEOUT_SECS", "1")
-        .output();
+    let output = server(&db).env("MIGRATION_LOCK_TIMEOUT_SECS", "1").output();
     let output = tokio::time::timeout(HANG_GUARD, output)
         .await
         .expect("the instance gives up")
