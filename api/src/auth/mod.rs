@@ -63,7 +63,14 @@ pub fn new_token() -> Result<String, ApiError> {
 
 /// What the database keeps of a token: its SHA-256, in hex.
 pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    // Into a buffer: `hex::encode` builds the string a char at a time, which costs a cached
+    // read about 2% of its CPU.
+    let mut hex = [0u8; 64];
+    let digest = Sha256::digest(token.as_bytes());
+    match hex::encode_to_slice(digest, &mut hex) {
+        Ok(()) => String::from_utf8_lossy(&hex).into_owned(),
+        Err(_) => hex::encode(digest),
+    }
 }
 
 /// Whether `token` could be one this service issued (43 URL-safe characters): anything else is

@@ -53,8 +53,10 @@ tokio::task_local! {
 }
 
 /// Runs `work` (a request) with `scope` as its request-scoped consistency state.
-pub async fn within<F: Future>(scope: Arc<Scope>, work: F) -> F::Output {
-    SCOPE.scope(scope, work).await
+pub fn within<F: Future>(scope: Arc<Scope>, work: F) -> impl Future<Output = F::Output> {
+    // Not an `async fn`: that would hold `work` twice (as its argument and inside the scope),
+    // and every request's future would be copied at twice its size.
+    SCOPE.scope(scope, work)
 }
 
 /// What the current request presented (`Nothing` outside a request).
