@@ -15,9 +15,8 @@ use super::conditional::{self, resource_responses};
 use super::enums::OrderStatusDto;
 use super::error::ApiError;
 use super::failures::{Failure, NestedListFailures, PlaceFailures, ReadFailures, UpdateFailures};
-use super::pagination::{page_of, page_request};
+use super::pagination::{Paging, page_of};
 use super::timestamp::Timestamp;
-use super::users::default_per_page;
 use super::{AppState, Tag};
 use crate::auth::{BearerAuth, Caller, access};
 use crate::domain::model::{Idempotency, Order, OrderFilter, PlaceOrder, Placed};
@@ -241,22 +240,13 @@ impl OrdersApi {
         &self,
         auth: BearerAuth,
         id: Path<Uuid>,
-        /// 1-based page number (page mode; not with `cursor`).
-        #[oai(validator(minimum(value = "1")))]
-        page: Query<Option<u64>>,
-        /// Items per page.
-        #[oai(
-            default = "default_per_page",
-            validator(minimum(value = "1"), maximum(value = "100"))
-        )]
-        per_page: Query<u64>,
-        /// Opaque cursor from `next_cursor` (keyset mode; not with `page`).
-        cursor: Query<Option<String>>,
+        // `page`, `per_page` and `cursor`, declared in the document by `spec`.
+        paging: Paging,
         /// Only orders with this status.
         status: Query<Option<OrderStatusDto>>,
     ) -> Result<Json<OrderPage>, Failure<NestedListFailures>> {
         access::see_user(&auth.0, id.0)?;
-        let request = page_request("orders", page.0, Some(per_page.0), cursor.0.as_deref())?;
+        let request = paging.request("orders")?;
         let filter = OrderFilter {
             status: status.0.map(Into::into),
         };

@@ -1,9 +1,16 @@
 //! Page and cursor parameters, the opaque cursor, and the `Page<T>` envelope.
+//!
+//! Every list operation takes the same three parameters, `page`, `per_page` and `cursor`.
+//! poem-openapi binds one parameter to one handler argument, so they are read here by one
+//! extractor (`Paging`) instead of being declared again in every handler, and `spec` declares
+//! them in the document for every operation that answers a page (`PARAMETERS`).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SecondsFormat};
 use uuid::Uuid;
+
+use poem::{FromRequest, Request, RequestBody};
 
 use super::error::ApiError;
 use crate::domain::FieldError;
@@ -11,6 +18,109 @@ use crate::store::{CursorKey, PageOf, PageRequest};
 
 pub const DEFAULT_PER_PAGE: u64 = 20;
 pub const MAX_PER_PAGE: u64 = 100;
+
+/// The listing parameters of a request, as sent: checked by `Paging::request`.
+pub struct Paging {
+    page: Option<u64>,
+    per_page: Option<u64>,
+    cursor: Option<String>,
+    errors: Vec<FieldError>,
+}
+
+impl<'a> FromRequest<'a> for Paging {
+    async fn from_request(request: &'a Request, _body: &mut RequestBody) -> poem::Result<Self> {
+        let mut paging = Paging {
+            page: None,
+            per_page: None,
+            cursor: None,
+            errors: Vec::new(),
+        };
+        let query = request.uri().query().unwrap_or_default();
+        // The first occurrence of a parameter counts, as for every other query parameter.
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match name.as_ref() {
+                "page" if paging.page.is_none() => paging.page = paging.number("page", &value),
+                "per_page" if paging.per_page.is_none() => {
+                    paging.per_page = paging.number("per_page", &value)
+                }
+                "cursor" if paging.cursor.is_none() => paging.cursor = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        Ok(paging)
+    }
+}
+
+impl Paging {
+    fn number(&mut self, name: &str, value: &str) -> Option<u64> {
+        match value.parse() {
+            Ok(number) => Some(number),
+            Err(_) => {
+                self.errors
+                    .push(FieldError::new(name, "must be a whole number"));
+                // Recorded, so that a later occurrence does not count instead.
+                Some(0)
+            }
+        }
+    }
+
+    /// The page request for a listing of `resource`, or every problem with the parameters.
+    pub fn request(&self, resource: &str) -> Result<PageRequest, ApiError> {
+        let mut errors = self.errors.clone();
+        let checked = page_request(resource, self.page, self.per_page, self.cursor.as_deref());
+        match checked {
+            Ok(request) if errors.is_empty() => Ok(request),
+            Ok(_) => Err(ApiError::Validation(errors)),
+            Err(ApiError::Validation(more)) => {
+                // A number that did not parse is reported once, not again as out of range.
+                errors.extend(
+                    more.into_iter()
+                        .filter(|e| !self.errors.iter().any(|seen| seen.field == e.field)),
+                );
+                Err(ApiError::Validation(errors))
+            }
+            Err(other) => Err(other),
+        }
+    }
+}
+
+/// The three parameters as the document declares them, on every operation that answers a page.
+pub fn parameters() -> serde_json::Value {
+    let parameter = |name: &str, description: &str, schema: serde_json::Value| {
+        serde_json::json!({
+            "name": name,
+            "in": "query",
+            "description": description,
+            "required": false,
+            "deprecated": false,
+            "explode": true,
+            "schema": schema,
+        })
+    };
+    serde_json::json!([
+        parameter(
+            "page",
+            "1-based page number (page mode; not with `cursor`).",
+            serde_json::json!({"type": "integer", "format": "uint64", "minimum": 1}),
+        ),
+        parameter(
+            "per_page",
+            "Items per page.",
+            serde_json::json!({
+                "type": "integer",
+                "format": "uint64",
+                "minimum": 1,
+                "maximum": MAX_PER_PAGE,
+                "default": DEFAULT_PER_PAGE,
+            }),
+        ),
+        parameter(
+            "cursor",
+            "Opaque cursor from `next_cursor` (keyset mode; not with `page`).",
+            serde_json::json!({"type": "string"}),
+        ),
+    ])
+}
 
 /// Turns the listing parameters into a page request. `cursor` selects keyset mode and may not
 /// be combined with `page`.
@@ -155,6 +265,58 @@ mod tests {
         assert_eq!(decode_cursor("users", &cursor), Some(key));
         assert_eq!(decode_cursor("products", &cursor), None);
         assert_eq!(decode_cursor("users", "not-a-cursor"), None);
+    }
+
+    async fn paging(query: &str) -> Paging {
+        let request = Request::builder()
+            .uri_str(format!("/v1/users?{query}"))
+            .finish();
+        let (request, mut body) = request.split();
+        Paging::from_request(&request, &mut body).await.unwrap()
+    }
+
+    fn fields(result: Result<PageRequest, ApiError>) -> Vec<String> {
+        match result {
+            Err(ApiError::Validation(errors)) => errors.into_iter().map(|e| e.field).collect(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn paging_reads_the_three_parameters_and_reports_every_problem_once() {
+        assert_eq!(
+            paging("page=3&per_page=50&status=active")
+                .await
+                .request("users")
+                .ok(),
+            Some(PageRequest::Offset {
+                page: 3,
+                per_page: 50
+            })
+        );
+        assert_eq!(
+            paging("").await.request("users").ok(),
+            Some(PageRequest::Offset {
+                page: 1,
+                per_page: DEFAULT_PER_PAGE
+            })
+        );
+        assert_eq!(
+            fields(paging("page=x&per_page=0").await.request("users")),
+            ["page", "per_page"]
+        );
+        assert_eq!(
+            fields(paging("page=0&page=2").await.request("users")),
+            ["page"]
+        );
+        assert_eq!(
+            fields(paging("per_page=-1").await.request("users")),
+            ["per_page"]
+        );
+        assert_eq!(
+            fields(paging("cursor=nope").await.request("users")),
+            ["cursor"]
+        );
     }
 
     #[test]

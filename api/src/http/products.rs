@@ -14,9 +14,9 @@ use super::error::ApiError;
 use super::failures::{
     CreateFailures, DeleteFailures, Failure, PublicListFailures, PublicReadFailures, UpdateFailures,
 };
-use super::pagination::{page_of, page_request};
+use super::pagination::{Paging, page_of};
 use super::timestamp::Timestamp;
-use super::users::{Deleted, default_per_page};
+use super::users::Deleted;
 use super::{AppState, Tag};
 use crate::auth::{BearerAuth, access};
 use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
@@ -153,21 +153,12 @@ impl ProductsApi {
     #[oai(path = "/v1/products", method = "get", operation_id = "listProducts")]
     async fn list(
         &self,
-        /// 1-based page number (page mode; not with `cursor`).
-        #[oai(validator(minimum(value = "1")))]
-        page: Query<Option<u64>>,
-        /// Items per page.
-        #[oai(
-            default = "default_per_page",
-            validator(minimum(value = "1"), maximum(value = "100"))
-        )]
-        per_page: Query<u64>,
-        /// Opaque cursor from `next_cursor` (keyset mode; not with `page`).
-        cursor: Query<Option<String>>,
+        // `page`, `per_page` and `cursor`, declared in the document by `spec`.
+        paging: Paging,
         /// `true`: only products in stock; `false`: only those out of stock.
         in_stock: Query<Option<bool>>,
     ) -> Result<Json<ProductPage>, Failure<PublicListFailures>> {
-        let request = page_request("products", page.0, Some(per_page.0), cursor.0.as_deref())?;
+        let request = paging.request("products")?;
         let filter = ProductFilter {
             in_stock: in_stock.0,
         };

@@ -78,6 +78,7 @@ pub fn finish(raw: &str) -> Value {
         }
     }
     describe_responses(&mut document);
+    document_paging(&mut document);
     document_consistency(&mut document);
     document_optional_sign_in(&mut document);
     document_bounds(&mut document);
@@ -113,6 +114,59 @@ fn document_bounds(document: &mut Value) {
         };
         property.insert(low.to_owned(), min.into());
         property.insert(high.to_owned(), max.into());
+    }
+}
+
+/// Every operation that answers a page takes `page`, `per_page` and `cursor`, read by one
+/// extractor (`pagination::Paging`) that poem-openapi cannot describe: declared here, after the
+/// path's own parameters.
+fn document_paging(document: &mut Value) {
+    let pages: Vec<String> = document
+        .pointer("/components/schemas")
+        .and_then(Value::as_object)
+        .map(|schemas| {
+            schemas
+                .iter()
+                .filter(|(_, schema)| schema.pointer("/properties/per_page").is_some())
+                .map(|(name, _)| format!("#/components/schemas/{name}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for operation in paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|operations| operations.values_mut())
+    {
+        let answers_a_page = operation
+            .pointer("/responses/200/content")
+            .and_then(Value::as_object)
+            .and_then(|content| content.values().next())
+            .and_then(|media| media.pointer("/schema/$ref"))
+            .and_then(Value::as_str)
+            .is_some_and(|schema| pages.iter().any(|page| page == schema));
+        if !answers_a_page {
+            continue;
+        }
+        let Some(operation) = operation.as_object_mut() else {
+            continue;
+        };
+        let parameters = operation
+            .entry("parameters")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(parameters) = parameters.as_array_mut() {
+            let after_path = parameters
+                .iter()
+                .take_while(|p| p.get("in").and_then(Value::as_str) == Some("path"))
+                .count();
+            if let Value::Array(paging) = super::pagination::parameters() {
+                for (offset, parameter) in paging.into_iter().enumerate() {
+                    parameters.insert(after_path + offset, parameter);
+                }
+            }
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use super::error::ApiError;
 use super::failures::{
     DeleteFailures, Failure, ListFailures, ReadFailures, SignUpFailures, UpdateFailures,
 };
-use super::pagination::{page_of, page_request};
+use super::pagination::{Paging, page_of};
 use super::timestamp::Timestamp;
 use super::{AppState, Tag};
 use crate::auth::{self, BearerAuth, access};
@@ -187,24 +187,15 @@ impl UsersApi {
     async fn list(
         &self,
         auth: BearerAuth,
-        /// 1-based page number (page mode; not with `cursor`).
-        #[oai(validator(minimum(value = "1")))]
-        page: Query<Option<u64>>,
-        /// Items per page.
-        #[oai(
-            default = "default_per_page",
-            validator(minimum(value = "1"), maximum(value = "100"))
-        )]
-        per_page: Query<u64>,
-        /// Opaque cursor from `next_cursor` (keyset mode; not with `page`).
-        cursor: Query<Option<String>>,
+        // `page`, `per_page` and `cursor`, declared in the document by `spec`.
+        paging: Paging,
         /// Only users with this status.
         status: Query<Option<UserStatusDto>>,
         /// Only the user with this email (exact, case-insensitive).
         email: Query<Option<String>>,
     ) -> Result<Json<UserPage>, Failure<ListFailures>> {
         access::list_users(&auth.0)?;
-        let request = page_request("users", page.0, Some(per_page.0), cursor.0.as_deref())?;
+        let request = paging.request("users")?;
         let filter = UserFilter {
             status: status.0.map(Into::into),
             email: email.0,
@@ -314,8 +305,4 @@ impl UsersApi {
             ))
         }
     }
-}
-
-pub fn default_per_page() -> u64 {
-    super::pagination::DEFAULT_PER_PAGE
 }

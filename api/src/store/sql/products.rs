@@ -13,8 +13,7 @@ use super::replicas::Reads;
 use super::write::Write;
 use crate::cache::{Caches, Topic};
 use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
-use crate::store::batch;
-use crate::store::by_id::ById;
+use crate::store::by_id::{ById, Key};
 use crate::store::error::{Conflict, Resource, StoreError};
 use crate::store::page::{CursorKey, PageOf, PageRequest};
 
@@ -33,29 +32,17 @@ impl From<products::Model> for Product {
     }
 }
 
-/// Loads a batch of (id, wanted position) keys, all at the highest position any of them wants.
-async fn load_products(
-    reads: Reads,
-    keys: Vec<(Uuid, u64)>,
-) -> Result<HashMap<(Uuid, u64), Product>, StoreError> {
-    let wanted = keys.iter().map(|(_, wanted)| *wanted).max().unwrap_or(0);
-    let ids: Vec<Uuid> = keys.iter().map(|(id, _)| *id).collect();
-    let rows = reads
-        .read(wanted, |db| {
-            let ids = batch::padded(ids.clone());
-            async move {
-                Ok(products::Entity::find()
-                    .filter(products::Column::Id.is_in(ids))
-                    .all(&db)
-                    .await?)
-            }
-        })
-        .await?;
-    let found: HashMap<Uuid, Product> = rows.into_iter().map(|row| (row.id, row.into())).collect();
-    Ok(keys
-        .into_iter()
-        .filter_map(|key| found.get(&key.0).map(|product| (key, product.clone())))
-        .collect())
+async fn load_products(reads: Reads, keys: Vec<Key>) -> Result<HashMap<Key, Product>, StoreError> {
+    let rows = |db: DatabaseConnection, ids: Vec<Uuid>| async move {
+        let rows = products::Entity::find()
+            .filter(products::Column::Id.is_in(ids))
+            .all(&db)
+            .await?;
+        Ok(rows.into_iter().map(Product::from).collect())
+    };
+    reads
+        .load_batch(keys, |product: &Product| product.id, rows)
+        .await
 }
 
 #[derive(Clone)]

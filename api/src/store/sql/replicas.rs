@@ -13,7 +13,7 @@
 //! well again; a read that fails on a replica is answered by the primary. None of it is ever a
 //! client's error.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,11 +24,13 @@ use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, SqlxPostgresConnector, Statement,
 };
+use uuid::Uuid;
 
 use crate::cache::Caches;
 use crate::config::{DatabaseConfig, mask_password};
 use crate::metrics::Metrics;
-use crate::store::by_id::Freshness;
+use crate::store::batch;
+use crate::store::by_id::{Freshness, Key};
 use crate::store::consistency::{self, PRIMARY_ONLY, Positions};
 use crate::store::error::StoreError;
 
@@ -99,6 +101,34 @@ impl Reads {
             Some(replicas) => replicas.read(wanted, query).await,
             None => query(self.primary.clone()).await,
         }
+    }
+
+    /// The loader behind `ById`: a batch of (id, wanted position) keys read at once, at the
+    /// highest position any of them wants. `rows` reads the rows of a set of ids (padded, see
+    /// `batch::padded`); `id_of` names each.
+    pub async fn load_batch<V, F, Fut>(
+        &self,
+        keys: Vec<Key>,
+        id_of: impl Fn(&V) -> Uuid,
+        rows: F,
+    ) -> Result<HashMap<Key, V>, StoreError>
+    where
+        V: Clone,
+        F: Fn(DatabaseConnection, Vec<Uuid>) -> Fut,
+        Fut: Future<Output = Result<Vec<V>, StoreError>>,
+    {
+        let wanted = keys.iter().map(|(_, wanted)| *wanted).max().unwrap_or(0);
+        let ids: Vec<Uuid> = keys.iter().map(|(id, _)| *id).collect();
+        let found: HashMap<Uuid, V> = self
+            .read(wanted, |db| rows(db, batch::padded(ids.clone())))
+            .await?
+            .into_iter()
+            .map(|row| (id_of(&row), row))
+            .collect();
+        Ok(keys
+            .into_iter()
+            .filter_map(|key| found.get(&key.0).map(|row| (key, row.clone())))
+            .collect())
     }
 
     /// `read` at the current request's position.

@@ -15,8 +15,7 @@ use super::write::Write;
 use crate::cache::{Caches, Topic};
 use crate::domain::model::{NewUser, User, UserChanges, UserFilter};
 use crate::domain::{Email, PasswordHash, UserRole, UserStatus};
-use crate::store::batch;
-use crate::store::by_id::ById;
+use crate::store::by_id::{ById, Key};
 use crate::store::error::{Conflict, Resource, StoreError};
 use crate::store::page::{CursorKey, PageOf, PageRequest};
 
@@ -39,32 +38,15 @@ impl User {
     }
 }
 
-/// Loads a batch of (id, wanted position) keys, all at the highest position any of them wants.
-async fn load_users(
-    reads: Reads,
-    keys: Vec<(Uuid, u64)>,
-) -> Result<HashMap<(Uuid, u64), User>, StoreError> {
-    let wanted = keys.iter().map(|(_, wanted)| *wanted).max().unwrap_or(0);
-    let ids: Vec<Uuid> = keys.iter().map(|(id, _)| *id).collect();
-    let rows = reads
-        .read(wanted, |db| {
-            let ids = batch::padded(ids.clone());
-            async move {
-                Ok(users::Entity::find()
-                    .filter(users::Column::Id.is_in(ids))
-                    .all(&db)
-                    .await?)
-            }
-        })
-        .await?;
-    let found = rows
-        .into_iter()
-        .map(|row| User::from_row(row).map(|user| (user.id, user)))
-        .collect::<Result<HashMap<_, _>, _>>()?;
-    Ok(keys
-        .into_iter()
-        .filter_map(|key| found.get(&key.0).map(|user| (key, user.clone())))
-        .collect())
+async fn load_users(reads: Reads, keys: Vec<Key>) -> Result<HashMap<Key, User>, StoreError> {
+    let rows = |db: DatabaseConnection, ids: Vec<Uuid>| async move {
+        let rows = users::Entity::find()
+            .filter(users::Column::Id.is_in(ids))
+            .all(&db)
+            .await?;
+        rows.into_iter().map(User::from_row).collect()
+    };
+    reads.load_batch(keys, |user: &User| user.id, rows).await
 }
 
 #[derive(Clone)]
