@@ -112,4 +112,30 @@ run replica
 stop_server replica
 echo "== reads by source (replica run):"
 cat "$OUT/metrics-replica.txt"
+
+# Reads that must see a write: each presents the token of the write just before it, so it waits
+# for a replica to replay that write (DB_REPLICA_WAIT_MS at most; then the primary answers).
+start_server token DATABASE_REPLICA_URLS="$replica_url"
+wrk -t2 -c32 -d"${SECONDS_EACH}s" --timeout 30s --latency -s bench/lua/write_then_read.lua \
+  "$BASE_URL" -- "$OUT/ids/products.txt" >"$OUT/wrk-token.txt"
+echo "token: $(grep '^BENCH' "$OUT/wrk-token.txt")"
+curl -fsS "$BASE_URL/metrics" >"$OUT/metrics-token-full.txt"
+stop_server token
+python3 - "$OUT/metrics-token-full.txt" <<'PY'
+import re, sys
+buckets, count = [], 0
+for line in open(sys.argv[1]):
+    match = re.match(r'db_replica_wait_seconds_bucket\{le="([^"]+)"\} (\d+)', line)
+    if match:
+        buckets.append((float("inf") if match[1] == "+Inf" else float(match[1]), int(match[2])))
+    elif line.startswith("db_replica_wait_seconds_count"):
+        count = int(line.split()[1])
+def quantile(q):
+    for bound, seen in buckets:
+        if seen >= q * count:
+            return bound
+print(f"token waits: {count}; p50 <= {quantile(0.5) * 1000:g} ms; p99 <= {quantile(0.99) * 1000:g} ms (histogram bucket bounds)")
+reads = dict(re.findall(r'db_reads_total\{source="(\w+)"\} (\d+)', open(sys.argv[1]).read()))
+print(f"reads with a token answered by: replica {reads.get('replica', '0')}, primary {reads.get('primary', '0')}")
+PY
 echo "== raw output in $OUT"

@@ -2,8 +2,8 @@
 //! one process — as in the tests — never mix their figures.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -25,6 +25,7 @@ pub struct Metrics {
     pub replica_lag: IntGaugeVec,
     pub replica_up: IntGaugeVec,
     pub reads: IntCounterVec,
+    pub replica_wait: Histogram,
 }
 
 /// Registers each metric as it is made: a name appears once, with its help text, here.
@@ -61,6 +62,12 @@ impl Builder {
 /// deadline (30 s by default).
 const LATENCY_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Replica wait buckets, in seconds: from a replica already there to well past the default
+/// DB_REPLICA_WAIT_MS (100 ms).
+const REPLICA_WAIT_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
 impl Metrics {
@@ -149,6 +156,17 @@ impl Metrics {
                 "db_reads_total",
                 "Reads outside write transactions by where they were answered (with replicas)",
                 &["source"],
+            ),
+            replica_wait: b.register(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "db_replica_wait_seconds",
+                        "How long reads that must see a write waited for a replica to replay it \
+                         (up to DB_REPLICA_WAIT_MS; then the primary answers)",
+                    )
+                    .buckets(REPLICA_WAIT_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
             ),
             registry: b.registry,
         };

@@ -166,6 +166,8 @@ pub struct Replicas {
     samples: Mutex<VecDeque<(Instant, u64)>>,
     by_primary: IntCounter,
     by_replica: IntCounter,
+    /// How long reads that name a position waited for a replica to reach it.
+    waits: prometheus::Histogram,
 }
 
 impl Replicas {
@@ -229,6 +231,7 @@ impl Replicas {
             samples: Mutex::new(VecDeque::with_capacity(SAMPLES)),
             by_primary: metrics.reads.with_label_values(&["primary"]),
             by_replica: metrics.reads.with_label_values(&["replica"]),
+            waits: metrics.replica_wait.clone(),
         }))
     }
 
@@ -304,7 +307,12 @@ impl Replicas {
         F: Fn(DatabaseConnection) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        if let Some(member) = self.choose(wanted).await {
+        let started = Instant::now();
+        let chosen = self.choose(wanted).await;
+        if wanted != 0 {
+            self.waits.observe(started.elapsed().as_secs_f64());
+        }
+        if let Some(member) = chosen {
             let position = member.replayed.load(Ordering::Acquire);
             match tokio::time::timeout(self.patience, query(member.db.clone())).await {
                 Ok(Ok(value)) => {
