@@ -6,6 +6,7 @@
 //! mongobench get   --url mongodb://…/db --users DIR/users.txt [--concurrency 32] [--seconds 10]
 //! mongobench order --url mongodb://…/db --users DIR/users.txt --products DIR/products.txt
 //! mongobench drop  --url mongodb://…/db
+//! mongobench version --url mongodb://…/db    # the server's version, for the report
 //! ```
 //!
 //! `seed` writes users and products shaped as the service writes them
@@ -63,7 +64,7 @@ async fn run() -> Result<()> {
     let mut argv = std::env::args().skip(1);
     let command = argv
         .next()
-        .ok_or("usage: mongobench seed|get|order|drop --url URL …")?;
+        .ok_or("usage: mongobench seed|get|order|drop|version --url URL …")?;
     let mut args = Args {
         url: String::new(),
         users: 20_000,
@@ -99,6 +100,11 @@ async fn run() -> Result<()> {
         "get" => get(&db, &args).await,
         "order" => order(&client, &db, &args).await,
         "drop" => Ok(db.drop().await?),
+        "version" => {
+            let info = db.run_command(doc! {"buildInfo": 1}).await?;
+            println!("{}", info.get_str("version").unwrap_or("unknown version"));
+            Ok(())
+        }
         _ => Err(format!("unknown command {command:?}").into()),
     }
 }
