@@ -467,8 +467,11 @@ impl Target {
         let unit = match self.measure {
             Measure::Ratio { .. } => "×",
             Measure::Value { unit, .. } => unit.trim_end_matches(" peak"),
-            Measure::NoErrors { .. } => " errors",
+            Measure::NoErrors { .. } => "",
         };
+        if matches!(self.measure, Measure::NoErrors { .. }) {
+            return "no errors".to_owned();
+        }
         match self.goal {
             Goal::AtLeast(goal) => format!("≥ {goal}{unit}"),
             Goal::AtMost(goal) => format!("≤ {goal}{unit}"),
@@ -1222,11 +1225,11 @@ divided by (measured in the same run), the goal. Rows without a goal are there f
         hash_all = g("hash_rate_all"),
         users_rps = g("users_post_rps"),
     );
-    let targets = targets(&run);
+    let targets = targets(run);
     let mut missed = String::new();
     let mut quoted: Vec<&str> = Vec::new();
     for target in &targets {
-        let Some(outcome) = target.outcome(&run) else {
+        let Some(outcome) = target.outcome(run) else {
             let _ = writeln!(
                 s,
                 "| {} | not measured in this run | {} | — |",
@@ -1248,7 +1251,7 @@ divided by (measured in the same run), the goal. Rows without a goal are there f
             target.goal_text()
         );
         if outcome.met == Some(false) {
-            missed.push_str(&missed_section(&run, target, &outcome, &mut quoted));
+            missed.push_str(&missed_section(run, target, &outcome, &mut quoted));
         }
     }
     s.push_str("\n## Missed targets\n");
