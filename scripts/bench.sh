@@ -118,7 +118,8 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 # commands, profiles and plans in OUT); its table of targets also decides what gets profiled.
 
 write_report() {
-  [ -x "$BIN/report" ] || cargo build --release -p bench --bin report
+  # A no-op when the binary is current; --report on its own may follow an edit of the table.
+  cargo build --release -p bench --bin report >&2
   "$BIN/report" --out "$OUT" --root "$ROOT" --report "$REPORT"
 }
 
