@@ -1061,11 +1061,13 @@ show. Ratios between runs are the meaningful output; absolute numbers are specif
   come from its per-transaction log (`-l --sampling-rate 0.2`).
 - Flash sale (scenario 6): {hot} more products with **{flash} in stock each**, sized from
   scenario 4b's rate so that they sell out about halfway through a run, reset before each of its
-  three runs: `bench/pgbench/place_order.sql` on them (the service's statements as it sends them
-  today), `bench/pgbench/place_order_cte.sql` (the same order as one data-modifying statement:
-  lock the rows, guarded stock update, order and items inserted from its result), and
-  `POST /v1/orders` (`bench/lua/post_order.lua`). Every buyer asks for 1–3 of the {hot}
-  products; once a product is gone the answer is 409.
+  four runs: `bench/pgbench/place_order.sql` on them (the service's statements as it sends them
+  today: the baseline of the goal), `bench/pgbench/place_order_cte.sql` (the same order as one
+  data-modifying statement: lock the rows, guarded stock update, order and items inserted from
+  its result, cache notices), the same statement without its `pg_notify` calls, and
+  `POST /v1/orders` (`bench/lua/post_order.lua`, after its warm-up on the same products). Every
+  buyer asks for 1–3 distinct ones of the {hot} products, quantity 1; once a product is gone the
+  answer is 409 (pgbench: ROLLBACK).
 - MongoDB (scenario 7): a scratch database on the MongoDB wire server, seeded with
   `target/release/mongobench seed` ({mongo_users} users, {mongo_products} products, documents as
   the service writes them), the service started on it (`DATABASE_URL=mongodb://…`), and the
