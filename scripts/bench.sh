@@ -5,6 +5,10 @@
 #   scripts/bench.sh                      # everything: build, seed, measure, report (~15 min)
 #   scripts/bench.sh --report DIR         # rewrite BENCHMARKS.md from a finished run's DIR
 #
+# The shell starts and stops servers, seeds and runs the load; `target/release/report` (bench's
+# report binary) turns the raw results it records in BENCH_OUT into BENCHMARKS.md, with the one
+# table of targets that also decides here which runs get profiled.
+#
 # It builds the server and the bench tools (`cargo build --release -p api -p bench`), creates
 # scratch databases on PG_ADMIN_URL's server (dropped again on exit, whatever happens), seeds
 # them with `bench`'s seed binary, and for each scenario starts the release server against one of
@@ -25,7 +29,16 @@
 #   BENCH_SMALL_USERS   users for the page-mode reference listing [10000]
 #   BENCH_BIG_USERS     users for the large listings [1000000]
 #   BENCH_DEEP          keyset depth of the deep cursor run [900000]
-#   BENCH_HOT_PRODUCTS  products the contended order run draws from [10]
+#   BENCH_HOT_PRODUCTS  products the contended order run and the flash sale draw from [10]
+#   BENCH_CONNECTIONS_HIGH
+#                       the second concurrency of the cached read against /health [64]
+#   BENCH_FLASH_STOCK   units of each flash-sale product [sized from the hot-products order
+#                       run's rate to sell out about halfway through a run]
+#   BENCH_MONGO         0: skip the MongoDB scenarios [1]
+#   BENCH_MONGO_URL     a MongoDB server; the run creates and drops a scratch database on it
+#                       [mongodb://127.0.0.1:27017/?directConnection=true]
+#   BENCH_MONGO_USERS, BENCH_MONGO_PRODUCTS
+#                       the MongoDB data set [20000, 1000]
 #   BENCH_WARMUP        seconds of unmeasured load before each measured run [3]
 #   BENCH_PORT          the server's port [18080]
 #   BENCH_PROFILE       1: record a perf profile for every missed target [1]
@@ -47,11 +60,20 @@ SMALL_USERS=${BENCH_SMALL_USERS:-10000}
 BIG_USERS=${BENCH_BIG_USERS:-1000000}
 DEEP=${BENCH_DEEP:-900000}
 HOT_PRODUCTS=${BENCH_HOT_PRODUCTS:-10}
+CONNECTIONS_HIGH=${BENCH_CONNECTIONS_HIGH:-64}
+FLASH_STOCK=${BENCH_FLASH_STOCK:-}
+MONGO=${BENCH_MONGO:-1}
+MONGO_URL=${BENCH_MONGO_URL:-mongodb://127.0.0.1:27017/?directConnection=true}
+MONGO_USERS=${BENCH_MONGO_USERS:-20000}
+MONGO_PRODUCTS=${BENCH_MONGO_PRODUCTS:-1000}
 PORT=${BENCH_PORT:-18080}
 PROFILE=${BENCH_PROFILE:-1}
 PROFILE_SECONDS=8
 WARMUP_SECONDS=${BENCH_WARMUP:-3}
 REPORT=${BENCH_REPORT:-BENCHMARKS.md}
+# Where cargo puts the release binaries (CARGO_TARGET_DIR when set); commands are shown as
+# target/release/… either way.
+BIN=$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-target}" && pwd)/release
 BASE_URL="http://127.0.0.1:$PORT"
 PER_PAGE=20
 export LUA_PATH="$ROOT/bench/lua/?.lua;;"
@@ -81,6 +103,7 @@ calc() { awk "BEGIN { printf \"%.2f\", $* }"; }
 show() {
   local out="" arg
   for arg in "$@"; do
+    arg=${arg//$BIN\//target/release/}
     arg=${arg//$ROOT\//}
     [[ $arg =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]] || arg=$(printf '%q' "$arg")
     out+="${out:+ }$arg"
@@ -91,346 +114,21 @@ show() {
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 # ---------------------------------------------------------------------------------------------
-# The report (also usable on its own with --report DIR)
-
-verdict() { if [ "$1" = 1 ]; then echo "met"; else echo "**missed**"; fi; }
-
-# profile_excerpt NAME: the top of a recorded profile, for a missed target.
-# excerpt FILE LINES: the first LINES lines of a perf report, without comments and blank lines.
-excerpt() {
-  local text
-  text=$(awk '!/^#/ && NF' "$1" 2>/dev/null | cut -c1-150 | head -n "$2" || true)
-  printf '%s\n' "${text:-(nothing above the reporting threshold)}"
-}
-
-profile_excerpt() {
-  local name=$1 f="$OUT/profile-$1"
-  if [ -s "$f-split.txt" ]; then
-    echo
-    local rerun
-    rerun=$(sed -n 's/^BENCH .* rps=\([0-9.]*\) .*/\1/p' "$OUT/wrk-$name-profile.txt" 2>/dev/null || true)
-    echo "A profile of the same load, run again for $PROFILE_SECONDS s under" \
-      "\`perf record -a -g\` (raw data: \`perf-$name.data\`; that re-run did" \
-      "${rerun:-?} requests/s). All samples, by process:"
-    echo
-    echo '```'
-    cat "$f-split.txt"
-    echo '```'
-    echo
-    echo "The server's threads, hottest functions (self time, \`--sort dso,sym\`):"
-    echo
-    echo '```'
-    excerpt "$f-server.txt" 20
-    echo '```'
-    echo
-    echo "The server's threads, inclusive time (\`--children --sort sym\`), top entries:"
-    echo
-    echo '```'
-    excerpt "$f-server-children.txt" 30
-    echo '```'
-    echo
-    echo "PostgreSQL's processes, hottest functions:"
-    echo
-    echo '```'
-    excerpt "$f-postgres.txt" 15
-    echo '```'
-  elif [ -f "$f-split.txt" ]; then
-    echo
-    echo "(No profile: perf was not available.)"
-  fi
-}
-
-# explain_excerpt NAME: a saved EXPLAIN (ANALYZE, BUFFERS).
-explain_excerpt() {
-  if [ -s "$OUT/explain-$1.txt" ]; then
-    echo
-    echo '```'
-    cat "$OUT/explain-$1.txt"
-    echo '```'
-  fi
-}
-
-mib() { calc "$1 / 1024"; }
-
-# ratio A B: A / B, to three significant decimals where it matters (0.695, 61.4).
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { r = a / b; printf (r < 10) ? "%.3f" : "%.1f", r }'; }
-
-# get NAME: the recorded value, or a dash.
-get() { local v=${!1:-}; printf '%s' "${v:-—}"; }
-
-# cpu_row LABEL NAME: a row of the CPU table.
-cpu_row() {
-  local name=$2 server
-  server=$(get "${name}_cpu_server_us")
-  [ "$server" != 0.00 ] || server="—"
-  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$(get "${name}_busy_pct")" "$server" \
-    "$(get "${name}_cpu_pg_us")" "$(get "${name}_cpu_client_us")" "$(get "${name}_other_cores")" \
-    "$(get "${name}_load_before")"
-}
+# The report: target/release/report renders it from the run's raw results (results.env, the
+# commands, profiles and plans in OUT); its table of targets also decides what gets profiled.
 
 write_report() {
-  # shellcheck disable=SC1091
-  source "$OUT/results.env"
-  local r1 r2 r3 r4 r4o r4h m1 m2 m3 m4 m5 m6 rss_limit_kb=$((150 * 1024))
-  r1=$(ratio "$s1_rps" "$pg_get_user_tps")
-  r2=$(ratio "$s2_rps" "$health_rps")
-  r3=$(ratio "$page_big_p99_ms" "$page_small_p99_ms")
-  r4=$(ratio "$cursor_deep_p99_ms" "$cursor_top_p99_ms")
-  r4o=$(ratio "$orders_rps" "$pg_orders_tps")
-  r4h=$(ratio "$orders_hot_rps" "$pg_orders_hot_tps")
-  # Verdicts on the measured values, not on the rounded ratios.
-  m1=$(awk "BEGIN { print ($s1_rps >= 0.5 * $pg_get_user_tps) }")
-  m2=$(awk "BEGIN { print ($s2_rps >= 0.7 * $health_rps) }")
-  m3=$(awk "BEGIN { print ($page_big_p99_ms <= 5 * $page_small_p99_ms) }")
-  m4=$(awk "BEGIN { print ($cursor_deep_p99_ms <= 1.5 * $cursor_top_p99_ms) }")
-  m5=$(((orders_errors + orders_hot_errors) == 0 ? 1 : 0))
-  m6=$((rss_cached_hwm_kb < rss_limit_kb ? 1 : 0))
-  local users_vs_hash
-  users_vs_hash=$(calc "$users_post_rps / ($hash_rate_1 * $machine_nproc)")
-
-  {
-    cat <<EOF
-# Benchmarks
-
-Produced by \`scripts/bench.sh\` on $run_started (UTC); raw output in \`${OUT#"$ROOT"/}\` (not
-committed). Everything below comes from that one run: each figure and the baseline it is
-compared with were measured minutes apart on the same machine, the same PostgreSQL server and the
-same data.
-
-## Machine
-
-| | |
-|---|---|
-| CPU | $machine_cpu, **$machine_nproc cores** (\`nproc\`) |
-| memory | $machine_mem_mib MiB |
-| kernel | $machine_kernel |
-| PostgreSQL | $machine_pg, same machine, reached over TCP on 127.0.0.1 with the clients' default \`sslmode=prefer\` (pgbench: $pg_get_user_tls, the service: $server_tls); $machine_pg_settings |
-| load generators | $machine_wrk; $machine_pgbench |
-| Rust | $machine_rustc, \`cargo build --release\` (the workspace's release profile) |
-| service built from | commit \`$build_commit\`$( [ "${build_changes:-0}" = 0 ] && echo ", no uncommitted changes under api/, entity/, migration/" || echo " plus uncommitted changes to $build_changes file(s) under api/, entity/, migration/ or in Cargo.lock" ) |
-| load average at start | $load_start |
-
-The load generator, the server and PostgreSQL share these $machine_nproc cores, so every figure
-is a whole-machine figure: wrk and pgbench take their share of the CPU, as the profiles below
-show. Ratios between runs are the meaningful output; absolute numbers are specific to this box.
-
-## Method
-
-- Data (\`target/release/seed\`, PostgreSQL \`COPY … FROM STDIN\` after the service's own
-  migrations, then \`VACUUM (ANALYZE)\`): main set $USERS users, $PRODUCTS products
-  (100,000,000 in stock each), $ORDERS orders of 1–3 items; $SMALL_USERS users for the small
-  listing; $BIG_USERS users for the large listings. UUIDv7 ids made from \`created_at\`, spread
-  over the past year; unique lower-case emails; statuses 80/15/5 % active/inactive/suspended;
-  every user has the same precomputed Argon2id hash (m=19456, t=2, p=1) of one password.
-- Seeding took **${seed_main_s} s** for $USERS users / $PRODUCTS products / $ORDERS orders
-  ($seed_main_items items) and **${seed_big_s} s** for $BIG_USERS users / $PRODUCTS products /
-  $ORDERS orders ($seed_big_items items), migrations and VACUUM included.
-- HTTP load: \`wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --timeout 30s --latency\` with a Lua
-  script per scenario (\`bench/lua/\`) that picks random seeded ids, pages or cursors. Latencies
-  are wrk's (coordinated omission not corrected); "errors" are socket errors plus any status the
-  scenario does not allow.
-- Database baselines: \`pgbench -n -M prepared -c $CONNECTIONS -j $THREADS -T $DURATION\` with
-  \`bench/pgbench/get_user.sql\` (the service's primary-key lookup, every column, \`LIMIT 1\`)
-  and \`bench/pgbench/place_order.sql\` (the order transaction's statements and round trips);
-  random seeded ids come from helper tables \`bench_user_ids\`/\`bench_product_ids\`
-  (\`n serial primary key, id uuid\`), so each baseline statement also does one small
-  primary-key probe the service does not. pgbench ran while no server was running. Its p50/p99
-  come from its per-transaction log (\`-l --sampling-rate 0.2\`).
-- Each scenario group ran in its own server process (release build, \`DATABASE_URL\`, \`PORT\`,
-  otherwise defaults unless stated: pool 20, cache TTL 3600 s, 100,000 entries, \`RUST_LOG\`
-  ${server_rust_log}, stdout to a file); peak RSS is \`VmHWM\` from \`/proc/<pid>/status\` when
-  the group ended.
-
-## Results
-
-| scenario | requests/s | p50 ms | p99 ms | errors | status mix | server peak RSS |
-|---|---:|---:|---:|---:|---|---:|
-| pgbench: user by primary key | $pg_get_user_tps tps | $pg_get_user_p50_ms | $pg_get_user_p99_ms | $pg_get_user_failed | | |
-| 1. \`GET /v1/users/{id}\`, cache off | $s1_rps | $s1_p50_ms | $s1_p99_ms | $s1_errors | $s1_statuses | $(mib "$rss_nocache_hwm_kb") MiB |
-| \`GET /health\` | $health_rps | $health_p50_ms | $health_p99_ms | $health_errors | $health_statuses | |
-| 2. \`GET /v1/users/{id}\`, cache warm | $s2_rps | $s2_p50_ms | $s2_p99_ms | $s2_errors | $s2_statuses | $(mib "$rss_cached_hwm_kb") MiB |
-| 3a. page mode, $SMALL_USERS users | $page_small_rps | $page_small_p50_ms | $page_small_p99_ms | $page_small_errors | $page_small_statuses | $(mib "$rss_small_hwm_kb") MiB |
-| 3b. page mode, $BIG_USERS users | $page_big_rps | $page_big_p50_ms | $page_big_p99_ms | $page_big_errors | $page_big_statuses | |
-| 3c. cursor mode, depth 0, $BIG_USERS users | $cursor_top_rps | $cursor_top_p50_ms | $cursor_top_p99_ms | $cursor_top_errors | $cursor_top_statuses | |
-| 3d. cursor mode, depth $DEEP, $BIG_USERS users | $cursor_deep_rps | $cursor_deep_p50_ms | $cursor_deep_p99_ms | $cursor_deep_errors | $cursor_deep_statuses | $(mib "$rss_big_hwm_kb") MiB |
-| pgbench: order transaction, $PRODUCTS products | $pg_orders_tps tps | $pg_orders_p50_ms | $pg_orders_p99_ms | $pg_orders_failed | | |
-| 4a. \`POST /v1/orders\`, $PRODUCTS products | $orders_rps | $orders_p50_ms | $orders_p99_ms | $orders_errors | $orders_statuses | |
-| pgbench: order transaction, $HOT_PRODUCTS hot products | $pg_orders_hot_tps tps | $pg_orders_hot_p50_ms | $pg_orders_hot_p99_ms | $pg_orders_hot_failed | | |
-| 4b. \`POST /v1/orders\`, $HOT_PRODUCTS hot products | $orders_hot_rps | $orders_hot_p50_ms | $orders_hot_p99_ms | $orders_hot_errors | $orders_hot_statuses | $(mib "$rss_orders_hwm_kb") MiB |
-| 5. \`POST /v1/users\` | $users_post_rps | $users_post_p50_ms | $users_post_p99_ms | $users_post_errors | $users_post_statuses | $(mib "$rss_users_hwm_kb") MiB |
-
-With the cache off, the service batches concurrent point reads (\`api/src/repo/batch.rs\`):
-scenario 1's server made **$(get s1_queries)** queries for $(get s1_all_requests) requests
-(warm-up included), $(calc "${s1_all_requests:-0} / (${s1_queries:-0} + 0.000001)") reads per query. In page mode
-the users listing reads pages from recorded page positions (README, "Deep pages"), which the
-server records in the background after the first deep request, during the warm-up: at
-$BIG_USERS users **$(get page_big_index_hits)** requests (warm-up included) were answered from
-them, $(get page_big_index_misses) the plain way while they were being recorded, in
-$(get page_big_index_builds) pass(es) over the index.
-
-Page mode draws pages uniformly from all of them ($((SMALL_USERS / PER_PAGE)) and
-$((BIG_USERS / PER_PAGE)) pages of $PER_PAGE). Cursor runs draw from 1,000 cursors at
-newest-first positions 0–999 and $DEEP–$((DEEP + 999)) (computed by the seeder exactly as the
-service encodes them). The pgbench "errors" column is failed transactions; ${pg_aborted_note} pgbench's
-p50/p99 come from its per-transaction log, and pgbench reads the clock lazily, once per pass of
-each thread's event loop, so on a saturated machine many transactions get near-zero latencies
-and its p50 is not comparable with wrk's; its mean latency is connections ÷ tps (e.g.
-$(calc "$CONNECTIONS * 1000 / $pg_get_user_tps") ms for the lookup).
-
-### Where the CPU went
-
-CPU time per request (per transaction for pgbench) of the server process, of the PostgreSQL
-backends serving it, and of the load generator, from \`/proc/<pid>/stat\` before and after each
-run (pgbench: its backends between 2 s in and 1 s before the end). "Other" is what the rest of
-the machine used meanwhile, in cores: PostgreSQL's background processes, the kernel, and
-whatever else was running.
-
-| run | machine busy % | server µs | PostgreSQL µs | wrk/pgbench µs | other, cores | load avg before |
-|---|---:|---:|---:|---:|---:|---|
-$(cpu_row "pgbench: user by primary key" pg_get_user)
-$(cpu_row "1. user by id, cache off" s1)
-$(cpu_row "\`/health\`" health)
-$(cpu_row "2. user by id, cache warm" s2)
-$(cpu_row "3a. page mode, $SMALL_USERS users" page_small)
-$(cpu_row "3b. page mode, $BIG_USERS users" page_big)
-$(cpu_row "3c. cursor, depth 0" cursor_top)
-$(cpu_row "3d. cursor, depth $DEEP" cursor_deep)
-$(cpu_row "pgbench: order, $PRODUCTS products" pg_orders)
-$(cpu_row "4a. orders, $PRODUCTS products" orders)
-$(cpu_row "pgbench: order, $HOT_PRODUCTS hot products" pg_orders_hot)
-$(cpu_row "4b. orders, $HOT_PRODUCTS hot products" orders_hot)
-$(cpu_row "5. create user" users_post)
-
-Cache: after warming, the users cache held **$cache_users_entries** entries; during scenario 2,
-$cache_hits of $cache_lookups user lookups were hits. The server's RSS right after warming was
-$(mib "$rss_warm_rss_kb") MiB.
-
-Argon2id (\`target/release/hashrate\`, m=19456 KiB, t=2, p=1): **$hash_rate_1 hashes/s on one
-core**, $hash_rate_all/s on $machine_nproc threads. \`POST /v1/users\` reached $users_post_rps/s,
-$users_vs_hash× one core's rate times $machine_nproc cores.
-
-## Targets
-
-| target | measured | |
-|---|---|---|
-| 1. user by id, cache off ≥ 0.5× pgbench | $s1_rps / $pg_get_user_tps = **${r1}×** | $(verdict "$m1") |
-| 2. user by id, cache warm ≥ 0.7× \`/health\` | $s2_rps / $health_rps = **${r2}×** | $(verdict "$m2") |
-| 3. page-mode p99 at $BIG_USERS users ≤ 5× at $SMALL_USERS | $page_big_p99_ms / $page_small_p99_ms ms = **${r3}×** | $(verdict "$m3") |
-| 3. cursor p99 at depth $DEEP ≤ 1.5× at depth 0 | $cursor_deep_p99_ms / $cursor_top_p99_ms ms = **${r4}×** | $(verdict "$m4") |
-| 4. orders: no errors but 409 | random: $orders_statuses; hot: $orders_hot_statuses; errors $orders_errors + $orders_hot_errors | $(verdict "$m5") |
-| RSS < 150 MiB with $cache_users_entries users cached | $(mib "$rss_cached_hwm_kb") MiB peak | $(verdict "$m6") |
-
-Orders against their pgbench script (no target): ${r4o}× with $PRODUCTS products, ${r4h}× with
-$HOT_PRODUCTS hot products.
-EOF
-
-    echo
-    echo "## Missed targets"
-    local any=0
-    if [ "$m1" != 1 ]; then
-      any=1
-      cat <<EOF
-
-### 1. User by id without the cache: ${r1}× pgbench (target 0.5×)
-$(cat "$ROOT/bench/notes/s1.md" 2>/dev/null || true)
-EOF
-      if [ -n "${probe_true_qps:-}" ]; then
-        cat <<EOF
-
-\`target/release/poolprobe\` (the service's query through a SeaORM pool configured like the
-service's, $CONNECTIONS concurrent tasks, no HTTP; same database, same $DURATION s):
-
-| pool | queries/s | p50 ms | p99 ms | vs pgbench |
-|---|---:|---:|---:|---:|
-| as the service builds it (\`test_before_acquire\` on) | $probe_true_qps | $probe_true_p50_ms | $probe_true_p99_ms | $(calc "$probe_true_qps / $pg_get_user_tps")× |
-| \`test_before_acquire(false)\` | $probe_false_qps | $probe_false_p50_ms | $probe_false_p99_ms | $(calc "$probe_false_qps / $pg_get_user_tps")× |
-EOF
-      fi
-      profile_excerpt s1
-    fi
-    if [ "$m2" != 1 ]; then
-      any=1
-      cat <<EOF
-
-### 2. User by id from the cache: ${r2}× \`/health\` (target 0.7×)
-$(cat "$ROOT/bench/notes/s2.md" 2>/dev/null || true)
-EOF
-      profile_excerpt s2
-    fi
-    if [ "$m3" != 1 ]; then
-      any=1
-      cat <<EOF
-
-### 3. Page mode: p99 ${r3}× at $BIG_USERS users against $SMALL_USERS (target 5×)
-$(cat "$ROOT/bench/notes/page.md" 2>/dev/null || true)
-
-The listing query at a middle page of the large set (\`EXPLAIN (ANALYZE, BUFFERS)\`):
-EOF
-      explain_excerpt page_big
-      profile_excerpt page_big
-    fi
-    if [ "$m4" != 1 ]; then
-      any=1
-      cat <<EOF
-
-### 3. Cursor mode: p99 ${r4}× at depth $DEEP against depth 0 (target 1.5×)
-$(cat "$ROOT/bench/notes/cursor.md" 2>/dev/null || true)
-
-The keyset query at depth $DEEP (\`EXPLAIN (ANALYZE, BUFFERS)\`):
-EOF
-      explain_excerpt cursor_deep
-      profile_excerpt cursor_deep
-    fi
-    if [ "$m5" != 1 ]; then
-      any=1
-      cat <<EOF
-
-### 4. Orders answered something other than 201/409
-Random products: $orders_statuses ($orders_socket_errors socket errors); hot products:
-$orders_hot_statuses ($orders_hot_socket_errors socket errors).
-$(cat "$ROOT/bench/notes/orders.md" 2>/dev/null || true)
-EOF
-      profile_excerpt orders_hot
-    fi
-    if [ "$m6" != 1 ]; then
-      any=1
-      cat <<EOF
-
-### RSS with the users cached: $(mib "$rss_cached_hwm_kb") MiB (target < 150 MiB)
-$(cat "$ROOT/bench/notes/rss.md" 2>/dev/null || true)
-EOF
-    fi
-    [ "$any" = 1 ] || printf '\nNone.\n'
-    if [ -s "$ROOT/bench/notes/general.md" ]; then
-      echo
-      cat "$ROOT/bench/notes/general.md"
-    fi
-
-    cat <<EOF
-
-## Exact commands
-
-In the order they ran (\`\$OUT\` is \`${OUT#"$ROOT"/}\`; the scratch databases were dropped at
-the end):
-
-\`\`\`sh
-$(sed -e "s|$OUT|\$OUT|g" -e "s|${OUT#"$ROOT"/}|\$OUT|g" "$OUT/commands.txt")
-\`\`\`
-EOF
-  } >"$REPORT.tmp"
-  mv "$REPORT.tmp" "$REPORT"
-  say "wrote $REPORT"
+  # A no-op when the binary is current; --report on its own may follow an edit of the table.
+  cargo build --release -p bench --bin report >&2
+  "$BIN/report" --out "$OUT" --root "$ROOT" --report "$REPORT"
 }
+
+# target_missed ID: true when the report's target ID was measured and missed (profile it).
+target_missed() { "$BIN/report" --out "$OUT" --missed "$1"; }
 
 if [ "${1:-}" = "--report" ]; then
   [ -n "${2:-}" ] && [ -f "$2/results.env" ] || die "usage: scripts/bench.sh --report DIR (a finished run)"
   OUT=$(cd "$2" && pwd)
-  # Settings as they were for that run.
-  # shellcheck disable=SC1091
-  source "$OUT/results.env"
-  USERS=$cfg_users PRODUCTS=$cfg_products ORDERS=$cfg_orders SMALL_USERS=$cfg_small_users
-  BIG_USERS=$cfg_big_users DEEP=$cfg_deep HOT_PRODUCTS=$cfg_hot_products DURATION=$cfg_duration
-  CONNECTIONS=$cfg_connections THREADS=$cfg_threads
   write_report
   exit 0
 fi
@@ -450,6 +148,7 @@ SERVER_DB=""
 PG_LOCAL=0
 BACKGROUND_PIDS=()
 DATABASES=()
+MONGO_DROP_URL=""
 RUN_ID="$(date +%s)_$$"
 
 stop_server() {
@@ -480,6 +179,10 @@ cleanup() {
     psql -q "$PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
       echo "bench: could not drop scratch database $db" >&2
   done
+  if [ -n "$MONGO_DROP_URL" ]; then
+    "$BIN/mongobench" drop --url "$MONGO_DROP_URL" >/dev/null 2>&1 ||
+      echo "bench: could not drop the scratch MongoDB database" >&2
+  fi
   [ $status -eq 0 ] || echo "bench: failed (status $status); raw output in $OUT" >&2
   exit $status
 }
@@ -507,7 +210,7 @@ create_db() {
 seed() {
   local name=$1 url=$2
   shift 2
-  local cmd=(target/release/seed --database-url "$url" "$@")
+  local cmd=("$BIN/seed" --database-url "$url" "$@")
   note_cmd "$(show "${cmd[@]}")"
   "${cmd[@]}" >"$OUT/$name.txt" 2>"$OUT/$name.log" || {
     cat "$OUT/$name.log" >&2
@@ -530,8 +233,8 @@ start_server() {
     ADMIN_EMAIL=bench-admin@storefront.test ADMIN_PASSWORD=bench-admin-password)
   [ -z "${RUST_LOG:-}" ] || vars+=(RUST_LOG="$RUST_LOG")
   vars+=("$@")
-  note_cmd "$(show env "${vars[@]}" target/release/api) > \$OUT/server-$name.log 2>&1 &"
-  env "${vars[@]}" target/release/api >"$OUT/server-$name.log" 2>&1 &
+  note_cmd "$(show env "${vars[@]}" "$BIN/api") > \$OUT/server-$name.log 2>&1 &"
+  env "${vars[@]}" "$BIN/api" >"$OUT/server-$name.log" 2>&1 &
   SERVER_PID=$!
   local tries=0
   until curl -fsS -o /dev/null "$BASE_URL/ready" 2>/dev/null; do
@@ -565,7 +268,7 @@ metric() { # metric PATTERN: the value of the first /metrics line that starts wi
 wrk_for() {
   local seconds=$1 name=$2 script=$3
   shift 3
-  local cmd=(wrk "-t$THREADS" "-c$CONNECTIONS" "-d${seconds}s" --timeout 30s --latency
+  local cmd=(wrk "-t$THREADS" "-c${WRK_CONNECTIONS:-$CONNECTIONS}" "-d${seconds}s" --timeout 30s --latency
     -s "bench/lua/$script" "$BASE_URL" -- "$@")
   note_cmd "$(show "${cmd[@]}") > \$OUT/wrk-$name.txt"
   local TIMEFORMAT='%U %S'
@@ -706,8 +409,10 @@ pgbench_run() {
   shift 3
   local prefix="$OUT/pgbench-$name"
   rm -f "$prefix".log*
+  # A script made for this run lives in OUT; the others in bench/pgbench.
+  [ "${script#/}" != "$script" ] || script="bench/pgbench/$script"
   local cmd=(pgbench -n -M prepared -c "$CONNECTIONS" -j "$THREADS" -T "$DURATION"
-    -f "bench/pgbench/$script" "$@" -l --sampling-rate 0.2 --log-prefix "$prefix.log" "$url")
+    -f "$script" "$@" -l --sampling-rate 0.2 --log-prefix "$prefix.log" "$url")
   note_cmd "$(show "${cmd[@]}") > \$OUT/pgbench-$name.txt"
   record "${name}_load_before" "$(loadavg)"
   local status=0 TIMEFORMAT='%U %S'
@@ -737,6 +442,7 @@ pgbench_run() {
   failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$OUT/pgbench-$name.txt")
   aborted=$(grep -c 'aborted' "$OUT/pgbench-$name.txt" || true)
   record "${name}_tps" "$(calc "$tps")"
+  record "${name}_transactions" "$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$OUT/pgbench-$name.txt")"
   # Transactions in the sampled window, and pgbench's own CPU spread over all it ran.
   local window_tx all_tx client_s
   window_tx=$(calc "$tps * ($t1 - $t0)")
@@ -758,17 +464,14 @@ pgbench_run() {
     "$(eval echo "\$${name}_p50_ms")" "$(eval echo "\$${name}_p99_ms")" "${failed:-0}" "$aborted" >&2
 }
 
-missed() { # missed EXPR: true when the awk condition EXPR is false
-  [ "$(awk "BEGIN { print ($*) ? 1 : 0 }")" = 0 ]
-}
-
 # ---------------------------------------------------------------------------------------------
 # The run
 
 record run_started "$(date -u '+%Y-%m-%d %H:%M')"
 for kv in users="$USERS" products="$PRODUCTS" orders="$ORDERS" small_users="$SMALL_USERS" \
   big_users="$BIG_USERS" deep="$DEEP" hot_products="$HOT_PRODUCTS" duration="$DURATION" \
-  connections="$CONNECTIONS" threads="$THREADS"; do
+  connections="$CONNECTIONS" threads="$THREADS" connections_high="$CONNECTIONS_HIGH" \
+  mongo_users="$MONGO_USERS" mongo_products="$MONGO_PRODUCTS"; do
   record "cfg_${kv%%=*}" "${kv#*=}"
 done
 [ "$DEEP" -lt "$BIG_USERS" ] || die "BENCH_DEEP ($DEEP) must be below BENCH_BIG_USERS ($BIG_USERS)"
@@ -823,7 +526,7 @@ note_cmd "export LUA_PATH='bench/lua/?.lua;;'  # for the wrk scripts' require \"
 say "hash rate"
 for threads in 1 "$machine_nproc"; do
   note_cmd "target/release/hashrate --seconds 5 --threads $threads"
-  line=$(target/release/hashrate --seconds 5 --threads "$threads")
+  line=$("$BIN/hashrate" --seconds 5 --threads "$threads")
   echo "$line" >&2
   key=hash_rate_1
   [ "$threads" = 1 ] || key=hash_rate_all
@@ -867,13 +570,13 @@ record s1_queries "$(awk "BEGIN { printf \"%d\", ${queries_after:-0} - ${queries
 record s1_all_requests "$((s1_requests + ${warmup_requests:-0}))"
 record server_tls "$(tls_of "$SERVER_DB")"
 server_memory rss_nocache
-if missed "$s1_rps >= 0.5 * $pg_get_user_tps"; then
+if target_missed s1; then
   profile s1 get_user.lua "$OUT/main/users.txt"
   stop_server
   # The same query through a pool built like the service's, without HTTP, with and without
   # the pool's checkout ping.
   for check in true false; do
-    cmd=(target/release/poolprobe --database-url "$MAIN_URL" --ids "$OUT/main/users.txt"
+    cmd=("$BIN/poolprobe" --database-url "$MAIN_URL" --ids "$OUT/main/users.txt"
       --concurrency "$CONNECTIONS" --seconds "$DURATION" --test-before-acquire "$check")
     note_cmd "$(show "${cmd[@]}")"
     line=$("${cmd[@]}")
@@ -906,10 +609,16 @@ hits_after=$(metric 'cache_requests_total{cache="users",result="hit"}')
 misses_after=$(metric 'cache_requests_total{cache="users",result="miss"}')
 record cache_hits "$(awk "BEGIN { printf \"%d\", ${hits_after:-0} - ${hits_before:-0} }")"
 record cache_lookups "$(awk "BEGIN { printf \"%d\", ${hits_after:-0} + ${misses_after:-0} - ${hits_before:-0} - ${misses_before:-0} }")"
-server_memory rss_cached
-if missed "$s2_rps >= 0.7 * $health_rps"; then
+if target_missed s2; then
   profile s2 get_user.lua "$OUT/main/users.txt"
 fi
+# The same comparison at twice the connections: more requests in flight on the same cores.
+WRK_CONNECTIONS=$CONNECTIONS_HIGH measure health_high health.lua
+WRK_CONNECTIONS=$CONNECTIONS_HIGH measure s2_high get_user.lua "$OUT/main/users.txt"
+if target_missed s2_high; then
+  WRK_CONNECTIONS=$CONNECTIONS_HIGH profile s2_high get_user.lua "$OUT/main/users.txt"
+fi
+server_memory rss_cached
 stop_server
 
 say "3. listings: page mode at $SMALL_USERS and $BIG_USERS users, cursor mode at depth 0 and $DEEP"
@@ -922,12 +631,12 @@ measure page_big list_page.lua "$((BIG_USERS / PER_PAGE))"
 record page_big_index_hits "$(metric 'listing_index_requests_total{listing="users",result="hit"}')"
 record page_big_index_misses "$(metric 'listing_index_requests_total{listing="users",result="miss"}')"
 record page_big_index_builds "$(metric 'listing_index_builds_total{listing="users",outcome="built"}')"
-if missed "$page_big_p99_ms <= 5 * $page_small_p99_ms"; then
+if target_missed page_big; then
   profile page_big list_page.lua "$((BIG_USERS / PER_PAGE))"
 fi
 measure cursor_top list_cursor.lua "$OUT/big/cursors-0.txt"
 measure cursor_deep list_cursor.lua "$OUT/big/cursors-$DEEP.txt"
-if missed "$cursor_deep_p99_ms <= 1.5 * $cursor_top_p99_ms"; then
+if target_missed cursor_deep; then
   profile cursor_deep list_cursor.lua "$OUT/big/cursors-$DEEP.txt"
 fi
 server_memory rss_big
@@ -942,7 +651,7 @@ EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT $columns FROM \"users\" ORDER BY \"
 note_cmd "psql \"\$BIG_URL\" <<'SQL'  # the plans quoted in the report
 $page_sql"
 psql -q -X "$BIG_URL" >"$OUT/explain-page_big.txt" 2>&1 <<<"$page_sql" || true
-deep_key=$(target/release/cursor decode users "$(head -n 1 "$OUT/big/cursors-$DEEP.txt")")
+deep_key=$("$BIN/cursor" decode users "$(head -n 1 "$OUT/big/cursors-$DEEP.txt")")
 read -r deep_at deep_id <<<"$deep_key"
 cursor_sql="EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT $columns FROM \"users\" WHERE \"users\".\"created_at\" <= '$deep_at' AND (\"users\".\"created_at\" < '$deep_at' OR \"users\".\"id\" < '$deep_id') ORDER BY \"users\".\"created_at\" DESC, \"users\".\"id\" DESC LIMIT 21;"
 psql -q -X "$BIG_URL" >"$OUT/explain-cursor_deep.txt" 2>&1 <<<"$cursor_sql" || true
@@ -950,12 +659,12 @@ note_cmd "$cursor_sql
 SQL"
 
 say "4. POST /v1/orders against pgbench"
-pgbench_run pg_orders "$MAIN_URL" place_order.sql -D users="$USERS" -D products="$PRODUCTS"
-pgbench_run pg_orders_hot "$MAIN_URL" place_order.sql -D users="$USERS" -D products="$HOT_PRODUCTS"
+pgbench_run pg_orders "$MAIN_URL" place_order.sql -D users="$USERS" -D products="$PRODUCTS" -D base=0
+pgbench_run pg_orders_hot "$MAIN_URL" place_order.sql -D users="$USERS" -D products="$HOT_PRODUCTS" -D base=0
 start_server orders "$MAIN_URL"
 measure orders post_order.lua "$OUT/main/users.txt" "$OUT/main/products.txt" 0
 measure orders_hot post_order.lua "$OUT/main/users.txt" "$OUT/main/products.txt" "$HOT_PRODUCTS"
-if [ "$((orders_errors + orders_hot_errors))" != 0 ]; then
+if target_missed orders; then
   profile orders_hot post_order.lua "$OUT/main/users.txt" "$OUT/main/products.txt" "$HOT_PRODUCTS"
 fi
 server_memory rss_orders
@@ -967,12 +676,123 @@ measure users_post post_user.lua "$RUN_ID"
 server_memory rss_users
 stop_server
 
-aborted_total=$((pg_get_user_aborted + pg_orders_aborted + pg_orders_hot_aborted))
-if [ "$aborted_total" = 0 ]; then
-  record pg_aborted_note "no pgbench client aborted."
-else
-  record pg_aborted_note "**$aborted_total pgbench clients aborted** (see \`\$OUT/pgbench-*.txt\`)."
+say "6. flash sale: POST /v1/orders on $HOT_PRODUCTS products that sell out, against pgbench"
+# Enough stock to sell out about halfway through a run at 4b's rate (1-3 lines, 2 on average).
+FLASH_STOCK=${FLASH_STOCK:-$(awk -v r="$orders_hot_rps" -v d="$DURATION" -v n="$HOT_PRODUCTS" \
+  'BEGIN { s = int(r * d / n); print (s < 1) ? 1 : s }')}
+record flash_stock_per_product "$FLASH_STOCK"
+record flash_stock_total "$((FLASH_STOCK * HOT_PRODUCTS))"
+# The flash products follow the seeded ones in bench_product_ids (n > PRODUCTS), in id order.
+flash_sql="WITH p AS (INSERT INTO products (id, sku, name, price_cents, stock, created_at, updated_at, version)
+  SELECT gen_random_uuid(), 'FLASH-$RUN_ID-' || g, 'Flash sale product ' || g, 1000, $FLASH_STOCK, now(), now(), 1
+    FROM generate_series(1, $HOT_PRODUCTS) AS g RETURNING id)
+INSERT INTO bench_product_ids (id) SELECT id FROM p ORDER BY id;"
+note_cmd "psql \"\$MAIN_URL\" -c \"$flash_sql\""
+psql -q -v ON_ERROR_STOP=1 "$MAIN_URL" -c "$flash_sql" >/dev/null
+psql -tAX "$MAIN_URL" -c "SELECT id FROM bench_product_ids WHERE n > $PRODUCTS ORDER BY n" >"$OUT/main/flash.txt"
+FLASH_IDS="(SELECT id FROM bench_product_ids WHERE n > $PRODUCTS)"
+# flash_reset: full stock again before a run; FLASH_T0 marks the run's start.
+flash_reset() {
+  note_cmd "psql \"\$MAIN_URL\" -c 'UPDATE products SET stock = $FLASH_STOCK WHERE id IN $FLASH_IDS' -c 'VACUUM products'"
+  psql -q -v ON_ERROR_STOP=1 "$MAIN_URL" -c "UPDATE products SET stock = $FLASH_STOCK WHERE id IN $FLASH_IDS" \
+    -c "VACUUM products" >/dev/null
+  FLASH_T0=$(date +%s.%N)
+}
+# flash_sold NAME: records NAME_orders (placed since FLASH_T0), NAME_left (units),
+# NAME_last_sale_s (the last placed order's time, from FLASH_T0).
+flash_sold() {
+  local row orders left last
+  row=$(psql -tAX -F ' ' "$MAIN_URL" -c "WITH sold AS (
+      SELECT DISTINCT o.id, o.created_at FROM order_items i JOIN orders o ON o.id = i.order_id
+       WHERE i.product_id IN $FLASH_IDS AND o.created_at >= to_timestamp($FLASH_T0))
+    SELECT (SELECT count(*) FROM sold), (SELECT sum(stock) FROM products WHERE id IN $FLASH_IDS),
+           coalesce((SELECT round(extract(epoch FROM max(created_at)) - $FLASH_T0, 2) FROM sold)::text, '—')")
+  read -r orders left last <<<"$row"
+  record "${1}_orders" "$orders"
+  record "${1}_left" "$left"
+  record "${1}_last_sale_s" "$last"
+}
+flash_args=(-D users="$USERS" -D products="$HOT_PRODUCTS" -D base="$PRODUCTS")
+flash_reset
+pgbench_run pg_flash "$MAIN_URL" place_order.sql "${flash_args[@]}"
+flash_sold pg_flash
+flash_reset
+pgbench_run pg_flash_cte "$MAIN_URL" place_order_cte.sql "${flash_args[@]}"
+flash_sold pg_flash_cte
+# The same statement without its cache notices: NOTIFY serialises commits on a database-wide
+# lock, and this shows what that costs under contention.
+sed 's/(SELECT count(\*) FROM (SELECT pg_notify(.*) FROM items i) n) AS announced;/(SELECT count(*) FROM items) AS announced;/' \
+  bench/pgbench/place_order_cte.sql >"$OUT/place_order_cte_quiet.sql"
+! grep -q pg_notify "$OUT/place_order_cte_quiet.sql" || die "could not strip the notices from place_order_cte.sql"
+note_cmd "sed 's/(SELECT count(\\*) FROM (SELECT pg_notify(.*) FROM items i) n) AS announced;/(SELECT count(*) FROM items) AS announced;/' bench/pgbench/place_order_cte.sql > \$OUT/place_order_cte_quiet.sql"
+flash_reset
+pgbench_run pg_flash_quiet "$MAIN_URL" "$OUT/place_order_cte_quiet.sql" "${flash_args[@]}"
+flash_sold pg_flash_quiet
+start_server flash "$MAIN_URL"
+# Warm up on the flash products, then give them their stock back for the measured run.
+[ "$WARMUP_SECONDS" = 0 ] ||
+  wrk_for "$WARMUP_SECONDS" flash-warmup post_order.lua "$OUT/main/users.txt" "$OUT/main/flash.txt" 0
+flash_reset
+WARMUP_SECONDS=0 measure flash post_order.lua "$OUT/main/users.txt" "$OUT/main/flash.txt" 0
+flash_sold flash
+if target_missed flash || target_missed flash_p99 || target_missed flash_statuses; then
+  flash_reset
+  profile flash post_order.lua "$OUT/main/users.txt" "$OUT/main/flash.txt" 0
 fi
+server_memory rss_flash
+stop_server
+
+if [ "$MONGO" = 1 ]; then
+  say "7. MongoDB: GET /v1/users/{id} cold and POST /v1/orders, against the driver alone"
+  mongo_base=${MONGO_URL%%\?*}
+  mongo_query=""
+  [[ $MONGO_URL != *\?* ]] || mongo_query="?${MONGO_URL#*\?}"
+  MONGO_DB_URL="${mongo_base%/}/storefront_bench_${RUN_ID}$mongo_query"
+  MONGO_DROP_URL=$MONGO_DB_URL
+  record machine_mongo "$("$BIN/mongobench" version --url "$MONGO_DB_URL")"
+  cmd=("$BIN/mongobench" seed --url "$MONGO_DB_URL" --users "$MONGO_USERS" --products "$MONGO_PRODUCTS"
+    --out-dir "$OUT/mongo")
+  note_cmd "$(show "${cmd[@]}")"
+  "${cmd[@]}" >"$OUT/seed_mongo.txt" 2>&1 || {
+    cat "$OUT/seed_mongo.txt" >&2
+    die "seeding MongoDB failed"
+  }
+  record seed_mongo_s "$(sed -n 's/.*elapsed_s=\([0-9.]*\).*/\1/p' "$OUT/seed_mongo.txt")"
+  # mongo_driver NAME COMMAND ARGS...: a mongobench run at the same concurrency and duration as
+  # wrk's; records NAME_rps, NAME_p50_ms, NAME_p99_ms, NAME_errors, NAME_retries.
+  mongo_driver() {
+    local name=$1 command=$2
+    shift 2
+    local cmd=("$BIN/mongobench" "$command" --url "$MONGO_DB_URL" "$@" --concurrency "$CONNECTIONS"
+      --seconds "$DURATION" --warmup "$WARMUP_SECONDS")
+    note_cmd "$(show "${cmd[@]}") > \$OUT/mongobench-$name.txt"
+    record "${name}_load_before" "$(loadavg)"
+    "${cmd[@]}" >"$OUT/mongobench-$name.txt" 2>&1 || {
+      cat "$OUT/mongobench-$name.txt" >&2
+      die "mongobench failed ($name)"
+    }
+    local line kv
+    line=$(grep '^BENCH ' "$OUT/mongobench-$name.txt")
+    for kv in ${line#BENCH }; do
+      record "${name}_${kv%%=*}" "${kv#*=}"
+    done
+    printf '%-12s %s\n' "$name" "${line#BENCH }" >&2
+  }
+  mongo_driver mongo_driver_get get --users "$OUT/mongo/users.txt"
+  start_server mongo_get "$MONGO_DB_URL" CACHE_TTL_SECS=0
+  measure mongo_get get_user.lua "$OUT/mongo/users.txt"
+  server_memory rss_mongo_get
+  stop_server
+  mongo_driver mongo_driver_orders order --users "$OUT/mongo/users.txt" --products "$OUT/mongo/products.txt"
+  start_server mongo_orders "$MONGO_DB_URL"
+  measure mongo_orders post_order.lua "$OUT/mongo/users.txt" "$OUT/mongo/products.txt" 0
+  server_memory rss_mongo_orders
+  stop_server
+  note_cmd "$(show "$BIN/mongobench" drop --url "$MONGO_DB_URL")"
+  "$BIN/mongobench" drop --url "$MONGO_DB_URL"
+  MONGO_DROP_URL=""
+fi
+
 record load_end "$(loadavg)"
 # One INFO line per request adds up to gigabytes over a run.
 gzip -f "$OUT"/server-*.log

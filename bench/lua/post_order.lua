@@ -4,7 +4,8 @@
 local common = require "common"
 allowed = { [201] = true, [409] = true }
 local users, products, pool
-local headers = { ["Content-Type"] = "application/json" }
+-- An explicit header table replaces wrk.headers, so the admin's token (common.lua) goes in too.
+local headers = { ["Content-Type"] = "application/json", ["Authorization"] = wrk.headers["Authorization"] }
 
 function init(args)
   users = common.read_lines(args[1])
