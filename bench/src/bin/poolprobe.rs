@@ -7,7 +7,7 @@
 //!     [--max-connections 20] [--test-before-acquire true|false]
 //! ```
 //!
-//! The pool is built as `api/src/db/mod.rs` builds it (same pool size, SeaORM's defaults
+//! The pool is built as `api/src/store/sql/pool.rs` builds it (same pool size, SeaORM's defaults
 //! otherwise); `--test-before-acquire false` turns off the ping sqlx sends on every checkout
 //! (sqlx also pings on every release, which no option turns off). Each task runs
 //! `SELECT … FROM users WHERE id = $1 LIMIT $2` for random ids, as `find_by_id(..).one(..)` does.
