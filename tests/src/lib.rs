@@ -10,6 +10,7 @@
 //! fails the test instead of skipping it.
 
 pub mod pgbouncer;
+mod process;
 pub mod proxy;
 pub mod replica;
 pub mod users;

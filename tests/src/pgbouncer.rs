@@ -7,6 +7,7 @@
 //! serve this service in session mode, so that is what runs there (the README explains why).
 //! `PGBOUNCER` names the binary (default: `pgbouncer` on the `PATH`).
 
+use crate::process::{free_port, running_as_root};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -145,19 +146,4 @@ async fn version(binary: &str) -> Result<(u32, u32), Unavailable> {
         })
         .ok_or_else(|| Unavailable(format!("unexpected version line: {text}")))?;
     Ok(parsed)
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("a bound address").port()
-}
-
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find(|line| line.starts_with("Uid:"))
-            .and_then(|line| line.split_whitespace().nth(1))
-            == Some("0")
-    })
 }

@@ -15,6 +15,7 @@
 //! 127.0.0.1 (`.ci/run` adds the pg_hba.conf entry). PostgreSQL refuses to run as root, so as
 //! root the replica runs as the `postgres` user.
 
+use crate::process::{free_port, running_as_root};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -314,19 +315,4 @@ fn watch_over(dir: &Path, slot: &str, primary: &url::Url) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("a bound address").port()
-}
-
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find(|line| line.starts_with("Uid:"))
-            .and_then(|line| line.split_whitespace().nth(1))
-            == Some("0")
-    })
 }

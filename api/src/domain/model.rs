@@ -95,6 +95,12 @@ pub struct ProductChanges {
     pub stock: Option<Stock>,
 }
 
+impl ProductChanges {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.price.is_none() && self.stock.is_none()
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProductFilter {
     /// `true`: stock > 0; `false`: stock = 0.

@@ -216,7 +216,6 @@ impl Users {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<PasswordHash, StoreError>>,
     {
-        let internal = |why: String| StoreError::internal(why);
         for _ in 0..3 {
             if let Some(user) = self.find_by_email(email).await? {
                 if user.role == UserRole::Admin {
@@ -230,7 +229,7 @@ impl Users {
             }
             let created = self
                 .create(NewUser {
-                    name: UserName::parse("Administrator").map_err(internal)?,
+                    name: UserName::parse("Administrator").map_err(StoreError::internal)?,
                     email: email.clone(),
                     password: password().await?,
                     status: UserStatus::Active,
@@ -242,8 +241,8 @@ impl Users {
                 other => return other,
             }
         }
-        Err(internal(
-            "the admin account kept changing while it was being made sure of".to_owned(),
+        Err(StoreError::internal(
+            "the admin account kept changing while it was being made sure of",
         ))
     }
 
@@ -268,6 +267,15 @@ impl Users {
         changes: UserChanges,
         expected: Option<&[i64]>,
     ) -> Result<User, StoreError> {
+        // Nothing to change: the resource as it is, if `expected` names it (the same on every
+        // engine, so written once here).
+        if changes.is_empty() {
+            let current = self.get(id).await?;
+            if expected.is_some_and(|versions| !versions.contains(&current.version)) {
+                return Err(StoreError::PreconditionFailed);
+            }
+            return Ok(current);
+        }
         delegate!(self.update(id, changes, expected))
     }
 
@@ -310,6 +318,15 @@ impl Products {
         changes: ProductChanges,
         expected: Option<&[i64]>,
     ) -> Result<Product, StoreError> {
+        // Nothing to change: the resource as it is, if `expected` names it (the same on every
+        // engine, so written once here).
+        if changes.is_empty() {
+            let current = self.get(id).await?;
+            if expected.is_some_and(|versions| !versions.contains(&current.version)) {
+                return Err(StoreError::PreconditionFailed);
+            }
+            return Ok(current);
+        }
         delegate!(self.update(id, changes, expected))
     }
 

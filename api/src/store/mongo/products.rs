@@ -144,13 +144,6 @@ impl ProductRepo {
         changes: ProductChanges,
         expected: Option<&[i64]>,
     ) -> Result<Product, StoreError> {
-        if changes.name.is_none() && changes.price.is_none() && changes.stock.is_none() {
-            let product = self.get(id).await?;
-            if expected.is_some_and(|versions| !versions.contains(&product.version)) {
-                return Err(StoreError::PreconditionFailed);
-            }
-            return Ok(product);
-        }
         let mut filter = doc! {"_id": document::id(id)};
         if let Some(versions) = expected {
             filter.insert("version", doc! {"$in": versions});

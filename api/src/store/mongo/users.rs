@@ -178,8 +178,8 @@ impl UserRepo {
         Ok(user)
     }
 
-    /// Changes the fields sent; `updated_at` moves and `version` goes up whenever any is. No
-    /// fields: the user as is. With `expected`, only when the stored version is one of those
+    /// Changes the fields sent; `updated_at` moves and `version` goes up whenever any is (at
+    /// least one is: `store::Users::update` answers an empty change itself). With `expected`, only when the stored version is one of those
     /// (`If-Match`), checked in the writing update. A new password, status or role ends the
     /// user's sessions (but the one changing its own password) in the same transaction.
     pub async fn update(
@@ -188,13 +188,6 @@ impl UserRepo {
         changes: UserChanges,
         expected: Option<&[i64]>,
     ) -> Result<User, StoreError> {
-        if changes.is_empty() {
-            let user = self.get(id).await?;
-            if expected.is_some_and(|versions| !versions.contains(&user.version)) {
-                return Err(StoreError::PreconditionFailed);
-            }
-            return Ok(user);
-        }
         let revokes =
             changes.password.is_some() || changes.status.is_some() || changes.role.is_some();
         let keep = changes.keep_session.clone();

@@ -138,13 +138,6 @@ impl ProductRepo {
         changes: ProductChanges,
         expected: Option<&[i64]>,
     ) -> Result<Product, StoreError> {
-        if changes.name.is_none() && changes.price.is_none() && changes.stock.is_none() {
-            let product = self.get(id).await?;
-            if expected.is_some_and(|versions| !versions.contains(&product.version)) {
-                return Err(StoreError::PreconditionFailed);
-            }
-            return Ok(product);
-        }
         let mut update = products::Entity::update_many()
             .col_expr(
                 products::Column::UpdatedAt,

@@ -185,8 +185,8 @@ impl UserRepo {
         User::from_row(row)
     }
 
-    /// Changes the fields sent; `updated_at` moves and `version` goes up whenever any is. No
-    /// fields: the user as is. With `expected`, only when the stored version is one of those
+    /// Changes the fields sent; `updated_at` moves and `version` goes up whenever any is (at
+    /// least one is: `store::Users::update` answers an empty change itself). With `expected`, only when the stored version is one of those
     /// (`If-Match`), checked in the same statement as the write.
     #[tracing::instrument(level = "debug", skip_all, fields(%id))]
     pub async fn update(
@@ -195,13 +195,6 @@ impl UserRepo {
         changes: UserChanges,
         expected: Option<&[i64]>,
     ) -> Result<User, StoreError> {
-        if changes.is_empty() {
-            let user = self.get(id).await?;
-            if expected.is_some_and(|versions| !versions.contains(&user.version)) {
-                return Err(StoreError::PreconditionFailed);
-            }
-            return Ok(user);
-        }
         let revokes = changes.revokes_sessions();
         let keep = changes.keep_session.clone();
         let mut update = users::Entity::update_many()
