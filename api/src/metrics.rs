@@ -13,6 +13,7 @@ pub struct Metrics {
     pub pool_connections: IntGaugeVec,
     pub pool_max_connections: IntGauge,
     pub transaction_retries: IntCounter,
+    pub orders_refused_from_cache: IntCounter,
     pub db_queries: IntCounter,
     pub db_errors: IntCounterVec,
     pub cache_requests: IntCounterVec,
@@ -105,6 +106,10 @@ impl Metrics {
             transaction_retries: b.counter(
                 "db_transaction_retries_total",
                 "Transactions retried after a deadlock, serialization failure or busy database",
+            ),
+            orders_refused_from_cache: b.counter(
+                "orders_refused_from_cache_total",
+                "Orders answered 409 insufficient_stock from cached products, without a transaction",
             ),
             db_queries: b.counter(
                 "db_queries_total",

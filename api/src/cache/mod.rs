@@ -117,6 +117,13 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
         Box::pin(self.load_into(entries, key, load)).await
     }
 
+    /// The cached value, if there is one: never loads, and counts as no read.
+    pub async fn peek(&self, id: Uuid) -> Option<Arc<V>> {
+        let entries = self.entries.as_ref().filter(|_| !self.is_suspended())?;
+        let key = (id, self.stripe(id).load(Ordering::Acquire));
+        entries.get(&key).await
+    }
+
     async fn load_into<E, Fut>(
         &self,
         entries: &moka::future::Cache<(Uuid, u64), Arc<V>>,

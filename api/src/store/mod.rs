@@ -12,6 +12,7 @@ pub mod consistency;
 pub mod error;
 pub mod failure;
 pub mod mongo;
+pub mod orders;
 pub mod page;
 pub mod positions;
 pub mod retry;
@@ -19,6 +20,7 @@ pub mod sql;
 
 pub use error::{Cause, Conflict, Resource, StoreError};
 pub use failure::DbFailure;
+pub use orders::Orders;
 pub use page::{CursorKey, PageOf, PageRequest, Total};
 
 use std::sync::Arc;
@@ -29,10 +31,10 @@ use uuid::Uuid;
 
 use crate::cache::Caches;
 use crate::domain::model::{
-    Failures, NewProduct, NewUser, Order, OrderFilter, PlaceOrder, Placed, Product, ProductChanges,
-    ProductFilter, Session, User, UserChanges, UserFilter,
+    Failures, NewProduct, NewUser, Product, ProductChanges, ProductFilter, Session, User,
+    UserChanges, UserFilter,
 };
-use crate::domain::{Email, OrderStatus, PasswordHash, UserName, UserRole, UserStatus};
+use crate::domain::{Email, PasswordHash, UserName, UserRole, UserStatus};
 use crate::metrics::Metrics;
 
 /// The current time as stored: UTC, truncated to the microseconds every SQL backend keeps, so
@@ -138,10 +140,17 @@ impl Repositories {
         match engine {
             Engine::Sql(db) => {
                 let reads = sql::replicas::Reads::new(db.clone(), replicas);
+                let users = Users::Sql(sql::UserRepo::new(reads.clone(), caches.clone()));
+                let products = Products::Sql(sql::ProductRepo::new(reads.clone(), caches.clone()));
+                let orders = orders::Engine::Sql(sql::OrderRepo::new(
+                    reads,
+                    caches.clone(),
+                    metrics.clone(),
+                ));
                 Self {
-                    users: Users::Sql(sql::UserRepo::new(reads.clone(), caches.clone())),
-                    products: Products::Sql(sql::ProductRepo::new(reads.clone(), caches.clone())),
-                    orders: Orders::Sql(sql::OrderRepo::new(reads, caches.clone(), metrics)),
+                    orders: Orders::new(orders, users.clone(), products.clone(), caches, metrics),
+                    users,
+                    products,
                     sessions: Sessions::Sql(sql::SessionRepo::new(db.clone(), caches.clone())),
                 }
             }
@@ -153,12 +162,15 @@ impl Repositories {
                     m.clone(),
                     caches.users.clone(),
                     caches.sessions.clone(),
-                    metrics,
+                    metrics.clone(),
                 );
+                let users = Users::Mongo(users);
+                let products = Products::Mongo(products);
+                let orders = orders::Engine::Mongo(orders);
                 Self {
-                    users: Users::Mongo(users),
-                    products: Products::Mongo(products),
-                    orders: Orders::Mongo(orders),
+                    orders: Orders::new(orders, users.clone(), products.clone(), caches, metrics),
+                    users,
+                    products,
                     sessions: Sessions::Mongo(mongo::SessionRepo::new(
                         m.clone(),
                         caches.sessions.clone(),
@@ -181,6 +193,7 @@ macro_rules! delegate {
         }
     };
 }
+pub(crate) use delegate;
 
 #[derive(Clone)]
 pub enum Users {
@@ -333,44 +346,6 @@ impl Products {
     #[tracing::instrument(level = "debug", name = "products.delete", skip_all, fields(%id))]
     pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
         delegate!(self.delete(id, expected))
-    }
-}
-
-#[derive(Clone)]
-pub enum Orders {
-    Sql(sql::OrderRepo),
-    Mongo(mongo::OrderRepo),
-}
-
-impl Orders {
-    #[tracing::instrument(level = "debug", name = "orders.place", skip_all)]
-    pub async fn place(&self, request: PlaceOrder) -> Result<Placed, StoreError> {
-        delegate!(self.place(request))
-    }
-
-    #[tracing::instrument(level = "debug", name = "orders.get", skip_all, fields(%id))]
-    pub async fn get(&self, id: Uuid) -> Result<Order, StoreError> {
-        delegate!(self.get(id))
-    }
-
-    #[tracing::instrument(level = "debug", name = "orders.list_for_user", skip_all, fields(%user_id))]
-    pub async fn list_for_user(
-        &self,
-        user_id: Uuid,
-        filter: OrderFilter,
-        request: PageRequest,
-    ) -> Result<PageOf<Order>, StoreError> {
-        delegate!(self.list_for_user(user_id, filter, request))
-    }
-
-    #[tracing::instrument(level = "debug", name = "orders.transition", skip_all, fields(%id))]
-    pub async fn transition(
-        &self,
-        id: Uuid,
-        to: OrderStatus,
-        expected: Option<&[i64]>,
-    ) -> Result<Order, StoreError> {
-        delegate!(self.transition(id, to, expected))
     }
 }
 
