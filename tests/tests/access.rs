@@ -8,7 +8,7 @@ use futures::future::join_all;
 use serde_json::Value;
 use tests::{
     ADMIN_EMAIL, Backend, Customer, Reply, TestApp, USER_PASSWORD, authorized_client, id_of, json,
-    on_every_backend, run_with, test_config,
+    on_backends, on_every_backend, run_with, test_config,
 };
 
 async fn as_client(app: &TestApp, client: &reqwest::Client, method: &str, path: &str) -> Reply {
@@ -299,6 +299,21 @@ on_every_backend! {
         unauthenticated(&as_client(&app, &gone.client, "GET", &path).await);
     }
 
+    async fn an_admin_who_demotes_or_suspends_themself_loses_the_token_that_did_it(app) {
+        for change in [json!({"role": "customer"}), json!({"status": "suspended"})] {
+            let email = format!("a{}@example.com", uuid::Uuid::now_v7().simple());
+            let user = app.sign_up("Second Admin", &email).await;
+            let path = format!("/v1/users/{}", user.id);
+            app.patch(&path, &json!({"role": "admin"})).await.expect(200);
+            let admin = authorized_client(&app.log_in(&email, USER_PASSWORD).await);
+            as_client(&app, &admin, "GET", "/v1/users").await.expect(200);
+            as_client_with(&app, &admin, "PATCH", &path, Some(change))
+                .await
+                .expect(200);
+            unauthenticated(&as_client(&app, &admin, "GET", "/v1/users").await);
+        }
+    }
+
     async fn the_admin_from_the_environment_exists_and_is_an_admin(app) {
         let admin = app.get(&format!("/v1/users/{}", app.admin_id)).await.expect(200);
         assert_eq!(admin["email"], ADMIN_EMAIL);
@@ -345,6 +360,26 @@ async fn an_existing_user_named_admin_is_promoted_with_their_password() {
         },
     )
     .await;
+}
+
+on_backends! {
+    [sqlite, postgres, mysql, pgbouncer, mongo]
+    #[configure(|config| {
+        config.auth.max_failures_per_email = 3;
+        config.auth.max_failures_per_address = 100;
+    })]
+    /// Each attempt counts before its password is hashed, so a burst of guesses sent at once gets
+    /// no more tries than the limit.
+    async fn concurrent_wrong_passwords_get_no_more_tries_than_the_limit(app) {
+        app.sign_up("Ada", "ada@example.com").await;
+        let replies =
+            join_all((0..20).map(|_| login(&app, "ada@example.com", "wrong password"))).await;
+        let statuses: Vec<u16> = replies.iter().map(|reply| reply.status).collect();
+        let tried = statuses.iter().filter(|status| **status == 401).count();
+        let refused = statuses.iter().filter(|status| **status == 429).count();
+        assert_eq!(tried + refused, 20, "only 401 and 429: {statuses:?}");
+        assert!(tried <= 3, "{tried} passwords were tried, over the limit of 3: {statuses:?}");
+    }
 }
 
 /// Failed logins are limited per email and, more loosely, per address; a success clears the

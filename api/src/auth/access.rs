@@ -42,7 +42,9 @@ pub struct UserChange {
 pub struct UserChangeRules {
     /// A password change by the user themself must prove the current password.
     pub needs_current_password: bool,
-    /// The session to keep through a password change (the caller's own).
+    /// The session to keep through a password change (the caller's own). A change of the
+    /// caller's own status or role ends every session, theirs included: a demoted or suspended
+    /// admin's token must not keep what it allowed.
     pub keep_session: Option<String>,
 }
 
@@ -61,7 +63,7 @@ pub fn change_user(
     }
     Ok(UserChangeRules {
         needs_current_password: own && change.password,
-        keep_session: own.then(|| caller.token_hash.clone()),
+        keep_session: (own && !change.status_or_role).then(|| caller.token_hash.clone()),
     })
 }
 
@@ -192,5 +194,10 @@ mod tests {
             change_user(&customer, customer.user_id, &status),
             Err(ApiError::Forbidden(_))
         ));
+        // An admin's own status or role change ends their own session too.
+        let rules = change_user(&admin, admin.user_id, &status).unwrap();
+        assert_eq!(rules.keep_session, None);
+        let rules = change_user(&admin, admin.user_id, &password).unwrap();
+        assert_eq!(rules.keep_session, Some(admin.token_hash.clone()));
     }
 }

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, FixedOffset};
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use crate::config::AuthConfig;
 use crate::domain::model::Failures;
@@ -38,50 +39,80 @@ fn subject(kind: &str, value: &str) -> String {
     hex::encode(Sha256::digest(format!("{kind}:{value}").as_bytes()))
 }
 
-/// Refuses the attempt (429 with `Retry-After`) when either subject is over its limit.
-pub async fn check(
+/// A login attempt, counted as a failure from before its password is hashed until it proves
+/// otherwise. Concurrent attempts therefore see each other: twenty wrong passwords sent at once
+/// get at most the limit's worth of hashing, not twenty.
+#[must_use = "an attempt ends as failed, succeeded or abandoned"]
+pub struct Attempt {
+    rows: Vec<Uuid>,
+}
+
+/// Counts the attempt, then refuses it (429 with `Retry-After`, nothing hashed, the attempt taken
+/// back) when it takes either subject over its limit.
+pub async fn begin(
     repo: &Sessions,
     config: &AuthConfig,
     subjects: &Subjects,
-) -> Result<(), ApiError> {
+) -> Result<Attempt, ApiError> {
     let now = crate::store::now();
     let since = window_start(config, now);
-    let counts = repo.failures(&subjects.all(), since).await?;
+    let all = subjects.all();
+    let attempt = Attempt {
+        rows: repo.record_failure(&all, since).await?,
+    };
+    let counts = match repo.failures(&all, since).await {
+        Ok(counts) => counts,
+        Err(err) => {
+            abandoned(repo, attempt).await;
+            return Err(err.into());
+        }
+    };
     let limits = std::iter::once(config.max_failures_per_email).chain(
         subjects
             .address
             .as_ref()
             .map(|_| config.max_failures_per_address),
     );
+    // The counts include this attempt.
     let retry_after = counts
         .iter()
         .zip(limits)
-        .filter(|(failures, limit)| failures.count >= *limit)
+        .filter(|(failures, limit)| failures.count > *limit)
         .map(|(failures, _)| seconds_until_free(config, failures, now))
         .max();
     match retry_after {
-        Some(seconds) => Err(ApiError::TooManyAttempts {
-            retry_after: seconds,
-        }),
-        None => Ok(()),
+        Some(seconds) => {
+            abandoned(repo, attempt).await;
+            Err(ApiError::TooManyAttempts {
+                retry_after: seconds,
+            })
+        }
+        None => Ok(attempt),
     }
 }
 
-pub async fn failed(
+/// The password was wrong: the attempt stays counted.
+pub fn failed(attempt: Attempt) {
+    drop(attempt);
+}
+
+/// A successful login clears its email's count (not the address's: others share it) and takes
+/// this attempt back from the address's.
+pub async fn succeeded(
     repo: &Sessions,
-    config: &AuthConfig,
     subjects: &Subjects,
+    attempt: Attempt,
 ) -> Result<(), ApiError> {
-    let now = crate::store::now();
-    repo.record_failure(&subjects.all(), window_start(config, now))
-        .await?;
+    repo.clear_failures(&subjects.email).await?;
+    repo.forget_failures(&attempt.rows).await?;
     Ok(())
 }
 
-/// A successful login clears its email's count (not the address's: others share it).
-pub async fn succeeded(repo: &Sessions, subjects: &Subjects) -> Result<(), ApiError> {
-    repo.clear_failures(&subjects.email).await?;
-    Ok(())
+/// The attempt ended without an answer about the password (the hashing queue was full, the
+/// database failed): it is not a failure. If taking it back fails too, it stays counted, which
+/// errs on the safe side.
+pub async fn abandoned(repo: &Sessions, attempt: Attempt) {
+    let _ = repo.forget_failures(&attempt.rows).await;
 }
 
 fn window_start(config: &AuthConfig, now: DateTime<FixedOffset>) -> DateTime<FixedOffset> {

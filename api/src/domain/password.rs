@@ -18,12 +18,64 @@ const OUTPUT_LEN: usize = 32;
 pub struct Password(String);
 
 /// Where hashing happens: at most one hash per core at a time, each in a 19 MiB work area that is
-/// allocated once and reused. Letting every request allocate its own area on whichever blocking
-/// thread it lands on made the allocator keep gigabytes under a burst of sign-ups.
+/// reused while hashing goes on. Letting every request allocate its own area on whichever blocking
+/// thread it lands on made the allocator keep gigabytes under a burst of sign-ups; keeping the
+/// areas for good made an idle server hold 19 MiB per core it had once hashed on. So the areas
+/// are kept while any hash is running or waiting, and given back when the last one ends.
 struct Workspace {
     cores: usize,
     permits: Semaphore,
-    areas: Mutex<Vec<Vec<Block>>>,
+    areas: Mutex<Areas>,
+}
+
+#[derive(Default)]
+struct Areas {
+    free: Vec<Vec<Block>>,
+    /// Hashes running or waiting for a core.
+    active: usize,
+}
+
+impl Workspace {
+    fn areas(&self) -> std::sync::MutexGuard<'_, Areas> {
+        self.areas
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A reused area, or a new one.
+    fn take_area(&self) -> Vec<Block> {
+        self.areas()
+            .free
+            .pop()
+            .unwrap_or_else(|| vec![Block::default(); MEMORY_KIB as usize])
+    }
+
+    /// Keeps `area` for the next hash, or frees every kept area when no hash is left.
+    fn put_back(&self, area: Option<Vec<Block>>) {
+        let mut areas = self.areas();
+        areas.free.extend(area);
+        if areas.active == 0 {
+            areas.free = Vec::new();
+        }
+    }
+}
+
+/// Counts a hash as active from admission to its end, whether it completes or its request is
+/// dropped while it waits.
+struct Active<'a>(&'a Workspace);
+
+impl<'a> Active<'a> {
+    fn enter(workspace: &'a Workspace) -> Self {
+        workspace.areas().active += 1;
+        Self(workspace)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.areas().active -= 1;
+        self.0.put_back(None);
+    }
 }
 
 fn workspace() -> &'static Workspace {
@@ -33,7 +85,7 @@ fn workspace() -> &'static Workspace {
         Workspace {
             cores,
             permits: Semaphore::new(cores),
-            areas: Mutex::new(Vec::new()),
+            areas: Mutex::new(Areas::default()),
         }
     })
 }
@@ -96,17 +148,13 @@ impl Hasher {
     ) -> Result<T, HashError> {
         let _admitted = self.admission.try_acquire().map_err(|_| HashError::Busy)?;
         let workspace = workspace();
+        let _active = Active::enter(workspace);
         let _permit = workspace
             .permits
             .acquire()
             .await
             .map_err(|err| HashError::Failed(err.to_string()))?;
-        let area = workspace
-            .areas
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop()
-            .unwrap_or_else(|| vec![Block::default(); MEMORY_KIB as usize]);
+        let area = workspace.take_area();
         let span = tracing::Span::current();
         let (outcome, area) = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
@@ -115,11 +163,7 @@ impl Hasher {
         })
         .await
         .map_err(|err| HashError::Failed(err.to_string()))?;
-        workspace
-            .areas
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(area);
+        workspace.put_back(Some(area));
         Ok(outcome)
     }
 }

@@ -14,6 +14,7 @@ use super::timestamp::Timestamp;
 use super::users::{Deleted, UserDto};
 use super::{AppState, Tag};
 use crate::auth::{self, BearerAuth, throttle};
+use crate::domain::model::User;
 use crate::domain::{Email, UserStatus};
 
 #[derive(Object, Deserialize)]
@@ -69,23 +70,19 @@ impl SessionsApi {
         let email = Email::normalize_for_lookup(&request.email);
         let address = raw.remote_addr().as_socket_addr().map(|addr| addr.ip());
         let subjects = throttle::Subjects::new(&email, address);
-        throttle::check(&state.sessions, config, &subjects).await?;
-
-        let account = match Email::parse(&email) {
-            Ok(email) => state.users.credentials(&email).await?,
-            Err(_) => None,
+        let attempt = throttle::begin(&state.sessions, config, &subjects).await?;
+        let user = match authenticate(state, &email, &request.password).await {
+            Ok(Some(user)) => user,
+            Ok(None) => {
+                throttle::failed(attempt);
+                return Err(ApiError::InvalidCredentials.into());
+            }
+            Err(err) => {
+                throttle::abandoned(&state.sessions, attempt).await;
+                return Err(err.into());
+            }
         };
-        // An unknown email is checked against a hash nobody knows, so it costs the same.
-        let (user, hash) = match account {
-            Some((user, hash)) => (Some(user), hash),
-            None => (None, state.hasher.dummy().await?),
-        };
-        let verified = state.hasher.verify(&hash, &request.password).await?;
-        let Some(user) = user.filter(|_| verified) else {
-            throttle::failed(&state.sessions, config, &subjects).await?;
-            return Err(ApiError::InvalidCredentials.into());
-        };
-        throttle::succeeded(&state.sessions, &subjects).await?;
+        throttle::succeeded(&state.sessions, &subjects, attempt).await?;
         if user.status != UserStatus::Active {
             return Err(
                 ApiError::Forbidden(format!("the account is {}", user.status.as_str())).into(),
@@ -120,4 +117,23 @@ impl SessionsApi {
         self.0.sessions.revoke(&auth.0.token_hash).await?;
         Ok(Deleted::NoContent)
     }
+}
+
+/// The account `email` names, when `password` is its password. An unknown email is checked
+/// against a hash nobody knows, so that it costs the same and answers the same.
+async fn authenticate(
+    state: &AppState,
+    email: &str,
+    password: &str,
+) -> Result<Option<User>, ApiError> {
+    let account = match Email::parse(email) {
+        Ok(email) => state.users.credentials(&email).await?,
+        Err(_) => None,
+    };
+    let (user, hash) = match account {
+        Some((user, hash)) => (Some(user), hash),
+        None => (None, state.hasher.dummy().await?),
+    };
+    let verified = state.hasher.verify(&hash, password).await?;
+    Ok(user.filter(|_| verified))
 }

@@ -390,8 +390,13 @@ impl Sessions {
         &self,
         subjects: &[String],
         forget_before: DateTime<FixedOffset>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Uuid>, StoreError> {
         delegate!(self.record_failure(subjects, forget_before))
+    }
+
+    #[tracing::instrument(level = "debug", name = "sessions.forget_failures", skip_all)]
+    pub async fn forget_failures(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        delegate!(self.forget_failures(ids))
     }
 
     #[tracing::instrument(level = "debug", name = "sessions.clear_failures", skip_all)]

@@ -151,20 +151,32 @@ impl SessionRepo {
     }
 
     /// Counts one failed login against each subject; failures older than `forget_before` go.
+    /// Returns the documents written, for `forget_failures`.
     pub async fn record_failure(
         &self,
         subjects: &[String],
         forget_before: DateTime<FixedOffset>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Uuid>, StoreError> {
         let failures = self.mongo.collection(LOGIN_FAILURES);
         failures
             .delete_many(doc! {"failed_at": {"$lt": document::time(forget_before)}})
             .await?;
         let now = document::time(document::now());
-        let rows = subjects.iter().map(|subject| {
-            doc! {"_id": document::id(Uuid::now_v7()), "subject": subject, "failed_at": now.clone()}
+        let ids: Vec<Uuid> = subjects.iter().map(|_| Uuid::now_v7()).collect();
+        let rows = subjects.iter().zip(&ids).map(|(subject, id)| {
+            doc! {"_id": document::id(*id), "subject": subject, "failed_at": now.clone()}
         });
         failures.insert_many(rows).await?;
+        Ok(ids)
+    }
+
+    /// Takes back failures `record_failure` wrote.
+    pub async fn forget_failures(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        let ids: Vec<_> = ids.iter().map(|id| document::id(*id)).collect();
+        self.mongo
+            .collection(LOGIN_FAILURES)
+            .delete_many(doc! {"_id": {"$in": ids}})
+            .await?;
         Ok(())
     }
 

@@ -14,6 +14,7 @@ use crate::cache::{Caches, Topic};
 use crate::domain::UserRole;
 use crate::domain::model::{Failures, Session, cache_key};
 use crate::store::error::{Resource, StoreError};
+use crate::store::retry::{RetryPolicy, with_retry};
 
 /// Deletes the sessions `hashes` as part of `write`, which evicts them everywhere on commit.
 pub async fn revoke_in(write: &mut Write<'_>, hashes: Vec<String>) -> Result<(), StoreError> {
@@ -160,33 +161,72 @@ impl SessionRepo {
     }
 
     /// Counts one failed login against each subject; failures older than `forget_before` go.
+    /// Returns the rows written, for `forget_failures`.
     pub async fn record_failure(
         &self,
         subjects: &[String],
         forget_before: DateTime<FixedOffset>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Uuid>, StoreError> {
         let now = crate::store::now();
-        login_failures::Entity::delete_many()
-            .filter(login_failures::Column::FailedAt.lt(forget_before))
-            .exec(&self.db)
-            .await?;
-        let rows = subjects.iter().map(|subject| login_failures::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            subject: Set(subject.clone()),
-            failed_at: Set(now),
-        });
-        login_failures::Entity::insert_many(rows)
-            .exec(&self.db)
-            .await?;
-        Ok(())
+        let ids: Vec<Uuid> = subjects.iter().map(|_| Uuid::now_v7()).collect();
+        // Concurrent attempts' purges and inserts meet in the `failed_at` index, where MariaDB's
+        // next-key locks make them deadlock now and then; both statements are safe to repeat.
+        with_retry(
+            RetryPolicy::default(),
+            |_| {},
+            || async {
+                login_failures::Entity::delete_many()
+                    .filter(login_failures::Column::FailedAt.lt(forget_before))
+                    .exec(&self.db)
+                    .await?;
+                let rows =
+                    subjects
+                        .iter()
+                        .zip(&ids)
+                        .map(|(subject, id)| login_failures::ActiveModel {
+                            id: Set(*id),
+                            subject: Set(subject.clone()),
+                            failed_at: Set(now),
+                        });
+                login_failures::Entity::insert_many(rows)
+                    .exec(&self.db)
+                    .await?;
+                Ok::<_, StoreError>(())
+            },
+        )
+        .await?;
+        Ok(ids)
+    }
+
+    /// Takes back failures `record_failure` wrote.
+    pub async fn forget_failures(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        with_retry(
+            RetryPolicy::default(),
+            |_| {},
+            || async {
+                login_failures::Entity::delete_many()
+                    .filter(login_failures::Column::Id.is_in(ids.iter().copied()))
+                    .exec(&self.db)
+                    .await?;
+                Ok(())
+            },
+        )
+        .await
     }
 
     /// A successful login clears its email's count.
     pub async fn clear_failures(&self, subject: &str) -> Result<(), StoreError> {
-        login_failures::Entity::delete_many()
-            .filter(login_failures::Column::Subject.eq(subject))
-            .exec(&self.db)
-            .await?;
-        Ok(())
+        with_retry(
+            RetryPolicy::default(),
+            |_| {},
+            || async {
+                login_failures::Entity::delete_many()
+                    .filter(login_failures::Column::Subject.eq(subject))
+                    .exec(&self.db)
+                    .await?;
+                Ok(())
+            },
+        )
+        .await
     }
 }
