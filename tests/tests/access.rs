@@ -299,6 +299,68 @@ on_every_backend! {
         unauthenticated(&as_client(&app, &gone.client, "GET", &path).await);
     }
 
+    async fn a_customer_deletes_their_own_account_and_its_sessions_end(app) {
+        let ada = app.sign_up("Ada", "ada@example.com").await;
+        let other = authorized_client(&app.log_in("ada@example.com", USER_PASSWORD).await);
+        let path = format!("/v1/users/{}", ada.id);
+        as_client(&app, &ada.client, "DELETE", &path).await.expect_empty(204);
+        app.get(&path).await.problem(404, "not_found");
+        unauthenticated(&as_client(&app, &ada.client, "GET", &path).await);
+        unauthenticated(&as_client(&app, &other, "GET", &path).await);
+        login(&app, "ada@example.com", USER_PASSWORD).await.problem(401, "invalid_credentials");
+        // The email is free again.
+        app.sign_up("Ada", "ada@example.com").await;
+    }
+
+    async fn a_customer_with_orders_cannot_delete_their_own_account(app) {
+        let shop = shop(&app).await;
+        let path = format!("/v1/users/{}", shop.ada.id);
+        as_client(&app, &shop.ada.client, "DELETE", &path).await.problem(409, "user_has_orders");
+        as_client(&app, &shop.ada.client, "GET", &path).await.expect(200);
+    }
+
+    async fn a_customer_signs_up_another_user_as_anyone_would(app) {
+        let ada = app.sign_up("Ada", "ada@example.com").await;
+        let body = json!({"name": "Bob", "email": "bob@example.com", "password": USER_PASSWORD});
+        let created = as_client_with(&app, &ada.client, "POST", "/v1/users", Some(body)).await;
+        let bob = created.expect(201);
+        assert_eq!((bob["status"].as_str(), bob["role"].as_str()), (Some("active"), Some("customer")));
+        assert_eq!(created.header("location"), Some(format!("/v1/users/{}", id_of(&bob)).as_str()));
+        // Bob is a user of his own, not Ada's: he logs in, and Ada's session is still hers.
+        let session = login(&app, "bob@example.com", USER_PASSWORD).await.expect(201);
+        assert_eq!(session["user"]["id"], bob["id"]);
+        let ada_path = format!("/v1/users/{}", ada.id);
+        assert_eq!(as_client(&app, &ada.client, "GET", &ada_path).await.expect(200)["email"], "ada@example.com");
+        as_client(&app, &ada.client, "GET", &format!("/v1/users/{}", id_of(&bob))).await.problem(404, "not_found");
+    }
+
+    async fn everyone_reads_the_catalogue(app) {
+        let shop = shop(&app).await;
+        let product = format!("/v1/products/{}", shop.product);
+        for client in [&app.anonymous, &shop.ada.client, &app.client] {
+            let page = as_client(&app, client, "GET", "/v1/products").await.expect(200);
+            assert_eq!(tests::ids_of(&page), std::slice::from_ref(&shop.product));
+            assert_eq!(as_client(&app, client, "GET", &product).await.expect(200)["sku"], "SKU-1");
+        }
+    }
+
+    async fn a_customer_cancels_their_own_paid_order(app) {
+        let shop = shop(&app).await;
+        let order = format!("/v1/orders/{}", shop.order);
+        app.patch(&order, &json!({"status": "paid"})).await.expect(200);
+        let cancelled = as_client_with(&app, &shop.ada.client, "PATCH", &order, Some(json!({"status": "cancelled"}))).await;
+        assert_eq!(cancelled.expect(200)["status"], "cancelled");
+        let product = app.get(&format!("/v1/products/{}", shop.product)).await.expect(200);
+        assert_eq!(product["stock"], 10, "the cancelled order's stock is back");
+    }
+
+    async fn an_admin_deletes_any_user(app) {
+        let ada = app.sign_up("Ada", "ada@example.com").await;
+        let path = format!("/v1/users/{}", ada.id);
+        app.delete(&path).await.expect_empty(204);
+        app.get(&path).await.problem(404, "not_found");
+    }
+
     async fn the_admin_from_the_environment_exists_and_is_an_admin(app) {
         let admin = app.get(&format!("/v1/users/{}", app.admin_id)).await.expect(200);
         assert_eq!(admin["email"], ADMIN_EMAIL);
