@@ -409,60 +409,6 @@ async fn an_existing_user_named_admin_is_promoted_with_their_password() {
     .await;
 }
 
-/// Failed logins are limited per email and, more loosely, per address; a success clears the
-/// email's count.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn failed_logins_are_throttled_per_email_and_per_address() {
-    run_with(
-        Backend::Sqlite,
-        |config| {
-            config.auth.max_failures_per_email = 3;
-            config.auth.max_failures_per_address = 8;
-        },
-        |app: TestApp| async move {
-            app.sign_up("Ada", "ada@example.com").await;
-            app.sign_up("Bob", "bob@example.com").await;
-            for _ in 0..2 {
-                login(&app, "ada@example.com", "wrong password")
-                    .await
-                    .problem(401, "invalid_credentials");
-            }
-            // A success clears the count.
-            login(&app, "ada@example.com", USER_PASSWORD)
-                .await
-                .expect(201);
-            for _ in 0..3 {
-                login(&app, "ada@example.com", "wrong password")
-                    .await
-                    .problem(401, "invalid_credentials");
-            }
-            // Over the limit: refused even with the right password, with Retry-After.
-            let refused = login(&app, "ada@example.com", USER_PASSWORD).await;
-            refused.problem(429, "too_many_attempts");
-            let retry: u64 = refused
-                .header("retry-after")
-                .expect("Retry-After")
-                .parse()
-                .unwrap();
-            assert!((1..=300).contains(&retry), "Retry-After {retry}");
-            // One user's typos do not lock out others behind the same address…
-            login(&app, "bob@example.com", USER_PASSWORD)
-                .await
-                .expect(201);
-            // …until the address's own, looser limit is reached (2 + 3 + 3 failures = 8).
-            for n in 0..3 {
-                login(&app, &format!("nobody{n}@example.com"), "wrong password")
-                    .await
-                    .problem(401, "invalid_credentials");
-            }
-            login(&app, "bob@example.com", USER_PASSWORD)
-                .await
-                .problem(429, "too_many_attempts");
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_expired_session_is_refused() {
     run_with(
@@ -569,5 +515,98 @@ async fn revocation_and_expiry_hold_across_instances_on_postgres() {
             let _ = d.stop().await;
         },
     )
+    .await;
+}
+
+/// Asserts a 429 `too_many_attempts` with a `Retry-After` of at most `window` seconds, and
+/// returns it.
+#[track_caller]
+fn too_many_attempts(reply: &Reply, window: u64) -> u64 {
+    reply.problem(429, "too_many_attempts");
+    let retry: u64 = reply
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!((1..=window).contains(&retry), "Retry-After {retry}");
+    retry
+}
+
+on_every_backend! {
+    /// Failed logins are limited per email and, more loosely, per address; a success clears the
+    /// email's count.
+    #[configure(|config| {
+        config.auth.max_failures_per_email = 3;
+        config.auth.max_failures_per_address = 8;
+    })]
+    async fn failed_logins_are_throttled_per_email_and_per_address(app) {
+        app.sign_up("Ada", "ada@example.com").await;
+        app.sign_up("Bob", "bob@example.com").await;
+        for _ in 0..2 {
+            login(&app, "ada@example.com", "wrong password").await.problem(401, "invalid_credentials");
+        }
+        // A success clears the count.
+        login(&app, "ada@example.com", USER_PASSWORD).await.expect(201);
+        for _ in 0..3 {
+            login(&app, "ada@example.com", "wrong password").await.problem(401, "invalid_credentials");
+        }
+        // Over the limit: refused even with the right password, with Retry-After.
+        too_many_attempts(&login(&app, "ada@example.com", USER_PASSWORD).await, 300);
+        // One user's typos do not lock out others behind the same address…
+        login(&app, "bob@example.com", USER_PASSWORD).await.expect(201);
+        // …until the address's own, looser limit is reached (2 + 3 + 3 failures = 8).
+        for n in 0..3 {
+            login(&app, &format!("nobody{n}@example.com"), "wrong password")
+                .await
+                .problem(401, "invalid_credentials");
+        }
+        too_many_attempts(&login(&app, "bob@example.com", USER_PASSWORD).await, 300);
+    }
+
+    /// A client that waits as long as `Retry-After` says is let in again: the failures have left
+    /// the window.
+    #[configure(|config| {
+        config.auth.max_failures_per_email = 2;
+        config.auth.login_window = Duration::from_secs(2);
+    })]
+    async fn a_throttled_email_logs_in_again_once_retry_after_has_passed(app) {
+        app.sign_up("Ada", "ada@example.com").await;
+        for _ in 0..2 {
+            login(&app, "ada@example.com", "wrong password").await.problem(401, "invalid_credentials");
+        }
+        let retry = too_many_attempts(&login(&app, "ada@example.com", USER_PASSWORD).await, 2);
+        tokio::time::sleep(Duration::from_secs(retry) + Duration::from_millis(100)).await;
+        login(&app, "ada@example.com", USER_PASSWORD).await.expect(201);
+    }
+}
+
+/// The count of failed logins is the database's, not an instance's: failures through one
+/// instance throttle the email on another, and failures spread over both add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_logins_count_across_instances_on_postgres() {
+    let throttled = |config: &mut api::config::Config| config.auth.max_failures_per_email = 3;
+    run_with(Backend::Postgres, throttled, move |a: TestApp| async move {
+        let mut config = test_config(&a.db);
+        throttled(&mut config);
+        let b = TestApp::start(a.db.clone(), config).await;
+        a.sign_up("Ada", "ada@example.com").await;
+        a.sign_up("Bob", "bob@example.com").await;
+        // All of Ada's failures through A: B refuses her.
+        for _ in 0..3 {
+            login(&a, "ada@example.com", "wrong password")
+                .await
+                .problem(401, "invalid_credentials");
+        }
+        too_many_attempts(&login(&b, "ada@example.com", USER_PASSWORD).await, 300);
+        // Bob's failures spread over both: each instance refuses him.
+        for instance in [&a, &b, &a] {
+            login(instance, "bob@example.com", "wrong password")
+                .await
+                .problem(401, "invalid_credentials");
+        }
+        too_many_attempts(&login(&b, "bob@example.com", USER_PASSWORD).await, 300);
+        too_many_attempts(&login(&a, "bob@example.com", USER_PASSWORD).await, 300);
+        let _ = b.stop().await;
+    })
     .await;
 }
