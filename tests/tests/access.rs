@@ -314,6 +314,68 @@ on_every_backend! {
         }
     }
 
+    async fn a_customer_deletes_their_own_account_and_its_sessions_end(app) {
+        let ada = app.sign_up("Ada", "ada@example.com").await;
+        let other = authorized_client(&app.log_in("ada@example.com", USER_PASSWORD).await);
+        let path = format!("/v1/users/{}", ada.id);
+        as_client(&app, &ada.client, "DELETE", &path).await.expect_empty(204);
+        app.get(&path).await.problem(404, "not_found");
+        unauthenticated(&as_client(&app, &ada.client, "GET", &path).await);
+        unauthenticated(&as_client(&app, &other, "GET", &path).await);
+        login(&app, "ada@example.com", USER_PASSWORD).await.problem(401, "invalid_credentials");
+        // The email is free again.
+        app.sign_up("Ada", "ada@example.com").await;
+    }
+
+    async fn a_customer_with_orders_cannot_delete_their_own_account(app) {
+        let shop = shop(&app).await;
+        let path = format!("/v1/users/{}", shop.ada.id);
+        as_client(&app, &shop.ada.client, "DELETE", &path).await.problem(409, "user_has_orders");
+        as_client(&app, &shop.ada.client, "GET", &path).await.expect(200);
+    }
+
+    async fn a_customer_signs_up_another_user_as_anyone_would(app) {
+        let ada = app.sign_up("Ada", "ada@example.com").await;
+        let body = json!({"name": "Bob", "email": "bob@example.com", "password": USER_PASSWORD});
+        let created = as_client_with(&app, &ada.client, "POST", "/v1/users", Some(body)).await;
+        let bob = created.expect(201);
+        assert_eq!((bob["status"].as_str(), bob["role"].as_str()), (Some("active"), Some("customer")));
+        assert_eq!(created.header("location"), Some(format!("/v1/users/{}", id_of(&bob)).as_str()));
+        // Bob is a user of his own, not Ada's: he logs in, and Ada's session is still hers.
+        let session = login(&app, "bob@example.com", USER_PASSWORD).await.expect(201);
+        assert_eq!(session["user"]["id"], bob["id"]);
+        let ada_path = format!("/v1/users/{}", ada.id);
+        assert_eq!(as_client(&app, &ada.client, "GET", &ada_path).await.expect(200)["email"], "ada@example.com");
+        as_client(&app, &ada.client, "GET", &format!("/v1/users/{}", id_of(&bob))).await.problem(404, "not_found");
+    }
+
+    async fn everyone_reads_the_catalogue(app) {
+        let shop = shop(&app).await;
+        let product = format!("/v1/products/{}", shop.product);
+        for client in [&app.anonymous, &shop.ada.client, &app.client] {
+            let page = as_client(&app, client, "GET", "/v1/products").await.expect(200);
+            assert_eq!(tests::ids_of(&page), std::slice::from_ref(&shop.product));
+            assert_eq!(as_client(&app, client, "GET", &product).await.expect(200)["sku"], "SKU-1");
+        }
+    }
+
+    async fn a_customer_cancels_their_own_paid_order(app) {
+        let shop = shop(&app).await;
+        let order = format!("/v1/orders/{}", shop.order);
+        app.patch(&order, &json!({"status": "paid"})).await.expect(200);
+        let cancelled = as_client_with(&app, &shop.ada.client, "PATCH", &order, Some(json!({"status": "cancelled"}))).await;
+        assert_eq!(cancelled.expect(200)["status"], "cancelled");
+        let product = app.get(&format!("/v1/products/{}", shop.product)).await.expect(200);
+        assert_eq!(product["stock"], 10, "the cancelled order's stock is back");
+    }
+
+    async fn an_admin_deletes_any_user(app) {
+        let ada = app.sign_up("Ada", "ada@example.com").await;
+        let path = format!("/v1/users/{}", ada.id);
+        app.delete(&path).await.expect_empty(204);
+        app.get(&path).await.problem(404, "not_found");
+    }
+
     async fn the_admin_from_the_environment_exists_and_is_an_admin(app) {
         let admin = app.get(&format!("/v1/users/{}", app.admin_id)).await.expect(200);
         assert_eq!(admin["email"], ADMIN_EMAIL);
@@ -380,60 +442,6 @@ on_backends! {
         assert_eq!(tried + refused, 20, "only 401 and 429: {statuses:?}");
         assert!(tried <= 3, "{tried} passwords were tried, over the limit of 3: {statuses:?}");
     }
-}
-
-/// Failed logins are limited per email and, more loosely, per address; a success clears the
-/// email's count.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn failed_logins_are_throttled_per_email_and_per_address() {
-    run_with(
-        Backend::Sqlite,
-        |config| {
-            config.auth.max_failures_per_email = 3;
-            config.auth.max_failures_per_address = 8;
-        },
-        |app: TestApp| async move {
-            app.sign_up("Ada", "ada@example.com").await;
-            app.sign_up("Bob", "bob@example.com").await;
-            for _ in 0..2 {
-                login(&app, "ada@example.com", "wrong password")
-                    .await
-                    .problem(401, "invalid_credentials");
-            }
-            // A success clears the count.
-            login(&app, "ada@example.com", USER_PASSWORD)
-                .await
-                .expect(201);
-            for _ in 0..3 {
-                login(&app, "ada@example.com", "wrong password")
-                    .await
-                    .problem(401, "invalid_credentials");
-            }
-            // Over the limit: refused even with the right password, with Retry-After.
-            let refused = login(&app, "ada@example.com", USER_PASSWORD).await;
-            refused.problem(429, "too_many_attempts");
-            let retry: u64 = refused
-                .header("retry-after")
-                .expect("Retry-After")
-                .parse()
-                .unwrap();
-            assert!((1..=300).contains(&retry), "Retry-After {retry}");
-            // One user's typos do not lock out others behind the same address…
-            login(&app, "bob@example.com", USER_PASSWORD)
-                .await
-                .expect(201);
-            // …until the address's own, looser limit is reached (2 + 3 + 3 failures = 8).
-            for n in 0..3 {
-                login(&app, &format!("nobody{n}@example.com"), "wrong password")
-                    .await
-                    .problem(401, "invalid_credentials");
-            }
-            login(&app, "bob@example.com", USER_PASSWORD)
-                .await
-                .problem(429, "too_many_attempts");
-        },
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -542,5 +550,98 @@ async fn revocation_and_expiry_hold_across_instances_on_postgres() {
             let _ = d.stop().await;
         },
     )
+    .await;
+}
+
+/// Asserts a 429 `too_many_attempts` with a `Retry-After` of at most `window` seconds, and
+/// returns it.
+#[track_caller]
+fn too_many_attempts(reply: &Reply, window: u64) -> u64 {
+    reply.problem(429, "too_many_attempts");
+    let retry: u64 = reply
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!((1..=window).contains(&retry), "Retry-After {retry}");
+    retry
+}
+
+on_every_backend! {
+    /// Failed logins are limited per email and, more loosely, per address; a success clears the
+    /// email's count.
+    #[configure(|config| {
+        config.auth.max_failures_per_email = 3;
+        config.auth.max_failures_per_address = 8;
+    })]
+    async fn failed_logins_are_throttled_per_email_and_per_address(app) {
+        app.sign_up("Ada", "ada@example.com").await;
+        app.sign_up("Bob", "bob@example.com").await;
+        for _ in 0..2 {
+            login(&app, "ada@example.com", "wrong password").await.problem(401, "invalid_credentials");
+        }
+        // A success clears the count.
+        login(&app, "ada@example.com", USER_PASSWORD).await.expect(201);
+        for _ in 0..3 {
+            login(&app, "ada@example.com", "wrong password").await.problem(401, "invalid_credentials");
+        }
+        // Over the limit: refused even with the right password, with Retry-After.
+        too_many_attempts(&login(&app, "ada@example.com", USER_PASSWORD).await, 300);
+        // One user's typos do not lock out others behind the same address…
+        login(&app, "bob@example.com", USER_PASSWORD).await.expect(201);
+        // …until the address's own, looser limit is reached (2 + 3 + 3 failures = 8).
+        for n in 0..3 {
+            login(&app, &format!("nobody{n}@example.com"), "wrong password")
+                .await
+                .problem(401, "invalid_credentials");
+        }
+        too_many_attempts(&login(&app, "bob@example.com", USER_PASSWORD).await, 300);
+    }
+
+    /// A client that waits as long as `Retry-After` says is let in again: the failures have left
+    /// the window.
+    #[configure(|config| {
+        config.auth.max_failures_per_email = 2;
+        config.auth.login_window = Duration::from_secs(2);
+    })]
+    async fn a_throttled_email_logs_in_again_once_retry_after_has_passed(app) {
+        app.sign_up("Ada", "ada@example.com").await;
+        for _ in 0..2 {
+            login(&app, "ada@example.com", "wrong password").await.problem(401, "invalid_credentials");
+        }
+        let retry = too_many_attempts(&login(&app, "ada@example.com", USER_PASSWORD).await, 2);
+        tokio::time::sleep(Duration::from_secs(retry) + Duration::from_millis(100)).await;
+        login(&app, "ada@example.com", USER_PASSWORD).await.expect(201);
+    }
+}
+
+/// The count of failed logins is the database's, not an instance's: failures through one
+/// instance throttle the email on another, and failures spread over both add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_logins_count_across_instances_on_postgres() {
+    let throttled = |config: &mut api::config::Config| config.auth.max_failures_per_email = 3;
+    run_with(Backend::Postgres, throttled, move |a: TestApp| async move {
+        let mut config = test_config(&a.db);
+        throttled(&mut config);
+        let b = TestApp::start(a.db.clone(), config).await;
+        a.sign_up("Ada", "ada@example.com").await;
+        a.sign_up("Bob", "bob@example.com").await;
+        // All of Ada's failures through A: B refuses her.
+        for _ in 0..3 {
+            login(&a, "ada@example.com", "wrong password")
+                .await
+                .problem(401, "invalid_credentials");
+        }
+        too_many_attempts(&login(&b, "ada@example.com", USER_PASSWORD).await, 300);
+        // Bob's failures spread over both: each instance refuses him.
+        for instance in [&a, &b, &a] {
+            login(instance, "bob@example.com", "wrong password")
+                .await
+                .problem(401, "invalid_credentials");
+        }
+        too_many_attempts(&login(&b, "bob@example.com", USER_PASSWORD).await, 300);
+        too_many_attempts(&login(&a, "bob@example.com", USER_PASSWORD).await, 300);
+        let _ = b.stop().await;
+    })
     .await;
 }

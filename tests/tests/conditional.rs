@@ -123,6 +123,25 @@ on_every_backend! {
         assert_eq!(app.get(&user_path).await.expect(200)["name"], "Ada L.");
     }
 
+    async fn creating_a_user_answers_the_etag_a_get_then_shows(app) {
+        let created = app.post("/v1/users", &json!({"name": "Ada", "email": "ada@example.com", "password": "correct horse battery"})).await;
+        let tag = etag(&created);
+        let path = format!("/v1/users/{}", id_of(&created.expect(201)));
+        assert_eq!(etag(&app.get(&path).await), tag, "GET and create disagree");
+        patch_if_match(&app, &path, &tag, &json!({"name": "Ada L."})).await.expect(200);
+    }
+
+    async fn if_match_on_a_deleted_user_is_404(app) {
+        let user = app.create_user("Ada", "ada@example.com").await;
+        let path = format!("/v1/users/{}", id_of(&user));
+        let tag = etag(&app.get(&path).await);
+        delete_if_match(&app, &path, &tag).await.expect_empty(204);
+        patch_if_match(&app, &path, &tag, &json!({"name": "Gone"})).await.problem(404, "not_found");
+        patch_if_match(&app, &path, "*", &json!({"name": "Gone"})).await.problem(404, "not_found");
+        delete_if_match(&app, &path, &tag).await.problem(404, "not_found");
+        delete_if_match(&app, &path, "*").await.problem(404, "not_found");
+    }
+
     async fn of_concurrent_patches_presenting_one_etag_exactly_one_wins(app) {
         let product = app.create_product("C-1", 100, 5).await;
         let path = format!("/v1/products/{}", id_of(&product));

@@ -166,6 +166,71 @@ async fn four_instances_started_at_once_all_come_up(db: Option<TestDb>) {
 
 for_backends!([sqlite, postgres, mysql, pgbouncer] fn four_instances_started_at_once_all_come_up);
 
+/// The admin every instance is told of (`ADMIN_EMAIL`/`ADMIN_PASSWORD`).
+const OWNER_EMAIL: &str = "owner@storefront.test";
+const OWNER_PASSWORD: &str = "owner password 1";
+
+/// Instances started at once with the same admin in their environment all come up, and there is
+/// one such user, an admin, who logs in with that password on each of them.
+async fn four_instances_started_at_once_make_one_admin_from_the_environment(db: Option<TestDb>) {
+    let Some(db) = db else {
+        return;
+    };
+    let mut children: Vec<Child> = (0..4)
+        .map(|_| {
+            server(&db)
+                .env("ADMIN_EMAIL", OWNER_EMAIL)
+                .env("ADMIN_PASSWORD", OWNER_PASSWORD)
+                .spawn()
+                .expect("start an instance")
+        })
+        .collect();
+    let mut addrs = Vec::new();
+    for child in &mut children {
+        let start_up = wait_until_listening(child).await;
+        addrs.push(start_up.addr.expect("the listening line names the address"));
+    }
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for addr in &addrs {
+        let login = client
+            .post(format!("http://{addr}/v1/sessions"))
+            .json(&serde_json::json!({"email": OWNER_EMAIL, "password": OWNER_PASSWORD}))
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(login.status(), 201, "the admin cannot log in on {addr}");
+        let session: serde_json::Value = login.json().await.expect("a session");
+        assert_eq!(session["user"]["role"], "admin", "{session}");
+        ids.push(session["user"]["id"].clone());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "the instances name different admins: {ids:?}");
+    let conn = db.connect().await;
+    let rows = conn
+        .query_all_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            format!("SELECT role FROM users WHERE LOWER(email) = '{OWNER_EMAIL}'"),
+        ))
+        .await
+        .expect("read users");
+    let roles: Vec<String> = rows
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0).expect("a text role"))
+        .collect();
+    assert_eq!(roles, ["admin"], "one admin user, not {roles:?}");
+    let _ = conn.close().await;
+    for child in &mut children {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    db.drop_database().await;
+}
+
+for_backends!(
+    [sqlite, postgres, mysql, pgbouncer] fn four_instances_started_at_once_make_one_admin_from_the_environment
+);
+
 /// The migration command built from the `migration` crate's own entry point.
 fn migrate_command(db: &TestDb, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_migrate"));

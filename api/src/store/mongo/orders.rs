@@ -474,9 +474,11 @@ impl OrderRepo {
             }));
         }
         let now = document::now();
+        // The version read above is part of the filter, so the `If-Match` check holds in the
+        // write itself, not only in the read before it.
         let updated = orders
             .find_one_and_update(
-                doc! {"_id": document::id(id), "status": from.as_str()},
+                doc! {"_id": document::id(id), "status": from.as_str(), "version": current.version},
                 doc! {
                     "$set": {"status": to.as_str(), "updated_at": document::time(now)},
                     "$inc": {"version": 1_i64},
