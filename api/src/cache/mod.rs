@@ -11,7 +11,9 @@
 
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus::IntCounter;
@@ -25,10 +27,40 @@ use crate::store::positions::ListingIndex;
 
 const STRIPES: usize = 4096;
 
+/// A cached value, and its serialized representation, made the first time one is asked for and
+/// kept with the value: one entry (and one look-up) per id instead of two, and the same bytes for
+/// every read of that version.
+pub struct Cached<V> {
+    value: V,
+    rendered: OnceLock<Bytes>,
+}
+
+impl<V> Cached<V> {
+    pub fn new(value: V) -> Arc<Self> {
+        Arc::new(Self {
+            value,
+            rendered: OnceLock::new(),
+        })
+    }
+
+    /// The representation `render` makes of the value, made once per entry.
+    pub fn rendered(&self, render: impl FnOnce(&V) -> Bytes) -> Bytes {
+        self.rendered.get_or_init(|| render(&self.value)).clone()
+    }
+}
+
+impl<V> std::ops::Deref for Cached<V> {
+    type Target = V;
+
+    fn deref(&self) -> &V {
+        &self.value
+    }
+}
+
 pub struct EntityCache<V> {
     name: &'static str,
     /// `None` when caching is off (`CACHE_TTL_SECS=0`).
-    entries: Option<moka::future::Cache<(Uuid, u64), Arc<V>>>,
+    entries: Option<moka::future::Cache<(Uuid, u64), Arc<Cached<V>>>>,
     generations: Box<[AtomicU64]>,
     hasher: RandomState,
     /// Off while this instance cannot hear other instances' invalidations (see `store::sql::notify`).
@@ -97,13 +129,13 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
         &self,
         id: Uuid,
         load: impl FnOnce() -> Fut,
-    ) -> Result<Arc<V>, E>
+    ) -> Result<Arc<Cached<V>>, E>
     where
         E: Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<V, E>>,
     {
         let Some(entries) = self.entries.as_ref().filter(|_| !self.is_suspended()) else {
-            return load().await.map(Arc::new);
+            return load().await.map(Cached::new);
         };
         let key = (id, self.stripe(id).load(Ordering::Acquire));
         // Hits, by far the common case, take moka's plain read path; only a miss pays for the
@@ -118,7 +150,7 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
     }
 
     /// The cached value, if there is one: never loads, and counts as no read.
-    pub async fn peek(&self, id: Uuid) -> Option<Arc<V>> {
+    pub async fn peek(&self, id: Uuid) -> Option<Arc<Cached<V>>> {
         let entries = self.entries.as_ref().filter(|_| !self.is_suspended())?;
         let key = (id, self.stripe(id).load(Ordering::Acquire));
         entries.get(&key).await
@@ -126,10 +158,10 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
 
     async fn load_into<E, Fut>(
         &self,
-        entries: &moka::future::Cache<(Uuid, u64), Arc<V>>,
+        entries: &moka::future::Cache<(Uuid, u64), Arc<Cached<V>>>,
         key: (Uuid, u64),
         load: impl FnOnce() -> Fut,
-    ) -> Result<Arc<V>, E>
+    ) -> Result<Arc<Cached<V>>, E>
     where
         E: Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<V, E>>,
@@ -138,7 +170,7 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
             .entry(key)
             .or_try_insert_with(async {
                 self.counters.loads.inc();
-                load().await.map(Arc::new)
+                load().await.map(Cached::new)
             })
             .await;
         match entry {

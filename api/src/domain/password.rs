@@ -17,12 +17,14 @@ const OUTPUT_LEN: usize = 32;
 #[derive(Clone)]
 pub struct Password(String);
 
-/// Where hashing happens: at most one hash per core at a time, each in a 19 MiB work area that is
+/// Where hashing happens: at most one hash per core but one at a time (so that a flood of sign-ups
+/// or logins leaves a core to the reads and writes that need no hashing), each in a 19 MiB work area that is
 /// reused while hashing goes on. Letting every request allocate its own area on whichever blocking
 /// thread it lands on made the allocator keep gigabytes under a burst of sign-ups; keeping the
 /// areas for good made an idle server hold 19 MiB per core it had once hashed on. So the areas
 /// are kept while any hash is running or waiting, and given back when the last one ends.
 struct Workspace {
+    /// Hashes that may run at once.
     cores: usize,
     permits: Semaphore,
     areas: Mutex<Areas>,
@@ -81,7 +83,9 @@ impl Drop for Active<'_> {
 fn workspace() -> &'static Workspace {
     static WORKSPACE: OnceLock<Workspace> = OnceLock::new();
     WORKSPACE.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let cores = std::thread::available_parallelism()
+            .map_or(1, |cores| usize::from(cores).saturating_sub(1))
+            .max(1);
         Workspace {
             cores,
             permits: Semaphore::new(cores),
@@ -100,7 +104,7 @@ pub enum HashError {
     Failed(String),
 }
 
-/// The bounded queue every password hash and verification goes through: one per core runs, up
+/// The bounded queue every password hash and verification goes through: one per core but one runs, up
 /// to `queue_limit` more wait, and any beyond that are refused with `HashError::Busy` — a burst of
 /// sign-ups or logins then costs a quick 503, not a pile of requests that all time out.
 pub struct Hasher {

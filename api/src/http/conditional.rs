@@ -23,10 +23,11 @@ pub struct Representations {
 
 impl Representations {
     pub fn new(config: &CacheConfig) -> Self {
+        // No time to live: an entry can never be stale, and without one moka keeps no
+        // write-order queue, which is most of what a small entry costs.
         let bodies = (!config.ttl.is_zero()).then(|| {
             moka::future::Cache::builder()
                 .max_capacity(config.max_entries)
-                .time_to_live(config.ttl)
                 .build()
         });
         Self { bodies }
@@ -39,7 +40,7 @@ impl Representations {
         version: i64,
         dto: impl FnOnce() -> T,
     ) -> Representation<T> {
-        let render = || Bytes::from(serde_json::to_vec(&dto().to_json()).unwrap_or_default());
+        let render = || json_bytes(&dto());
         let bytes = match &self.bodies {
             Some(bodies) => match bodies.get(&(id, version)).await {
                 Some(bytes) => bytes,
@@ -55,9 +56,21 @@ impl Representations {
     }
 }
 
+/// `value` as `Json<T>` would send it.
+pub fn json_bytes<T: ToJSON>(value: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(&value.to_json()).unwrap_or_default())
+}
+
 /// A JSON body already serialized, documented as `T`'s schema: exactly the bytes `Json<T>`
 /// would send.
 pub struct Representation<T>(Bytes, PhantomData<fn() -> T>);
+
+impl<T> Representation<T> {
+    /// `bytes` must be `json_bytes` of a `T`.
+    pub fn new(bytes: Bytes) -> Self {
+        Self(bytes, PhantomData)
+    }
+}
 
 /// What `Json<T>` answers with, byte for byte.
 const JSON: &str = "application/json; charset=utf-8";
@@ -161,6 +174,25 @@ macro_rules! resource_responses {
                     Self::NotModified(tag)
                 } else {
                     Self::Ok(representations.render(id, version, dto).await, tag)
+                }
+            }
+
+            /// As `of`, for a resource read through the entity cache: its representation is
+            /// kept in the cache's entry (`cache::Cached`), made once per version.
+            #[allow(dead_code)]
+            pub fn of_cached<V>(
+                cached: &$crate::cache::Cached<V>,
+                version: i64,
+                if_none_match: Option<&str>,
+                dto: impl FnOnce(&V) -> $dto,
+            ) -> Self {
+                let tag = $crate::http::conditional::etag(version);
+                if $crate::http::conditional::none_match(if_none_match, version) {
+                    Self::NotModified(tag)
+                } else {
+                    let bytes =
+                        cached.rendered(|value| $crate::http::conditional::json_bytes(&dto(value)));
+                    Self::Ok($crate::http::conditional::Representation::new(bytes), tag)
                 }
             }
         }

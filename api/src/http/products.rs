@@ -140,11 +140,10 @@ impl ProductsApi {
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> Result<ProductRead, Failure<PublicReadFailures>> {
-        let product = self.0.products.get(id.0).await?;
-        let (id, version) = (product.id, product.version);
-        let representations = &self.0.representations;
+        let product = self.0.products.get_cached(id.0).await?;
         let inm = if_none_match.0.as_deref();
-        Ok(ProductRead::of(representations, id, version, inm, || product.into()).await)
+        let dto = |product: &Product| product.clone().into();
+        Ok(ProductRead::of_cached(&product, product.version, inm, dto))
     }
 
     /// List products, newest first

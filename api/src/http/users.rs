@@ -173,11 +173,10 @@ impl UsersApi {
         if_none_match: Header<Option<String>>,
     ) -> Result<UserRead, Failure<ReadFailures>> {
         access::see_user(&auth.0, id.0)?;
-        let user = self.0.users.get(id.0).await?;
-        let (id, version) = (user.id, user.version);
-        let representations = &self.0.representations;
+        let user = self.0.users.get_cached(id.0).await?;
         let inm = if_none_match.0.as_deref();
-        Ok(UserRead::of(representations, id, version, inm, || user.into()).await)
+        let dto = |user: &User| user.clone().into();
+        Ok(UserRead::of_cached(&user, user.version, inm, dto))
     }
 
     /// List users, newest first (admins)

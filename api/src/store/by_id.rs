@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::batch::{self, Batcher};
 use super::error::{Resource, StoreError};
-use crate::cache::EntityCache;
+use crate::cache::{Cached, EntityCache};
 
 /// What a read by id must see.
 pub trait Freshness {
@@ -93,6 +93,16 @@ where
 
     /// Through the cache when `freshness` allows; `NotFound` when there is no such row.
     pub async fn get(&self, id: Uuid, freshness: &impl Freshness) -> Result<V, StoreError> {
+        let found = self.get_cached(id, freshness).await?;
+        Ok(V::clone(&found))
+    }
+
+    /// As `get`, the cache's entry itself (with its representation, see `Cached`).
+    pub async fn get_cached(
+        &self,
+        id: Uuid,
+        freshness: &impl Freshness,
+    ) -> Result<Arc<Cached<V>>, StoreError> {
         let load = || async {
             self.loader
                 .load((id, freshness.wanted()))
@@ -100,10 +110,9 @@ where
                 .ok_or(StoreError::not_found(self.resource, id))
         };
         if !freshness.cache_may_answer() {
-            return load().await;
+            return load().await.map(Cached::new);
         }
-        let found = self.cache.get_or_load(id, load).await?;
-        Ok(V::clone(&found))
+        self.cache.get_or_load(id, load).await
     }
 
     /// Past the cache (still batched): for a read that must see the engine's current row.

@@ -29,7 +29,7 @@ use chrono::{DateTime, FixedOffset, SubsecRound, Utc};
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
-use crate::cache::Caches;
+use crate::cache::{Cached, Caches};
 use crate::domain::model::{
     Failures, NewProduct, NewUser, Product, ProductChanges, ProductFilter, Session, User,
     UserChanges, UserFilter,
@@ -207,6 +207,12 @@ impl Users {
         delegate!(self.get(id))
     }
 
+    /// As `get`, the cache's entry, for serving its representation.
+    #[tracing::instrument(level = "debug", name = "users.get", skip_all, fields(%id))]
+    pub async fn get_cached(&self, id: Uuid) -> Result<Arc<Cached<User>>, StoreError> {
+        delegate!(self.get_cached(id))
+    }
+
     #[tracing::instrument(level = "debug", name = "users.find_by_email", skip_all)]
     pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         delegate!(self.find_by_email(email))
@@ -308,6 +314,12 @@ impl Products {
     #[tracing::instrument(level = "debug", name = "products.get", skip_all, fields(%id))]
     pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
         delegate!(self.get(id))
+    }
+
+    /// As `get`, the cache's entry, for serving its representation.
+    #[tracing::instrument(level = "debug", name = "products.get", skip_all, fields(%id))]
+    pub async fn get_cached(&self, id: Uuid) -> Result<Arc<Cached<Product>>, StoreError> {
+        delegate!(self.get_cached(id))
     }
 
     #[tracing::instrument(level = "debug", name = "products.list", skip_all)]

@@ -12,6 +12,7 @@ use super::document::{self, read_flag, read_i32, read_i64, read_id, read_str, re
 use super::error::on_duplicate;
 use super::schema::PRODUCTS;
 use super::{Mongo, page, settle};
+use crate::cache::Cached;
 use crate::cache::EntityCache;
 use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
 use crate::metrics::Metrics;
@@ -76,6 +77,10 @@ impl ProductRepo {
     /// Read through the cache; misses for different ids at once share one query.
     pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
         self.by_id.get(id, &Current).await
+    }
+
+    pub async fn get_cached(&self, id: Uuid) -> Result<Arc<Cached<Product>>, StoreError> {
+        self.by_id.get_cached(id, &Current).await
     }
 
     pub async fn list(

@@ -12,6 +12,7 @@ use super::document::{self, read_flag, read_i64, read_id, read_str, read_time};
 use super::error::on_duplicate;
 use super::schema::{SESSIONS, USERS};
 use super::{Mongo, page, settle};
+use crate::cache::Cached;
 use crate::cache::EntityCache;
 use crate::domain::model::{NewUser, User, UserChanges, UserFilter};
 use crate::domain::model::{Session, cache_key};
@@ -90,6 +91,10 @@ impl UserRepo {
     /// Read through the cache; misses for different ids at once share one query.
     pub async fn get(&self, id: Uuid) -> Result<User, StoreError> {
         self.by_id.get(id, &Current).await
+    }
+
+    pub async fn get_cached(&self, id: Uuid) -> Result<Arc<Cached<User>>, StoreError> {
+        self.by_id.get_cached(id, &Current).await
     }
 
     pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {

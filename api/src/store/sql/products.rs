@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use entity::products;
 use sea_orm::sea_query::{Expr, ExprTrait};
@@ -11,6 +12,7 @@ use super::error::OnViolation;
 use super::listing::{self, ListOrder};
 use super::replicas::Reads;
 use super::write::Write;
+use crate::cache::Cached;
 use crate::cache::{Caches, Topic};
 use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
 use crate::store::by_id::{ById, Key};
@@ -78,6 +80,10 @@ impl ProductRepo {
     /// Read through the cache; misses for different ids at once share one query.
     pub async fn get(&self, id: Uuid) -> Result<Product, StoreError> {
         self.by_id.get(id, &self.reads).await
+    }
+
+    pub async fn get_cached(&self, id: Uuid) -> Result<Arc<Cached<Product>>, StoreError> {
+        self.by_id.get_cached(id, &self.reads).await
     }
 
     pub async fn list(

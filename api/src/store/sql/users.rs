@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use entity::users;
 use sea_orm::sea_query::{Expr, ExprTrait};
@@ -12,6 +13,7 @@ use super::listing::{self, Indexed, ListOrder};
 use super::replicas::Reads;
 use super::sessions;
 use super::write::Write;
+use crate::cache::Cached;
 use crate::cache::{Caches, Topic};
 use crate::domain::model::{NewUser, User, UserChanges, UserFilter};
 use crate::domain::{Email, PasswordHash, UserRole, UserStatus};
@@ -82,6 +84,10 @@ impl UserRepo {
     /// Read through the cache; misses for different ids at once share one query.
     pub async fn get(&self, id: Uuid) -> Result<User, StoreError> {
         self.by_id.get(id, &self.reads).await
+    }
+
+    pub async fn get_cached(&self, id: Uuid) -> Result<Arc<Cached<User>>, StoreError> {
+        self.by_id.get_cached(id, &self.reads).await
     }
 
     pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
