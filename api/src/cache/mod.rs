@@ -57,10 +57,13 @@ impl<V> std::ops::Deref for Cached<V> {
     }
 }
 
+/// Entries by id and the generation of its stripe.
+type Entries<V> = moka::future::Cache<(Uuid, u64), Arc<Cached<V>>>;
+
 pub struct EntityCache<V> {
     name: &'static str,
     /// `None` when caching is off (`CACHE_TTL_SECS=0`).
-    entries: Option<moka::future::Cache<(Uuid, u64), Arc<Cached<V>>>>,
+    entries: Option<Entries<V>>,
     generations: Box<[AtomicU64]>,
     hasher: RandomState,
     /// Off while this instance cannot hear other instances' invalidations (see `store::sql::notify`).
@@ -158,7 +161,7 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
 
     async fn load_into<E, Fut>(
         &self,
-        entries: &moka::future::Cache<(Uuid, u64), Arc<Cached<V>>>,
+        entries: &Entries<V>,
         key: (Uuid, u64),
         load: impl FnOnce() -> Fut,
     ) -> Result<Arc<Cached<V>>, E>
