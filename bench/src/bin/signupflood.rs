@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Phase 1: `readers` loops read `GET /v1/users/{id}` as the admin for `seconds`. Phase 2: the same
-//! reads while `signups` loops sign users up without pause. Prints the reads' p50/p99 in each
+//! reads while `signups` loops sign users up without pause (but for the `Retry-After` a 503 asks). Prints the reads' p50/p99 in each
 //! phase, their ratio, and how the sign-ups were answered (201 created, 503 `busy`):
 //! `signupflood read_p99_ms=… flood_read_p99_ms=… ratio_p99=… signups_201=… signups_503=… other=…`.
 
@@ -67,19 +67,26 @@ async fn run(base: String, period: Duration, readers: usize, signups: usize) {
                 while Instant::now() < deadline {
                     n += 1;
                     let email = format!("flood-{worker}-{n}-{}@example.com", uuid::Uuid::now_v7().simple());
-                    let status = client
+                    let reply = client
                         .post(format!("{base}/v1/users"))
                         .json(&serde_json::json!({"name": "Flood", "email": email, "password": "correct horse battery"}))
                         .send()
-                        .await
-                        .map(|reply| reply.status().as_u16())
-                        .unwrap_or(0);
+                        .await;
+                    let status = reply.as_ref().map_or(0, |reply| reply.status().as_u16());
+                    // A refused sign-up waits as long as `Retry-After` asks, as a client should.
+                    let retry_after = reply
+                        .ok()
+                        .and_then(|reply| reply.headers().get("retry-after")?.to_str().ok()?.parse().ok())
+                        .map(Duration::from_secs);
                     let slot = match status {
                         201 => 0,
                         503 => 1,
                         _ => 2,
                     };
                     counts[slot].fetch_add(1, Ordering::Relaxed);
+                    if let Some(wait) = retry_after {
+                        tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
+                    }
                 }
             })
         })
