@@ -4,6 +4,8 @@
 #
 #   scripts/bench.sh                      # everything: build, seed, measure, report (~15 min)
 #   scripts/bench.sh --report DIR         # rewrite BENCHMARKS.md from a finished run's DIR
+#   BENCH_ONLY=flash BENCH_FLASH_STOCK=N scripts/bench.sh
+#                                         # the flash sale and its pgbench baselines only (~4 min)
 #
 # The shell starts and stops servers, seeds and runs the load; `target/release/report` (bench's
 # report binary) turns the raw results it records in BENCH_OUT into BENCHMARKS.md, with the one
@@ -33,7 +35,11 @@
 #   BENCH_CONNECTIONS_HIGH
 #                       the second concurrency of the cached read against /health [64]
 #   BENCH_FLASH_STOCK   units of each flash-sale product [sized from the hot-products order
-#                       run's rate to sell out about halfway through a run]
+#                       run's rate to sell out about halfway through a run; required with
+#                       BENCH_ONLY=flash, which skips that run]
+#   BENCH_ONLY          flash: only the flash sale (scenario 6) and its pgbench baselines, on the
+#                       main data set; the report goes to BENCH_OUT unless BENCH_REPORT says
+#                       otherwise [unset: every scenario]
 #   BENCH_MONGO         0: skip the MongoDB scenarios [1]
 #   BENCH_MONGO_URL     a MongoDB server; the run creates and drops a scratch database on it
 #                       [mongodb://127.0.0.1:27017/?directConnection=true]
@@ -62,6 +68,7 @@ DEEP=${BENCH_DEEP:-900000}
 HOT_PRODUCTS=${BENCH_HOT_PRODUCTS:-10}
 CONNECTIONS_HIGH=${BENCH_CONNECTIONS_HIGH:-64}
 FLASH_STOCK=${BENCH_FLASH_STOCK:-}
+ONLY=${BENCH_ONLY:-}
 MONGO=${BENCH_MONGO:-1}
 MONGO_URL=${BENCH_MONGO_URL:-mongodb://127.0.0.1:27017/?directConnection=true}
 MONGO_USERS=${BENCH_MONGO_USERS:-20000}
@@ -140,6 +147,15 @@ fi
 OUT=${BENCH_OUT:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+case "$ONLY" in
+  "") ;;
+  flash)
+    [ -n "$FLASH_STOCK" ] || die "BENCH_ONLY=flash needs BENCH_FLASH_STOCK (units per product)"
+    # A partial run must not replace the full report.
+    REPORT=${BENCH_REPORT:-$OUT/BENCHMARKS.md}
+    ;;
+  *) die "BENCH_ONLY must be unset or flash, not $ONLY" ;;
+esac
 : >"$OUT/results.env"
 : >"$OUT/commands.txt"
 
@@ -523,30 +539,37 @@ record build_changes "$(git status --porcelain -- api entity migration Cargo.loc
 cargo build --release -p api -p bench
 note_cmd "export LUA_PATH='bench/lua/?.lua;;'  # for the wrk scripts' require \"common\""
 
-say "hash rate"
-for threads in 1 "$machine_nproc"; do
-  note_cmd "target/release/hashrate --seconds 5 --threads $threads"
-  line=$("$BIN/hashrate" --seconds 5 --threads "$threads")
-  echo "$line" >&2
-  key=hash_rate_1
-  [ "$threads" = 1 ] || key=hash_rate_all
-  record "$key" "$(sed -n 's/.*per_second=\([0-9.]*\).*/\1/p' <<<"$line")"
-done
+# BENCH_ONLY=flash: the main data set and scenario 6 only.
+if [ -z "$ONLY" ]; then
+  say "hash rate"
+  for threads in 1 "$machine_nproc"; do
+    note_cmd "target/release/hashrate --seconds 5 --threads $threads"
+    line=$("$BIN/hashrate" --seconds 5 --threads "$threads")
+    echo "$line" >&2
+    key=hash_rate_1
+    [ "$threads" = 1 ] || key=hash_rate_all
+    record "$key" "$(sed -n 's/.*per_second=\([0-9.]*\).*/\1/p' <<<"$line")"
+  done
+fi
 
 say "databases"
 create_db main
 MAIN_URL=$CREATED_URL
-create_db small
-SMALL_URL=$CREATED_URL
-create_db big
-BIG_URL=$CREATED_URL
+if [ -z "$ONLY" ]; then
+  create_db small
+  SMALL_URL=$CREATED_URL
+  create_db big
+  BIG_URL=$CREATED_URL
+fi
 
 say "seeding"
 seed seed_main "$MAIN_URL" --users "$USERS" --products "$PRODUCTS" --orders "$ORDERS" \
   --out-dir "$OUT/main"
-seed seed_small "$SMALL_URL" --users "$SMALL_USERS" --products 100 --orders 0
-seed seed_big "$BIG_URL" --users "$BIG_USERS" --products "$PRODUCTS" --orders "$ORDERS" \
-  --out-dir "$OUT/big" --cursor-depth 0 --cursor-depth "$DEEP" --cursors-per-depth 1000
+if [ -z "$ONLY" ]; then
+  seed seed_small "$SMALL_URL" --users "$SMALL_USERS" --products 100 --orders 0
+  seed seed_big "$BIG_URL" --users "$BIG_USERS" --products "$PRODUCTS" --orders "$ORDERS" \
+    --out-dir "$OUT/big" --cursor-depth 0 --cursor-depth "$DEEP" --cursors-per-depth 1000
+fi
 
 # The seeded ids, numbered, for pgbench to pick from.
 helper_sql="CREATE TABLE bench_user_ids (n serial PRIMARY KEY, id uuid NOT NULL);
@@ -559,122 +582,124 @@ ${helper_sql//$OUT/\$OUT}
 SQL"
 psql -q -v ON_ERROR_STOP=1 "$MAIN_URL" >/dev/null <<<"$helper_sql"
 
-say "1. GET /v1/users/{id}, cache off, against pgbench"
-pgbench_run pg_get_user "$MAIN_URL" get_user.sql -D users="$USERS"
-start_server nocache "$MAIN_URL" CACHE_TTL_SECS=0
-queries_before=$(metric 'db_queries_total')
-measure s1 get_user.lua "$OUT/main/users.txt"
-queries_after=$(metric 'db_queries_total')
-warmup_requests=$(sed -n 's/^BENCH requests=\([0-9]*\).*/\1/p' "$OUT/wrk-s1-warmup.txt" 2>/dev/null)
-record s1_queries "$(awk "BEGIN { printf \"%d\", ${queries_after:-0} - ${queries_before:-0} }")"
-record s1_all_requests "$((s1_requests + ${warmup_requests:-0}))"
-record server_tls "$(tls_of "$SERVER_DB")"
-server_memory rss_nocache
-if target_missed s1; then
-  profile s1 get_user.lua "$OUT/main/users.txt"
-  stop_server
-  # The same query through a pool built like the service's, without HTTP, with and without
-  # the pool's checkout ping.
-  for check in true false; do
-    cmd=("$BIN/poolprobe" --database-url "$MAIN_URL" --ids "$OUT/main/users.txt"
-      --concurrency "$CONNECTIONS" --seconds "$DURATION" --test-before-acquire "$check")
-    note_cmd "$(show "${cmd[@]}")"
-    line=$("${cmd[@]}")
-    echo "$line" >&2
-    for kv in qps p50_ms p99_ms; do
-      record "probe_${check}_$kv" "$(sed -n "s/.* $kv=\([0-9.]*\).*/\1/p" <<<"$line")"
+if [ -z "$ONLY" ]; then
+  say "1. GET /v1/users/{id}, cache off, against pgbench"
+  pgbench_run pg_get_user "$MAIN_URL" get_user.sql -D users="$USERS"
+  start_server nocache "$MAIN_URL" CACHE_TTL_SECS=0
+  queries_before=$(metric 'db_queries_total')
+  measure s1 get_user.lua "$OUT/main/users.txt"
+  queries_after=$(metric 'db_queries_total')
+  warmup_requests=$(sed -n 's/^BENCH requests=\([0-9]*\).*/\1/p' "$OUT/wrk-s1-warmup.txt" 2>/dev/null)
+  record s1_queries "$(awk "BEGIN { printf \"%d\", ${queries_after:-0} - ${queries_before:-0} }")"
+  record s1_all_requests "$((s1_requests + ${warmup_requests:-0}))"
+  record server_tls "$(tls_of "$SERVER_DB")"
+  server_memory rss_nocache
+  if target_missed s1; then
+    profile s1 get_user.lua "$OUT/main/users.txt"
+    stop_server
+    # The same query through a pool built like the service's, without HTTP, with and without
+    # the pool's checkout ping.
+    for check in true false; do
+      cmd=("$BIN/poolprobe" --database-url "$MAIN_URL" --ids "$OUT/main/users.txt"
+        --concurrency "$CONNECTIONS" --seconds "$DURATION" --test-before-acquire "$check")
+      note_cmd "$(show "${cmd[@]}")"
+      line=$("${cmd[@]}")
+      echo "$line" >&2
+      for kv in qps p50_ms p99_ms; do
+        record "probe_${check}_$kv" "$(sed -n "s/.* $kv=\([0-9.]*\).*/\1/p" <<<"$line")"
+      done
     done
+  fi
+  stop_server
+
+  say "2. GET /v1/users/{id}, cache warm, against /health"
+  start_server cached "$MAIN_URL"
+  measure health health.lua
+  # Every user once, in order, until the cache holds them all.
+  position=0
+  for _ in 1 2 3 4 5 6 7 8; do
+    wrk_for 10 "warm-$position" warm_users.lua "$OUT/main/users.txt" "$THREADS" "$position"
+    done_requests=$(sed -n 's/^BENCH requests=\([0-9]*\).*/\1/p' "$OUT/wrk-warm-$position.txt")
+    position=$((position + done_requests))
+    [ "$position" -lt "$USERS" ] || break
   done
-fi
-stop_server
+  sleep 1
+  record cache_users_entries "$(metric 'cache_entries{cache="users"}')"
+  server_memory rss_warm
+  hits_before=$(metric 'cache_requests_total{cache="users",result="hit"}')
+  misses_before=$(metric 'cache_requests_total{cache="users",result="miss"}')
+  measure s2 get_user.lua "$OUT/main/users.txt"
+  hits_after=$(metric 'cache_requests_total{cache="users",result="hit"}')
+  misses_after=$(metric 'cache_requests_total{cache="users",result="miss"}')
+  record cache_hits "$(awk "BEGIN { printf \"%d\", ${hits_after:-0} - ${hits_before:-0} }")"
+  record cache_lookups "$(awk "BEGIN { printf \"%d\", ${hits_after:-0} + ${misses_after:-0} - ${hits_before:-0} - ${misses_before:-0} }")"
+  if target_missed s2; then
+    profile s2 get_user.lua "$OUT/main/users.txt"
+  fi
+  # The same comparison at twice the connections: more requests in flight on the same cores.
+  WRK_CONNECTIONS=$CONNECTIONS_HIGH measure health_high health.lua
+  WRK_CONNECTIONS=$CONNECTIONS_HIGH measure s2_high get_user.lua "$OUT/main/users.txt"
+  if target_missed s2_high; then
+    WRK_CONNECTIONS=$CONNECTIONS_HIGH profile s2_high get_user.lua "$OUT/main/users.txt"
+  fi
+  server_memory rss_cached
+  stop_server
 
-say "2. GET /v1/users/{id}, cache warm, against /health"
-start_server cached "$MAIN_URL"
-measure health health.lua
-# Every user once, in order, until the cache holds them all.
-position=0
-for _ in 1 2 3 4 5 6 7 8; do
-  wrk_for 10 "warm-$position" warm_users.lua "$OUT/main/users.txt" "$THREADS" "$position"
-  done_requests=$(sed -n 's/^BENCH requests=\([0-9]*\).*/\1/p' "$OUT/wrk-warm-$position.txt")
-  position=$((position + done_requests))
-  [ "$position" -lt "$USERS" ] || break
-done
-sleep 1
-record cache_users_entries "$(metric 'cache_entries{cache="users"}')"
-server_memory rss_warm
-hits_before=$(metric 'cache_requests_total{cache="users",result="hit"}')
-misses_before=$(metric 'cache_requests_total{cache="users",result="miss"}')
-measure s2 get_user.lua "$OUT/main/users.txt"
-hits_after=$(metric 'cache_requests_total{cache="users",result="hit"}')
-misses_after=$(metric 'cache_requests_total{cache="users",result="miss"}')
-record cache_hits "$(awk "BEGIN { printf \"%d\", ${hits_after:-0} - ${hits_before:-0} }")"
-record cache_lookups "$(awk "BEGIN { printf \"%d\", ${hits_after:-0} + ${misses_after:-0} - ${hits_before:-0} - ${misses_before:-0} }")"
-if target_missed s2; then
-  profile s2 get_user.lua "$OUT/main/users.txt"
-fi
-# The same comparison at twice the connections: more requests in flight on the same cores.
-WRK_CONNECTIONS=$CONNECTIONS_HIGH measure health_high health.lua
-WRK_CONNECTIONS=$CONNECTIONS_HIGH measure s2_high get_user.lua "$OUT/main/users.txt"
-if target_missed s2_high; then
-  WRK_CONNECTIONS=$CONNECTIONS_HIGH profile s2_high get_user.lua "$OUT/main/users.txt"
-fi
-server_memory rss_cached
-stop_server
+  say "3. listings: page mode at $SMALL_USERS and $BIG_USERS users, cursor mode at depth 0 and $DEEP"
+  start_server small "$SMALL_URL"
+  measure page_small list_page.lua "$((SMALL_USERS / PER_PAGE))"
+  server_memory rss_small
+  stop_server
+  start_server big "$BIG_URL"
+  measure page_big list_page.lua "$((BIG_USERS / PER_PAGE))"
+  record page_big_index_hits "$(metric 'listing_index_requests_total{listing="users",result="hit"}')"
+  record page_big_index_misses "$(metric 'listing_index_requests_total{listing="users",result="miss"}')"
+  record page_big_index_builds "$(metric 'listing_index_builds_total{listing="users",outcome="built"}')"
+  if target_missed page_big; then
+    profile page_big list_page.lua "$((BIG_USERS / PER_PAGE))"
+  fi
+  measure cursor_top list_cursor.lua "$OUT/big/cursors-0.txt"
+  measure cursor_deep list_cursor.lua "$OUT/big/cursors-$DEEP.txt"
+  if target_missed cursor_deep; then
+    profile cursor_deep list_cursor.lua "$OUT/big/cursors-$DEEP.txt"
+  fi
+  server_memory rss_big
+  stop_server
+  # The plans behind those figures, for the report: a middle page, and the deep cursor's page
+  # (the key of the user at newest-first position DEEP, as the service decodes it).
+  columns='"users"."id", "users"."name", "users"."email", "users"."password_hash", "users"."status", "users"."created_at", "users"."updated_at"'
+  mid_offset=$((BIG_USERS / 2))
+  page_sql="SELECT pg_size_pretty(pg_relation_size('users')) AS users_heap, pg_size_pretty(pg_indexes_size('users')) AS users_indexes, current_setting('shared_buffers') AS shared_buffers;
+  EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT COUNT(*) AS n FROM (SELECT 1 FROM \"users\" LIMIT 10001) AS capped;
+  EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT $columns FROM \"users\" ORDER BY \"users\".\"created_at\" DESC, \"users\".\"id\" DESC LIMIT 20 OFFSET $mid_offset;"
+  note_cmd "psql \"\$BIG_URL\" <<'SQL'  # the plans quoted in the report
+  $page_sql"
+  psql -q -X "$BIG_URL" >"$OUT/explain-page_big.txt" 2>&1 <<<"$page_sql" || true
+  deep_key=$("$BIN/cursor" decode users "$(head -n 1 "$OUT/big/cursors-$DEEP.txt")")
+  read -r deep_at deep_id <<<"$deep_key"
+  cursor_sql="EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT $columns FROM \"users\" WHERE \"users\".\"created_at\" <= '$deep_at' AND (\"users\".\"created_at\" < '$deep_at' OR \"users\".\"id\" < '$deep_id') ORDER BY \"users\".\"created_at\" DESC, \"users\".\"id\" DESC LIMIT 21;"
+  psql -q -X "$BIG_URL" >"$OUT/explain-cursor_deep.txt" 2>&1 <<<"$cursor_sql" || true
+  note_cmd "$cursor_sql
+  SQL"
 
-say "3. listings: page mode at $SMALL_USERS and $BIG_USERS users, cursor mode at depth 0 and $DEEP"
-start_server small "$SMALL_URL"
-measure page_small list_page.lua "$((SMALL_USERS / PER_PAGE))"
-server_memory rss_small
-stop_server
-start_server big "$BIG_URL"
-measure page_big list_page.lua "$((BIG_USERS / PER_PAGE))"
-record page_big_index_hits "$(metric 'listing_index_requests_total{listing="users",result="hit"}')"
-record page_big_index_misses "$(metric 'listing_index_requests_total{listing="users",result="miss"}')"
-record page_big_index_builds "$(metric 'listing_index_builds_total{listing="users",outcome="built"}')"
-if target_missed page_big; then
-  profile page_big list_page.lua "$((BIG_USERS / PER_PAGE))"
-fi
-measure cursor_top list_cursor.lua "$OUT/big/cursors-0.txt"
-measure cursor_deep list_cursor.lua "$OUT/big/cursors-$DEEP.txt"
-if target_missed cursor_deep; then
-  profile cursor_deep list_cursor.lua "$OUT/big/cursors-$DEEP.txt"
-fi
-server_memory rss_big
-stop_server
-# The plans behind those figures, for the report: a middle page, and the deep cursor's page
-# (the key of the user at newest-first position DEEP, as the service decodes it).
-columns='"users"."id", "users"."name", "users"."email", "users"."password_hash", "users"."status", "users"."created_at", "users"."updated_at"'
-mid_offset=$((BIG_USERS / 2))
-page_sql="SELECT pg_size_pretty(pg_relation_size('users')) AS users_heap, pg_size_pretty(pg_indexes_size('users')) AS users_indexes, current_setting('shared_buffers') AS shared_buffers;
-EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT COUNT(*) AS n FROM (SELECT 1 FROM \"users\" LIMIT 10001) AS capped;
-EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT $columns FROM \"users\" ORDER BY \"users\".\"created_at\" DESC, \"users\".\"id\" DESC LIMIT 20 OFFSET $mid_offset;"
-note_cmd "psql \"\$BIG_URL\" <<'SQL'  # the plans quoted in the report
-$page_sql"
-psql -q -X "$BIG_URL" >"$OUT/explain-page_big.txt" 2>&1 <<<"$page_sql" || true
-deep_key=$("$BIN/cursor" decode users "$(head -n 1 "$OUT/big/cursors-$DEEP.txt")")
-read -r deep_at deep_id <<<"$deep_key"
-cursor_sql="EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT $columns FROM \"users\" WHERE \"users\".\"created_at\" <= '$deep_at' AND (\"users\".\"created_at\" < '$deep_at' OR \"users\".\"id\" < '$deep_id') ORDER BY \"users\".\"created_at\" DESC, \"users\".\"id\" DESC LIMIT 21;"
-psql -q -X "$BIG_URL" >"$OUT/explain-cursor_deep.txt" 2>&1 <<<"$cursor_sql" || true
-note_cmd "$cursor_sql
-SQL"
+  say "4. POST /v1/orders against pgbench"
+  pgbench_run pg_orders "$MAIN_URL" place_order.sql -D users="$USERS" -D products="$PRODUCTS" -D base=0
+  pgbench_run pg_orders_hot "$MAIN_URL" place_order.sql -D users="$USERS" -D products="$HOT_PRODUCTS" -D base=0
+  start_server orders "$MAIN_URL"
+  measure orders post_order.lua "$OUT/main/users.txt" "$OUT/main/products.txt" 0
+  measure orders_hot post_order.lua "$OUT/main/users.txt" "$OUT/main/products.txt" "$HOT_PRODUCTS"
+  if target_missed orders; then
+    profile orders_hot post_order.lua "$OUT/main/users.txt" "$OUT/main/products.txt" "$HOT_PRODUCTS"
+  fi
+  server_memory rss_orders
+  stop_server
 
-say "4. POST /v1/orders against pgbench"
-pgbench_run pg_orders "$MAIN_URL" place_order.sql -D users="$USERS" -D products="$PRODUCTS" -D base=0
-pgbench_run pg_orders_hot "$MAIN_URL" place_order.sql -D users="$USERS" -D products="$HOT_PRODUCTS" -D base=0
-start_server orders "$MAIN_URL"
-measure orders post_order.lua "$OUT/main/users.txt" "$OUT/main/products.txt" 0
-measure orders_hot post_order.lua "$OUT/main/users.txt" "$OUT/main/products.txt" "$HOT_PRODUCTS"
-if target_missed orders; then
-  profile orders_hot post_order.lua "$OUT/main/users.txt" "$OUT/main/products.txt" "$HOT_PRODUCTS"
+  say "5. POST /v1/users"
+  start_server users "$MAIN_URL"
+  measure users_post post_user.lua "$RUN_ID"
+  server_memory rss_users
+  stop_server
 fi
-server_memory rss_orders
-stop_server
-
-say "5. POST /v1/users"
-start_server users "$MAIN_URL"
-measure users_post post_user.lua "$RUN_ID"
-server_memory rss_users
-stop_server
 
 say "6. flash sale: POST /v1/orders on $HOT_PRODUCTS products that sell out, against pgbench"
 # Enough stock to sell out about halfway through a run at 4b's rate (1-3 lines, 2 on average).
@@ -742,7 +767,7 @@ fi
 server_memory rss_flash
 stop_server
 
-if [ "$MONGO" = 1 ]; then
+if [ "$MONGO" = 1 ] && [ -z "$ONLY" ]; then
   say "7. MongoDB: GET /v1/users/{id} cold and POST /v1/orders, against the driver alone"
   mongo_base=${MONGO_URL%%\?*}
   mongo_query=""

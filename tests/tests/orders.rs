@@ -300,6 +300,132 @@ on_every_backend! {
         assert_eq!(orders_of(&app, &user).await["total_items"], 0);
     }
 
+    async fn a_burst_of_multi_line_orders_takes_whole_orders_and_names_what_was_left(app) {
+        let user = app.create_user("Ada", "ada@example.com").await;
+        let mut products = Vec::new();
+        for (n, stock) in [(1, 20), (2, 15), (3, 10), (4, 5)] {
+            products.push((app.create_product(&format!("HOT-{n}"), 100 * n, stock).await, stock));
+        }
+        // 201 orders of one to three distinct products, one to three units each, from a fixed
+        // pseudo-random sequence: far more than the stock, so most are refused, many of them
+        // short of one line while the others would still fit.
+        let mut seed: u64 = 0x5eed;
+        let mut next = |bound: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % bound
+        };
+        let bodies: Vec<Vec<(usize, i64)>> = (0..201)
+            .map(|_| {
+                let mut lines: Vec<(usize, i64)> = Vec::new();
+                for _ in 0..=next(3) {
+                    let product = next(4) as usize;
+                    if lines.iter().all(|(p, _)| *p != product) {
+                        lines.push((product, 1 + next(3) as i64));
+                    }
+                }
+                lines
+            })
+            .collect();
+        let replies = join_all(bodies.iter().map(|lines| {
+            let app = app.clone();
+            let body: Vec<(&Value, i64)> =
+                lines.iter().map(|(p, q)| (&products[*p].0, *q)).collect();
+            let body = order_of(&user, &body);
+            async move { place(&app, &body).await }
+        }))
+        .await;
+
+        let mut left = Vec::new();
+        for (product, _) in &products {
+            left.push(stock_of(&app, product).await);
+        }
+        let mut sold = vec![0; products.len()];
+        let mut placed = 0;
+        for (lines, reply) in bodies.iter().zip(&replies) {
+            match reply.status {
+                201 => {
+                    // All of the order, as asked.
+                    let order = reply.expect(201);
+                    let items = order["items"].as_array().expect("items");
+                    assert_eq!(items.len(), lines.len(), "{order}");
+                    for (p, q) in lines {
+                        let item = items
+                            .iter()
+                            .find(|item| item["product_id"] == products[*p].0["id"])
+                            .expect("every line is an item");
+                        assert_eq!(item["quantity"], *q, "{order}");
+                        sold[*p] += q;
+                    }
+                    placed += 1;
+                }
+                409 => {
+                    let problem = reply.problem(409, "insufficient_stock");
+                    let p = products
+                        .iter()
+                        .position(|(product, _)| product["id"] == problem["product_id"])
+                        .expect("the product is one of the order's");
+                    let requested = lines
+                        .iter()
+                        .find(|(line, _)| *line == p)
+                        .map(|(_, q)| *q)
+                        .expect("the product is one of the order's lines");
+                    assert_eq!(problem["requested"], requested, "{problem}");
+                    let available = problem["available"].as_i64().expect("available is set");
+                    // What was left at the order's turn: short of the line, and no less than
+                    // what is left now, since stock only went down.
+                    assert!(available < requested, "{problem}");
+                    assert!(available >= left[p], "{problem}; {} left now", left[p]);
+                }
+                other => panic!("a burst answers 201 or 409 only, got {other}: {}", reply.text),
+            }
+        }
+        for (p, (_, stock)) in products.iter().enumerate() {
+            assert!(left[p] >= 0);
+            assert_eq!(sold[p] + left[p], *stock, "product {p}: sold {} left {}", sold[p], left[p]);
+        }
+        assert_eq!(orders_of(&app, &user).await["total_items"], placed);
+    }
+
+    async fn an_unknown_product_among_concurrent_orders_is_404_for_that_order_alone(app) {
+        let user = app.create_user("Ada", "ada@example.com").await;
+        let tea = app.create_product("TEA", 250, 100).await;
+        let ghost_product = json!({"id": UNKNOWN_ID});
+        let ghost_user = json!({"id": UNKNOWN_ID});
+        let good = order_of(&user, &[(&tea, 1)]);
+        let bodies: Vec<Value> = (0..40)
+            .map(|n| match n {
+                13 => order_of(&user, &[(&tea, 1), (&ghost_product, 1)]),
+                27 => order_of(&ghost_user, &[(&tea, 1)]),
+                _ => good.clone(),
+            })
+            .collect();
+        let replies = join_all(bodies.iter().map(|body| {
+            let app = app.clone();
+            let body = body.clone();
+            async move { place(&app, &body).await }
+        }))
+        .await;
+        for (n, reply) in replies.iter().enumerate() {
+            match n {
+                13 => {
+                    let problem = reply.problem(404, "not_found");
+                    assert_eq!(problem["resource"], "product");
+                    assert_eq!(problem["id"], UNKNOWN_ID);
+                }
+                27 => {
+                    let problem = reply.problem(404, "not_found");
+                    assert_eq!(problem["resource"], "user");
+                    assert_eq!(problem["id"], UNKNOWN_ID);
+                }
+                _ => {
+                    reply.expect(201);
+                }
+            }
+        }
+        assert_eq!(stock_of(&app, &tea).await, 62);
+        assert_eq!(orders_of(&app, &user).await["total_items"], 38);
+    }
+
     async fn a_repeated_idempotency_key_answers_the_first_order(app) {
         let user = app.create_user("Ada", "ada@example.com").await;
         let tea = app.create_product("TEA", 250, 10).await;

@@ -1,8 +1,10 @@
 //! The SQL engine: SQLite, PostgreSQL and MariaDB/MySQL through SeaORM. Everything SeaORM-specific
 //! lives here — the pool (`pool`), entities and queries (one repository per aggregate), the one
-//! write path (`write`), listing (`listing`), the classification of database errors (`failure`,
+//! write path (`write`) and the queue that coalesces concurrent writes into one of them
+//! (`coalesce`), listing (`listing`), the classification of database errors (`failure`,
 //! `error`) and PostgreSQL's cross-instance cache invalidation (`notify`).
 
+pub mod coalesce;
 pub mod error;
 pub mod failure;
 pub mod listing;

@@ -10,6 +10,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::coalesce::Coalescer;
 use super::error::OnViolation;
 use super::failure::classify;
 use super::listing::{self, ListOrder};
@@ -23,6 +24,8 @@ use crate::store::error::{Conflict, Resource, StoreError};
 use crate::store::failure::DbFailure;
 use crate::store::page::{CursorKey, PageOf, PageRequest};
 use crate::store::retry::{RetryPolicy, with_retry};
+
+mod batch;
 
 /// Reads an order's row and items into the read model; an unknown status is an internal error.
 fn order_from_rows(
@@ -69,86 +72,71 @@ impl From<sea_orm::DbErr> for Attempt {
     }
 }
 
+/// The writing half of the repository (placing and moving orders); the queue's workers hold a
+/// clone of it.
 #[derive(Clone)]
-pub struct OrderRepo {
+struct Placer {
     /// The primary, for writes.
     db: DatabaseConnection,
-    reads: Reads,
     caches: Caches,
     metrics: Arc<Metrics>,
     retry: RetryPolicy,
 }
 
+/// Orders waiting to be placed together, each answered with its own outcome.
+type OrderQueue = Coalescer<PlaceOrder, batch::Answer>;
+
+#[derive(Clone)]
+pub struct OrderRepo {
+    placer: Placer,
+    reads: Reads,
+    queue: OrderQueue,
+}
+
 impl OrderRepo {
     /// The pool, for classifying what its operations fail with (`pool::refine`).
     pub fn db(&self) -> &DatabaseConnection {
-        &self.db
+        &self.placer.db
     }
 
     pub fn new(reads: Reads, caches: Caches, metrics: Arc<Metrics>) -> Self {
-        Self {
+        let placer = Placer {
             db: reads.primary().clone(),
-            reads,
             caches,
             metrics,
             retry: RetryPolicy::default(),
+        };
+        let queue = batch::queue(placer.clone());
+        Self {
+            placer,
+            reads,
+            queue,
         }
     }
 
-    /// Runs `attempt` again after deadlocks and serialization failures, counting each retry.
-    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, StoreError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, StoreError>>,
-    {
-        let retries = &self.metrics.transaction_retries;
-        with_retry(self.retry, |_| retries.inc(), attempt).await
-    }
-
-    /// Places an order in one transaction: claims the idempotency key, checks the user, locks
-    /// the products in id order, takes the stock, and writes the order and its items — all of it
-    /// commits or none.
+    /// Places an order: all of it commits or none (its key claimed, its user checked, its stock
+    /// taken, the order and its items written).
+    ///
+    /// Orders without an `Idempotency-Key` are coalesced: concurrent ones are placed together,
+    /// in arrival order, in one transaction (`batch`), which on hot products is what lets more
+    /// than one order commit per lock hand-over. Keyed orders always take the single-order path:
+    /// a key claimed by a concurrent duplicate must make its request wait for that duplicate
+    /// (and on PostgreSQL a unique violation would abort the whole batch), and a retried
+    /// request is rare enough not to need the speed.
     #[tracing::instrument(level = "debug", skip_all, fields(user_id = %request.user_id))]
     pub async fn place(&self, request: PlaceOrder) -> Result<Placed, StoreError> {
-        let order_id = Uuid::now_v7();
-        let placed = self
-            .retrying(|| async {
-                match self.place_once(order_id, &request).await {
-                    Ok(order) => Ok(Some(order)),
-                    Err(Attempt::KeyTaken) => Ok(None),
-                    Err(Attempt::Failed(err)) => Err(err),
-                }
-            })
-            .await?;
-        match placed {
-            Some(order) => Ok(Placed::New(order)),
-            None => self.replay(&request).await.map(Placed::Replayed),
+        if request.idempotency.is_some() {
+            return self.placer.place_alone(Uuid::now_v7(), &request).await;
         }
-    }
-
-    async fn place_once(&self, order_id: Uuid, request: &PlaceOrder) -> Result<Order, Attempt> {
-        let mut write = Write::begin(&self.db, &self.caches).await?;
-        let outcome = place_in(write.txn(), order_id, request).await;
-        if outcome.is_ok() {
-            write.changed(Topic::Products, request.lines.product_ids());
+        let answer = self
+            .queue
+            .submit(request)
+            .await
+            .map_err(|abandoned| StoreError::internal(abandoned.to_string()))?;
+        if answer.position_unknown {
+            crate::store::consistency::position_unknown();
         }
-        write.finish(outcome).await
-    }
-
-    /// The order an earlier request with this key placed, if the request was the same.
-    async fn replay(&self, request: &PlaceOrder) -> Result<Order, StoreError> {
-        let Some(idempotency) = &request.idempotency else {
-            return Err(StoreError::internal("idempotency conflict without a key"));
-        };
-        let claim = idempotency_keys::Entity::find_by_id(idempotency.key.as_str())
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| StoreError::internal("the idempotency key's claim is gone"))?;
-        if claim.request_hash != idempotency.request_hash {
-            return Err(StoreError::Conflict(Conflict::IdempotencyKeyReused));
-        }
-        // The order was committed by another request just now: only the primary surely has it.
-        order_on(&self.db, claim.order_id).await
+        answer.placed
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Order, StoreError> {
@@ -180,18 +168,79 @@ impl OrderRepo {
         to: OrderStatus,
         expected: Option<&[i64]>,
     ) -> Result<Order, StoreError> {
-        self.retrying(|| async {
-            let mut write = Write::begin(&self.db, &self.caches).await?;
-            let outcome = transition_in(write.txn(), id, to, expected).await;
-            if let Ok(order) = &outcome
-                && to == OrderStatus::Cancelled
-            {
-                let restocked = order.items.iter().map(|item| item.product_id);
-                write.changed(Topic::Products, restocked);
-            }
-            write.finish(outcome).await
-        })
-        .await
+        let placer = &self.placer;
+        placer
+            .retrying(|| async {
+                let mut write = Write::begin(&placer.db, &placer.caches).await?;
+                let outcome = transition_in(write.txn(), id, to, expected).await;
+                if let Ok(order) = &outcome
+                    && to == OrderStatus::Cancelled
+                {
+                    let restocked = order.items.iter().map(|item| item.product_id);
+                    write.changed(Topic::Products, restocked);
+                }
+                write.finish(outcome).await
+            })
+            .await
+    }
+}
+
+impl Placer {
+    /// Runs `attempt` again after deadlocks and serialization failures, counting each retry.
+    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let retries = &self.metrics.transaction_retries;
+        with_retry(self.retry, |_| retries.inc(), attempt).await
+    }
+
+    /// Places one order in a transaction of its own: keyed orders, and the orders of a batch
+    /// whose transaction failed.
+    async fn place_alone(
+        &self,
+        order_id: Uuid,
+        request: &PlaceOrder,
+    ) -> Result<Placed, StoreError> {
+        let placed = self
+            .retrying(|| async {
+                match self.place_once(order_id, request).await {
+                    Ok(order) => Ok(Some(order)),
+                    Err(Attempt::KeyTaken) => Ok(None),
+                    Err(Attempt::Failed(err)) => Err(err),
+                }
+            })
+            .await?;
+        match placed {
+            Some(order) => Ok(Placed::New(order)),
+            None => self.replay(request).await.map(Placed::Replayed),
+        }
+    }
+
+    async fn place_once(&self, order_id: Uuid, request: &PlaceOrder) -> Result<Order, Attempt> {
+        let mut write = Write::begin(&self.db, &self.caches).await?;
+        let outcome = place_in(write.txn(), order_id, request).await;
+        if outcome.is_ok() {
+            write.changed(Topic::Products, request.lines.product_ids());
+        }
+        write.finish(outcome).await
+    }
+
+    /// The order an earlier request with this key placed, if the request was the same.
+    async fn replay(&self, request: &PlaceOrder) -> Result<Order, StoreError> {
+        let Some(idempotency) = &request.idempotency else {
+            return Err(StoreError::internal("idempotency conflict without a key"));
+        };
+        let claim = idempotency_keys::Entity::find_by_id(idempotency.key.as_str())
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| StoreError::internal("the idempotency key's claim is gone"))?;
+        if claim.request_hash != idempotency.request_hash {
+            return Err(StoreError::Conflict(Conflict::IdempotencyKeyReused));
+        }
+        // The order was committed by another request just now: only the primary surely has it.
+        order_on(&self.db, claim.order_id).await
     }
 }
 
