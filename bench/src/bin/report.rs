@@ -269,7 +269,7 @@ fn targets(run: &Run) -> Vec<Target> {
             id: "s1",
             what: "1. user by id, cache off, vs pgbench".into(),
             measure: ratio("s1_rps", "pg_get_user_tps"),
-            goal: Goal::AtLeast(0.5),
+            goal: Goal::AtLeast(0.8),
             note: Some("s1.md"),
             extras: vec![Extra::Probe, Extra::Profile("s1")],
         },
