@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use futures::future::join_all;
 use serde_json::Value;
-use tests::{Reply, TestApp, fields_of, id_of, ids_of, json, on_every_backend};
+use tests::{Reply, TestApp, fields_of, id_of, ids_of, json, on_backends, on_every_backend};
 
 const UNKNOWN_ID: &str = "01890a5d-ac96-774b-bcce-b302099a8057";
 
@@ -704,5 +704,25 @@ on_every_backend! {
         assert_eq!(empty["total_items"], 0);
         assert_eq!(empty["total_pages"], 0);
         assert!(empty.get("next_cursor").is_none());
+    }
+}
+
+on_backends! {
+    [sqlite, postgres, mysql, pgbouncer, mongo]
+    #[configure(|config| config.database.max_connections = 1)]
+    /// Orders with a key are placed one by one and orders without one together; on one pooled
+    /// connection their statements meet in the driver's prepared-statement cache, which must not
+    /// mind.
+    async fn keyed_and_unkeyed_orders_on_one_connection_both_succeed(app) {
+        let user = app.create_user("Ada", "ada@example.com").await;
+        let tea = app.create_product("TEA", 250, 10).await;
+        let body = order_of(&user, &[(&tea, 1)]);
+        for round in 0..2 {
+            place_with_key(&app, &format!("key-{round}"), &body).await.expect(201);
+            place(&app, &body).await.expect(201);
+        }
+        place(&app, &body).await.expect(201);
+        place_with_key(&app, "key-last", &body).await.expect(201);
+        assert_eq!(stock_of(&app, &tea).await, 4);
     }
 }

@@ -365,6 +365,12 @@ async fn take_stock(
             .get(&product_id)
             .map(|product| product.price_cents)
             .ok_or_else(|| StoreError::internal("stock taken from a product never locked"))?;
+        // Bound as the column's type, as the single-order path binds it: the driver caches a
+        // prepared statement by its text, and this statement's text is that path's, so an `i64`
+        // here would reach a statement prepared for an `i32` on the same connection (and the
+        // other way round). The batch took no more than a stock, so it fits.
+        let quantity = i32::try_from(quantity)
+            .map_err(|_| StoreError::internal("a batch took more than a stock can hold"))?;
         let updated = products::Entity::update_many()
             .col_expr(
                 products::Column::Stock,
