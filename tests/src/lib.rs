@@ -595,6 +595,15 @@ impl TestApp {
     }
 
     /// Creates a product and returns its JSON.
+    /// A product's stock as `GET /v1/products/{id}` answers it (which caches the product).
+    pub async fn stock_of(&self, product: &Value) -> i64 {
+        self.get(&format!("/v1/products/{}", id_of(product)))
+            .await
+            .expect(200)["stock"]
+            .as_i64()
+            .expect("stock is an integer")
+    }
+
     pub async fn create_product(&self, sku: &str, price_cents: i64, stock: i64) -> Value {
         self.post(
             "/v1/products",

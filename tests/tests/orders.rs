@@ -30,14 +30,6 @@ async fn place_with_key(app: &TestApp, key: &str, body: &Value) -> Reply {
     app.send(request).await
 }
 
-async fn stock_of(app: &TestApp, product: &Value) -> i64 {
-    app.get(&format!("/v1/products/{}", id_of(product)))
-        .await
-        .expect(200)["stock"]
-        .as_i64()
-        .expect("stock is an integer")
-}
-
 async fn orders_of(app: &TestApp, user: &Value) -> Value {
     app.get(&format!("/v1/users/{}/orders?per_page=100", id_of(user)))
         .await
@@ -97,8 +89,8 @@ on_every_backend! {
         assert_eq!(order["total_cents"], 1500);
         assert!(order["created_at"].as_str().is_some_and(|t| t.ends_with('Z')));
         assert_eq!(order["created_at"], order["updated_at"]);
-        assert_eq!(stock_of(&app, &tea).await, 8);
-        assert_eq!(stock_of(&app, &pot).await, 4);
+        assert_eq!(app.stock_of(&tea).await, 8);
+        assert_eq!(app.stock_of(&pot).await, 4);
         assert_eq!(app.get(&format!("/v1/orders/{id}")).await.expect(200), order);
 
         // A later price change does not touch the order: it keeps the price it was placed at.
@@ -121,7 +113,7 @@ on_every_backend! {
         ]});
         let problem = place(&app, &body).await.problem(422, "validation_failed");
         assert_eq!(fields_of(&problem), ["total_cents"]);
-        assert_eq!(stock_of(&app, &tea).await, 10);
+        assert_eq!(app.stock_of(&tea).await, 10);
         assert_eq!(orders_of(&app, &user).await["total_items"], 0);
     }
 
@@ -137,7 +129,7 @@ on_every_backend! {
         assert_eq!(problem["product_id"], pot["id"]);
         assert_eq!(problem["requested"], 6);
         assert_eq!(problem["available"], 5);
-        assert_eq!(stock_of(&app, &pot).await, 5);
+        assert_eq!(app.stock_of(&pot).await, 5);
 
         let order = place(&app, &order_of(&user, &[(&tea, 2), (&pot, 1), (&tea, 3)]))
             .await
@@ -150,8 +142,8 @@ on_every_backend! {
             ])
         );
         assert_eq!(order["total_cents"], 2250);
-        assert_eq!(stock_of(&app, &tea).await, 0);
-        assert_eq!(stock_of(&app, &pot).await, 4);
+        assert_eq!(app.stock_of(&tea).await, 0);
+        assert_eq!(app.stock_of(&pot).await, 4);
         assert_eq!(app.get(&format!("/v1/orders/{}", id_of(&order))).await.expect(200), order);
     }
 
@@ -173,7 +165,7 @@ on_every_backend! {
         assert_eq!(problem["resource"], "product");
         assert_eq!(problem["id"], UNKNOWN_ID);
 
-        assert_eq!(stock_of(&app, &tea).await, 5);
+        assert_eq!(app.stock_of(&tea).await, 5);
         assert_eq!(orders_of(&app, &user).await["total_items"], 0);
     }
 
@@ -205,7 +197,7 @@ on_every_backend! {
         let order = place(&app, &order_of(&user, &hundred)).await.expect(201);
         assert_eq!(order["items"][0]["quantity"], 100);
         place(&app, &order_of(&user, &[(&tea, 10_000)])).await.expect(201);
-        assert_eq!(stock_of(&app, &tea).await, 9_900);
+        assert_eq!(app.stock_of(&tea).await, 9_900);
     }
 
     async fn a_burst_of_orders_never_oversells(app) {
@@ -221,7 +213,7 @@ on_every_backend! {
         let counts = tally(&replies, &tea, 1);
         assert_eq!(counts.get(&201), Some(&10), "{counts:?}");
         assert_eq!(counts.get(&409), Some(&50), "{counts:?}");
-        assert_eq!(stock_of(&app, &tea).await, 0);
+        assert_eq!(app.stock_of(&tea).await, 0);
         assert_eq!(orders_of(&app, &user).await["total_items"], 10);
     }
 
@@ -238,7 +230,7 @@ on_every_backend! {
         let counts = tally(&replies, &tea, 3);
         assert_eq!(counts.get(&201), Some(&3), "{counts:?}");
         assert_eq!(counts.get(&409), Some(&17), "{counts:?}");
-        assert_eq!(stock_of(&app, &tea).await, 1);
+        assert_eq!(app.stock_of(&tea).await, 1);
     }
 
     async fn orders_for_the_same_products_in_opposite_orders_all_succeed(app) {
@@ -256,8 +248,8 @@ on_every_backend! {
         for reply in &replies {
             reply.expect(201);
         }
-        assert_eq!(stock_of(&app, &tea).await, 960);
-        assert_eq!(stock_of(&app, &pot).await, 960);
+        assert_eq!(app.stock_of(&tea).await, 960);
+        assert_eq!(app.stock_of(&pot).await, 960);
     }
 
     async fn orders_racing_a_price_change_pay_a_price_the_product_had(app) {
@@ -282,7 +274,7 @@ on_every_backend! {
             assert!([100, 200, 300, 400].contains(&unit), "{order}");
             assert_eq!(order["total_cents"], unit * 2, "{order}");
         }
-        assert_eq!(stock_of(&app, &tea).await, 1000 - 60);
+        assert_eq!(app.stock_of(&tea).await, 1000 - 60);
     }
 
     async fn an_order_short_of_one_product_takes_no_stock_at_all(app) {
@@ -295,8 +287,8 @@ on_every_backend! {
         assert_eq!(problem["product_id"], pot["id"]);
         assert_eq!(problem["requested"], 5);
         assert_eq!(problem["available"], 2);
-        assert_eq!(stock_of(&app, &tea).await, 10);
-        assert_eq!(stock_of(&app, &pot).await, 2);
+        assert_eq!(app.stock_of(&tea).await, 10);
+        assert_eq!(app.stock_of(&pot).await, 2);
         assert_eq!(orders_of(&app, &user).await["total_items"], 0);
     }
 
@@ -337,7 +329,7 @@ on_every_backend! {
 
         let mut left = Vec::new();
         for (product, _) in &products {
-            left.push(stock_of(&app, product).await);
+            left.push(app.stock_of(product).await);
         }
         let mut sold = vec![0; products.len()];
         let mut placed = 0;
@@ -422,7 +414,7 @@ on_every_backend! {
                 }
             }
         }
-        assert_eq!(stock_of(&app, &tea).await, 62);
+        assert_eq!(app.stock_of(&tea).await, 62);
         assert_eq!(orders_of(&app, &user).await["total_items"], 38);
     }
 
@@ -435,17 +427,17 @@ on_every_backend! {
         let again = place_with_key(&app, "order-1", &body).await;
         assert_eq!(again.expect(201), order);
         assert_eq!(again.header("location"), first.header("location"));
-        assert_eq!(stock_of(&app, &tea).await, 8);
+        assert_eq!(app.stock_of(&tea).await, 8);
 
         // The same key for another request is refused, and that request is not placed.
         let other = order_of(&user, &[(&tea, 3)]);
         place_with_key(&app, "order-1", &other).await.problem(409, "idempotency_key_reused");
-        assert_eq!(stock_of(&app, &tea).await, 8);
+        assert_eq!(app.stock_of(&tea).await, 8);
 
         // Another key is another order.
         let second = place_with_key(&app, "order-2", &body).await.expect(201);
         assert_ne!(second["id"], order["id"]);
-        assert_eq!(stock_of(&app, &tea).await, 6);
+        assert_eq!(app.stock_of(&tea).await, 6);
         assert_eq!(orders_of(&app, &user).await["total_items"], 2);
     }
 
@@ -461,7 +453,7 @@ on_every_backend! {
         .await;
         let ids: HashSet<String> = replies.iter().map(|reply| id_of(&reply.expect(201))).collect();
         assert_eq!(ids.len(), 1, "{ids:?}");
-        assert_eq!(stock_of(&app, &tea).await, 99);
+        assert_eq!(app.stock_of(&tea).await, 99);
         assert_eq!(orders_of(&app, &user).await["total_items"], 1);
     }
 
@@ -475,10 +467,10 @@ on_every_backend! {
             .expect(200);
         let order = place_with_key(&app, "retry-me", &body).await.expect(201);
         assert_eq!(order["items"][0]["quantity"], 2);
-        assert_eq!(stock_of(&app, &tea).await, 3);
+        assert_eq!(app.stock_of(&tea).await, 3);
         // From now on the key belongs to that order.
         assert_eq!(place_with_key(&app, "retry-me", &body).await.expect(201), order);
-        assert_eq!(stock_of(&app, &tea).await, 3);
+        assert_eq!(app.stock_of(&tea).await, 3);
     }
 
     async fn an_invalid_idempotency_key_is_422(app) {
@@ -499,11 +491,11 @@ on_every_backend! {
             .json(&body);
         let problem = app.send(request).await.problem(422, "validation_failed");
         assert_eq!(fields_of(&problem), ["Idempotency-Key"]);
-        assert_eq!(stock_of(&app, &tea).await, 10);
+        assert_eq!(app.stock_of(&tea).await, 10);
 
         // 255 visible characters are a valid key.
         place_with_key(&app, &"k".repeat(255), &body).await.expect(201);
-        assert_eq!(stock_of(&app, &tea).await, 9);
+        assert_eq!(app.stock_of(&tea).await, 9);
     }
 
     async fn every_transition_is_allowed_or_refused_by_the_table(app) {
@@ -553,15 +545,15 @@ on_every_backend! {
         let pot = app.create_product("POT", 1000, 10).await;
 
         let pending = place(&app, &order_of(&user, &[(&tea, 3), (&pot, 2)])).await.expect(201);
-        assert_eq!((stock_of(&app, &tea).await, stock_of(&app, &pot).await), (7, 8));
+        assert_eq!((app.stock_of(&tea).await, app.stock_of(&pot).await), (7, 8));
         set_status(&app, &pending, "cancelled").await.expect(200);
-        assert_eq!((stock_of(&app, &tea).await, stock_of(&app, &pot).await), (10, 10));
+        assert_eq!((app.stock_of(&tea).await, app.stock_of(&pot).await), (10, 10));
 
         let paid = place(&app, &order_of(&user, &[(&tea, 4)])).await.expect(201);
         set_status(&app, &paid, "paid").await.expect(200);
-        assert_eq!(stock_of(&app, &tea).await, 6);
+        assert_eq!(app.stock_of(&tea).await, 6);
         set_status(&app, &paid, "cancelled").await.expect(200);
-        assert_eq!(stock_of(&app, &tea).await, 10);
+        assert_eq!(app.stock_of(&tea).await, 10);
 
         // A refused cancellation gives nothing back.
         set_status(&app, &paid, "cancelled").await.problem(409, "invalid_transition");
@@ -569,7 +561,7 @@ on_every_backend! {
         set_status(&app, &shipped, "paid").await.expect(200);
         set_status(&app, &shipped, "shipped").await.expect(200);
         set_status(&app, &shipped, "cancelled").await.problem(409, "invalid_transition");
-        assert_eq!(stock_of(&app, &tea).await, 5);
+        assert_eq!(app.stock_of(&tea).await, 5);
     }
 
     async fn concurrent_cancellations_give_the_stock_back_once(app) {
@@ -592,7 +584,7 @@ on_every_backend! {
             }
         }
         assert_eq!(cancelled, 1);
-        assert_eq!(stock_of(&app, &tea).await, 10);
+        assert_eq!(app.stock_of(&tea).await, 10);
     }
 
     async fn patching_an_unknown_order_or_status_fails(app) {
@@ -723,6 +715,6 @@ on_backends! {
         }
         place(&app, &body).await.expect(201);
         place_with_key(&app, "key-last", &body).await.expect(201);
-        assert_eq!(stock_of(&app, &tea).await, 4);
+        assert_eq!(app.stock_of(&tea).await, 4);
     }
 }

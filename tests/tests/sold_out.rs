@@ -11,15 +11,6 @@ fn one_of(user: &Value, product: &Value, quantity: i64) -> Value {
     json!({"user_id": user["id"], "items": [{"product_id": product["id"], "quantity": quantity}]})
 }
 
-/// Reads the product through the API, which caches it.
-async fn stock_of(app: &TestApp, product: &Value) -> i64 {
-    app.get(&format!("/v1/products/{}", id_of(product)))
-        .await
-        .expect(200)["stock"]
-        .as_i64()
-        .expect("stock is an integer")
-}
-
 fn refused_from_cache(app: &TestApp) -> u64 {
     app.state.metrics.orders_refused_from_cache.get()
 }
@@ -33,7 +24,7 @@ fn queries(app: &TestApp) -> u64 {
 /// evict the product just after the read that cached it, so the first tries may reach the database.
 async fn refusal_from_the_cache(app: &TestApp, product: &Value, body: &Value) -> Value {
     for _ in 0..50 {
-        stock_of(app, product).await;
+        app.stock_of(product).await;
         let before = refused_from_cache(app);
         let problem = app
             .post("/v1/orders", body)
@@ -80,7 +71,7 @@ on_every_backend! {
             .await
             .expect(200);
         app.post("/v1/orders", &one_of(&user, &tea, 1)).await.expect(201);
-        assert_eq!(stock_of(&app, &tea).await, 0);
+        assert_eq!(app.stock_of(&tea).await, 0);
     }
 
     async fn a_cached_product_still_answers_the_exact_quantity_left(app) {
@@ -91,18 +82,18 @@ on_every_backend! {
             {"product_id": jam["id"], "quantity": 6},
             {"product_id": tea["id"], "quantity": 2},
         ]});
-        stock_of(&app, &tea).await;
+        app.stock_of(&tea).await;
         let problem = refusal_from_the_cache(&app, &jam, &both).await;
         assert_eq!(problem["product_id"], jam["id"]);
         assert_eq!(problem["requested"], 6);
         assert_eq!(problem["available"], 5);
-        assert_eq!(stock_of(&app, &tea).await, 3);
-        assert_eq!(stock_of(&app, &jam).await, 5);
+        assert_eq!(app.stock_of(&tea).await, 3);
+        assert_eq!(app.stock_of(&jam).await, 5);
     }
 
     async fn an_unknown_user_is_404_even_for_a_cached_sold_out_product(app) {
         let tea = app.create_product("TEA", 250, 0).await;
-        assert_eq!(stock_of(&app, &tea).await, 0);
+        assert_eq!(app.stock_of(&tea).await, 0);
         let body = json!({"user_id": UNKNOWN_ID, "items": [{"product_id": tea["id"], "quantity": 1}]});
         let problem = app.post("/v1/orders", &body).await.problem(404, "not_found");
         assert_eq!(problem["resource"], "user");
@@ -119,7 +110,7 @@ on_every_backend! {
                 .json(&body)
         };
         let first = app.send(send()).await.expect(201);
-        assert_eq!(stock_of(&app, &tea).await, 0);
+        assert_eq!(app.stock_of(&tea).await, 0);
         let again = app.send(send()).await.expect(201);
         assert_eq!(again, first);
     }
