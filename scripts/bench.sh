@@ -6,6 +6,7 @@
 #   scripts/bench.sh --report DIR         # rewrite BENCHMARKS.md from a finished run's DIR
 #   BENCH_ONLY=flash BENCH_FLASH_STOCK=N scripts/bench.sh
 #                                         # the flash sale and its pgbench baselines only (~4 min)
+#   BENCH_ONLY=reads scripts/bench.sh     # scenarios 1 and 2 and their baselines only (~4 min)
 #
 # The shell starts and stops servers, seeds and runs the load; `target/release/report` (bench's
 # report binary) turns the raw results it records in BENCH_OUT into BENCHMARKS.md, with the one
@@ -38,8 +39,9 @@
 #                       run's rate to sell out about halfway through a run; required with
 #                       BENCH_ONLY=flash, which skips that run]
 #   BENCH_ONLY          flash: only the flash sale (scenario 6) and its pgbench baselines, on the
-#                       main data set; the report goes to BENCH_OUT unless BENCH_REPORT says
-#                       otherwise [unset: every scenario]
+#                       main data set; reads: only scenarios 1 and 2 and their baselines; the
+#                       report goes to BENCH_OUT unless BENCH_REPORT says otherwise
+#                       [unset: every scenario]
 #   BENCH_MONGO         0: skip the MongoDB scenarios [1]
 #   BENCH_MONGO_URL     a MongoDB server; the run creates and drops a scratch database on it
 #                       [mongodb://127.0.0.1:27017/?directConnection=true]
@@ -154,7 +156,8 @@ case "$ONLY" in
     # A partial run must not replace the full report.
     REPORT=${BENCH_REPORT:-$OUT/BENCHMARKS.md}
     ;;
-  *) die "BENCH_ONLY must be unset or flash, not $ONLY" ;;
+  reads) REPORT=${BENCH_REPORT:-$OUT/BENCHMARKS.md} ;;
+  *) die "BENCH_ONLY must be unset, flash or reads, not $ONLY" ;;
 esac
 : >"$OUT/results.env"
 : >"$OUT/commands.txt"
@@ -539,7 +542,10 @@ record build_changes "$(git status --porcelain -- api entity migration Cargo.loc
 cargo build --release -p api -p bench
 note_cmd "export LUA_PATH='bench/lua/?.lua;;'  # for the wrk scripts' require \"common\""
 
-# BENCH_ONLY=flash: the main data set and scenario 6 only.
+# runs PART: whether this run includes PART (every part unless BENCH_ONLY names one).
+runs() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+
+# BENCH_ONLY=flash|reads: the main data set and those scenarios only.
 if [ -z "$ONLY" ]; then
   say "hash rate"
   for threads in 1 "$machine_nproc"; do
@@ -582,10 +588,10 @@ ${helper_sql//$OUT/\$OUT}
 SQL"
 psql -q -v ON_ERROR_STOP=1 "$MAIN_URL" >/dev/null <<<"$helper_sql"
 
-if [ -z "$ONLY" ]; then
+if runs reads; then
   say "1. GET /v1/users/{id}, cache off, against pgbench"
   pgbench_run pg_get_user "$MAIN_URL" get_user.sql -D users="$USERS"
-  start_server nocache "$MAIN_URL" CACHE_TTL_SECS=0
+  start_server nocache "$MAIN_URL" CACHE_TTL_SECS=0 SESSION_CACHE_TTL_SECS=3600
   queries_before=$(metric 'db_queries_total')
   measure s1 get_user.lua "$OUT/main/users.txt"
   queries_after=$(metric 'db_queries_total')
@@ -644,7 +650,9 @@ if [ -z "$ONLY" ]; then
   fi
   server_memory rss_cached
   stop_server
+fi
 
+if [ -z "$ONLY" ]; then
   say "3. listings: page mode at $SMALL_USERS and $BIG_USERS users, cursor mode at depth 0 and $DEEP"
   start_server small "$SMALL_URL"
   measure page_small list_page.lua "$((SMALL_USERS / PER_PAGE))"
@@ -701,74 +709,76 @@ if [ -z "$ONLY" ]; then
   stop_server
 fi
 
-say "6. flash sale: POST /v1/orders on $HOT_PRODUCTS products that sell out, against pgbench"
-# Enough stock to sell out about halfway through a run at 4b's rate (1-3 lines, 2 on average).
-FLASH_STOCK=${FLASH_STOCK:-$(awk -v r="$orders_hot_rps" -v d="$DURATION" -v n="$HOT_PRODUCTS" \
-  'BEGIN { s = int(r * d / n); print (s < 1) ? 1 : s }')}
-record flash_stock_per_product "$FLASH_STOCK"
-record flash_stock_total "$((FLASH_STOCK * HOT_PRODUCTS))"
-# The flash products follow the seeded ones in bench_product_ids (n > PRODUCTS), in id order.
-flash_sql="WITH p AS (INSERT INTO products (id, sku, name, price_cents, stock, created_at, updated_at, version)
-  SELECT gen_random_uuid(), 'FLASH-$RUN_ID-' || g, 'Flash sale product ' || g, 1000, $FLASH_STOCK, now(), now(), 1
-    FROM generate_series(1, $HOT_PRODUCTS) AS g RETURNING id)
-INSERT INTO bench_product_ids (id) SELECT id FROM p ORDER BY id;"
-note_cmd "psql \"\$MAIN_URL\" -c \"$flash_sql\""
-psql -q -v ON_ERROR_STOP=1 "$MAIN_URL" -c "$flash_sql" >/dev/null
-psql -tAX "$MAIN_URL" -c "SELECT id FROM bench_product_ids WHERE n > $PRODUCTS ORDER BY n" >"$OUT/main/flash.txt"
-FLASH_IDS="(SELECT id FROM bench_product_ids WHERE n > $PRODUCTS)"
-# flash_reset: full stock again before a run; FLASH_T0 marks the run's start.
-# A write from outside the service announces what it changed on the cache channel, as the
-# service's own writes do, so a running server does not keep serving the sold-out products.
-flash_reset() {
-  local reset="UPDATE products SET stock = $FLASH_STOCK, version = version + 1 WHERE id IN $FLASH_IDS"
-  local announce="SELECT count(pg_notify('storefront_cache', 'products:' || id)) FROM products WHERE id IN $FLASH_IDS"
-  note_cmd "psql \"\$MAIN_URL\" -c \"$reset\" -c \"$announce\" -c 'VACUUM products'"
-  psql -q -v ON_ERROR_STOP=1 "$MAIN_URL" -c "$reset" -c "$announce" -c "VACUUM products" >/dev/null
-  FLASH_T0=$(date +%s.%N)
-}
-# flash_sold NAME: records NAME_orders (placed since FLASH_T0), NAME_left (units),
-# NAME_last_sale_s (the last placed order's time, from FLASH_T0).
-flash_sold() {
-  local row orders left last
-  row=$(psql -tAX -F ' ' "$MAIN_URL" -c "WITH sold AS (
-      SELECT DISTINCT o.id, o.created_at FROM order_items i JOIN orders o ON o.id = i.order_id
-       WHERE i.product_id IN $FLASH_IDS AND o.created_at >= to_timestamp($FLASH_T0))
-    SELECT (SELECT count(*) FROM sold), (SELECT sum(stock) FROM products WHERE id IN $FLASH_IDS),
-           coalesce((SELECT round(extract(epoch FROM max(created_at)) - $FLASH_T0, 2) FROM sold)::text, '—')")
-  read -r orders left last <<<"$row"
-  record "${1}_orders" "$orders"
-  record "${1}_left" "$left"
-  record "${1}_last_sale_s" "$last"
-}
-flash_args=(-D users="$USERS" -D products="$HOT_PRODUCTS" -D base="$PRODUCTS")
-flash_reset
-pgbench_run pg_flash "$MAIN_URL" place_order.sql "${flash_args[@]}"
-flash_sold pg_flash
-flash_reset
-pgbench_run pg_flash_cte "$MAIN_URL" place_order_cte.sql "${flash_args[@]}"
-flash_sold pg_flash_cte
-# The same statement without its cache notices: NOTIFY serialises commits on a database-wide
-# lock, and this shows what that costs under contention.
-sed 's/(SELECT count(\*) FROM (SELECT pg_notify(.*) FROM items i) n) AS announced;/(SELECT count(*) FROM items) AS announced;/' \
-  bench/pgbench/place_order_cte.sql >"$OUT/place_order_cte_quiet.sql"
-! grep -q pg_notify "$OUT/place_order_cte_quiet.sql" || die "could not strip the notices from place_order_cte.sql"
-note_cmd "sed 's/(SELECT count(\\*) FROM (SELECT pg_notify(.*) FROM items i) n) AS announced;/(SELECT count(*) FROM items) AS announced;/' bench/pgbench/place_order_cte.sql > \$OUT/place_order_cte_quiet.sql"
-flash_reset
-pgbench_run pg_flash_quiet "$MAIN_URL" "$OUT/place_order_cte_quiet.sql" "${flash_args[@]}"
-flash_sold pg_flash_quiet
-start_server flash "$MAIN_URL"
-# Warm up on the flash products, then give them their stock back for the measured run.
-[ "$WARMUP_SECONDS" = 0 ] ||
-  wrk_for "$WARMUP_SECONDS" flash-warmup post_order.lua "$OUT/main/users.txt" "$OUT/main/flash.txt" 0
-flash_reset
-WARMUP_SECONDS=0 measure flash post_order.lua "$OUT/main/users.txt" "$OUT/main/flash.txt" 0
-flash_sold flash
-if target_missed flash || target_missed flash_p99 || target_missed flash_statuses; then
+if runs flash; then
+  say "6. flash sale: POST /v1/orders on $HOT_PRODUCTS products that sell out, against pgbench"
+  # Enough stock to sell out about halfway through a run at 4b's rate (1-3 lines, 2 on average).
+  FLASH_STOCK=${FLASH_STOCK:-$(awk -v r="$orders_hot_rps" -v d="$DURATION" -v n="$HOT_PRODUCTS" \
+    'BEGIN { s = int(r * d / n); print (s < 1) ? 1 : s }')}
+  record flash_stock_per_product "$FLASH_STOCK"
+  record flash_stock_total "$((FLASH_STOCK * HOT_PRODUCTS))"
+  # The flash products follow the seeded ones in bench_product_ids (n > PRODUCTS), in id order.
+  flash_sql="WITH p AS (INSERT INTO products (id, sku, name, price_cents, stock, created_at, updated_at, version)
+    SELECT gen_random_uuid(), 'FLASH-$RUN_ID-' || g, 'Flash sale product ' || g, 1000, $FLASH_STOCK, now(), now(), 1
+      FROM generate_series(1, $HOT_PRODUCTS) AS g RETURNING id)
+  INSERT INTO bench_product_ids (id) SELECT id FROM p ORDER BY id;"
+  note_cmd "psql \"\$MAIN_URL\" -c \"$flash_sql\""
+  psql -q -v ON_ERROR_STOP=1 "$MAIN_URL" -c "$flash_sql" >/dev/null
+  psql -tAX "$MAIN_URL" -c "SELECT id FROM bench_product_ids WHERE n > $PRODUCTS ORDER BY n" >"$OUT/main/flash.txt"
+  FLASH_IDS="(SELECT id FROM bench_product_ids WHERE n > $PRODUCTS)"
+  # flash_reset: full stock again before a run; FLASH_T0 marks the run's start.
+  # A write from outside the service announces what it changed on the cache channel, as the
+  # service's own writes do, so a running server does not keep serving the sold-out products.
+  flash_reset() {
+    local reset="UPDATE products SET stock = $FLASH_STOCK, version = version + 1 WHERE id IN $FLASH_IDS"
+    local announce="SELECT count(pg_notify('storefront_cache', 'products:' || id)) FROM products WHERE id IN $FLASH_IDS"
+    note_cmd "psql \"\$MAIN_URL\" -c \"$reset\" -c \"$announce\" -c 'VACUUM products'"
+    psql -q -v ON_ERROR_STOP=1 "$MAIN_URL" -c "$reset" -c "$announce" -c "VACUUM products" >/dev/null
+    FLASH_T0=$(date +%s.%N)
+  }
+  # flash_sold NAME: records NAME_orders (placed since FLASH_T0), NAME_left (units),
+  # NAME_last_sale_s (the last placed order's time, from FLASH_T0).
+  flash_sold() {
+    local row orders left last
+    row=$(psql -tAX -F ' ' "$MAIN_URL" -c "WITH sold AS (
+        SELECT DISTINCT o.id, o.created_at FROM order_items i JOIN orders o ON o.id = i.order_id
+         WHERE i.product_id IN $FLASH_IDS AND o.created_at >= to_timestamp($FLASH_T0))
+      SELECT (SELECT count(*) FROM sold), (SELECT sum(stock) FROM products WHERE id IN $FLASH_IDS),
+             coalesce((SELECT round(extract(epoch FROM max(created_at)) - $FLASH_T0, 2) FROM sold)::text, '—')")
+    read -r orders left last <<<"$row"
+    record "${1}_orders" "$orders"
+    record "${1}_left" "$left"
+    record "${1}_last_sale_s" "$last"
+  }
+  flash_args=(-D users="$USERS" -D products="$HOT_PRODUCTS" -D base="$PRODUCTS")
   flash_reset
-  profile flash post_order.lua "$OUT/main/users.txt" "$OUT/main/flash.txt" 0
+  pgbench_run pg_flash "$MAIN_URL" place_order.sql "${flash_args[@]}"
+  flash_sold pg_flash
+  flash_reset
+  pgbench_run pg_flash_cte "$MAIN_URL" place_order_cte.sql "${flash_args[@]}"
+  flash_sold pg_flash_cte
+  # The same statement without its cache notices: NOTIFY serialises commits on a database-wide
+  # lock, and this shows what that costs under contention.
+  sed 's/(SELECT count(\*) FROM (SELECT pg_notify(.*) FROM items i) n) AS announced;/(SELECT count(*) FROM items) AS announced;/' \
+    bench/pgbench/place_order_cte.sql >"$OUT/place_order_cte_quiet.sql"
+  ! grep -q pg_notify "$OUT/place_order_cte_quiet.sql" || die "could not strip the notices from place_order_cte.sql"
+  note_cmd "sed 's/(SELECT count(\\*) FROM (SELECT pg_notify(.*) FROM items i) n) AS announced;/(SELECT count(*) FROM items) AS announced;/' bench/pgbench/place_order_cte.sql > \$OUT/place_order_cte_quiet.sql"
+  flash_reset
+  pgbench_run pg_flash_quiet "$MAIN_URL" "$OUT/place_order_cte_quiet.sql" "${flash_args[@]}"
+  flash_sold pg_flash_quiet
+  start_server flash "$MAIN_URL"
+  # Warm up on the flash products, then give them their stock back for the measured run.
+  [ "$WARMUP_SECONDS" = 0 ] ||
+    wrk_for "$WARMUP_SECONDS" flash-warmup post_order.lua "$OUT/main/users.txt" "$OUT/main/flash.txt" 0
+  flash_reset
+  WARMUP_SECONDS=0 measure flash post_order.lua "$OUT/main/users.txt" "$OUT/main/flash.txt" 0
+  flash_sold flash
+  if target_missed flash || target_missed flash_p99 || target_missed flash_statuses; then
+    flash_reset
+    profile flash post_order.lua "$OUT/main/users.txt" "$OUT/main/flash.txt" 0
 fi
 server_memory rss_flash
 stop_server
+fi
 
 if [ "$MONGO" = 1 ] && [ -z "$ONLY" ]; then
   say "7. MongoDB: GET /v1/users/{id} cold and POST /v1/orders, against the driver alone"
@@ -807,7 +817,7 @@ if [ "$MONGO" = 1 ] && [ -z "$ONLY" ]; then
     printf '%-12s %s\n' "$name" "${line#BENCH }" >&2
   }
   mongo_driver mongo_driver_get get --users "$OUT/mongo/users.txt"
-  start_server mongo_get "$MONGO_DB_URL" CACHE_TTL_SECS=0
+  start_server mongo_get "$MONGO_DB_URL" CACHE_TTL_SECS=0 SESSION_CACHE_TTL_SECS=3600
   measure mongo_get get_user.lua "$OUT/mongo/users.txt"
   server_memory rss_mongo_get
   stop_server

@@ -37,6 +37,7 @@ struct Env {
     db_idle_timeout_ms: Option<u64>,
     db_statement_timeout_ms: Option<u64>,
     cache_ttl_secs: Option<u64>,
+    session_cache_ttl_secs: Option<u64>,
     cache_max_entries: Option<u64>,
     host: Option<IpAddr>,
     port: Option<u16>,
@@ -82,7 +83,19 @@ pub struct DatabaseConfig {
 pub struct CacheConfig {
     /// Zero turns caching off.
     pub ttl: Duration,
+    /// For cached session look-ups, when it differs from `ttl` (zero: sessions are not cached).
+    pub session_ttl: Option<Duration>,
     pub max_entries: u64,
+}
+
+impl CacheConfig {
+    /// The same settings, with the lifetime session look-ups get.
+    pub fn for_sessions(&self) -> Self {
+        Self {
+            ttl: self.session_ttl.unwrap_or(self.ttl),
+            ..self.clone()
+        }
+    }
 }
 
 /// The account `ADMIN_EMAIL`/`ADMIN_PASSWORD` make sure of at start-up.
@@ -195,6 +208,7 @@ impl Config {
             // only bounds memory held by entries nobody reads; 100,000 small rows are tens of MB.
             cache: CacheConfig {
                 ttl: Duration::from_secs(env.cache_ttl_secs.unwrap_or(3_600)),
+                session_ttl: env.session_cache_ttl_secs.map(Duration::from_secs),
                 max_entries: env.cache_max_entries.unwrap_or(100_000),
             },
             host: env.host.unwrap_or(IpAddr::from([127, 0, 0, 1])),
@@ -474,6 +488,22 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("DATABASE_DIRECT_URL"), "{err}");
+    }
+
+    #[test]
+    fn sessions_are_cached_as_long_as_entities_unless_told_otherwise() {
+        let config = Config::from_vars(vars(&[("CACHE_TTL_SECS", "0")])).unwrap();
+        assert_eq!(config.cache.for_sessions().ttl, Duration::ZERO);
+        let config = Config::from_vars(vars(&[
+            ("CACHE_TTL_SECS", "0"),
+            ("SESSION_CACHE_TTL_SECS", "600"),
+        ]))
+        .unwrap();
+        assert_eq!(config.cache.ttl, Duration::ZERO);
+        assert_eq!(config.cache.for_sessions().ttl, Duration::from_secs(600));
+        let config = Config::from_vars(vars(&[("SESSION_CACHE_TTL_SECS", "0")])).unwrap();
+        assert_eq!(config.cache.ttl, Duration::from_secs(3_600));
+        assert_eq!(config.cache.for_sessions().ttl, Duration::ZERO);
     }
 
     #[test]

@@ -100,6 +100,33 @@ async fn with_ttl_zero_every_read_goes_to_the_database() {
 }
 
 on_backends! {
+    [sqlite, postgres, mongo]
+    /// `SESSION_CACHE_TTL_SECS` keeps session look-ups cached while entities are not, and a
+    /// signed-out token is still refused at once.
+    #[configure(|config| {
+        config.cache.ttl = Duration::ZERO;
+        config.cache.session_ttl = Some(Duration::from_secs(600));
+    })]
+    async fn sessions_stay_cached_with_the_entity_cache_off(app) {
+        let user = app.create_user("Sessions", "sessions@example.com").await;
+        let path = format!("/v1/users/{}", user["id"].as_str().unwrap());
+        app.get(&path).await.expect(200);
+        let before = queries(&app);
+        for _ in 0..5 {
+            app.get(&path).await.expect(200);
+        }
+        // Only the user is read each time: the caller's session comes from the cache.
+        assert_eq!(queries(&app) - before, 5);
+
+        let ada = app.sign_up("Ada", "ada.sessions@example.com").await;
+        let own = app.url(&format!("/v1/users/{}", ada.id));
+        app.send(ada.client.get(&own)).await.expect(200);
+        app.send(ada.client.delete(app.url("/v1/sessions/current"))).await.expect_empty(204);
+        app.send(ada.client.get(&own)).await.problem(401, "unauthenticated");
+    }
+}
+
+on_backends! {
     [sqlite, postgres, mysql, mongo]
     /// With the cache off, concurrent reads of different users are batched: each still gets its
     /// own user (or 404), from far fewer queries than requests.

@@ -316,7 +316,11 @@ impl Caches {
         Self {
             users: Arc::new(EntityCache::new("users", config, Arc::clone(metrics))),
             products: Arc::new(EntityCache::new("products", config, Arc::clone(metrics))),
-            sessions: Arc::new(EntityCache::new("sessions", config, Arc::clone(metrics))),
+            sessions: Arc::new(EntityCache::new(
+                "sessions",
+                &config.for_sessions(),
+                Arc::clone(metrics),
+            )),
             positions: Arc::new(Positions::default()),
         }
     }

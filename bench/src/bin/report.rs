@@ -1079,7 +1079,9 @@ show. Ratios between runs are the meaningful output; absolute numbers are specif
 - Each scenario group ran in its own server process (release build, `DATABASE_URL`, `PORT`,
   otherwise defaults unless stated: pool 20, cache TTL 3600 s, 100,000 entries, `RUST_LOG`
   {rust_log}, stdout to a file); peak RSS is `VmHWM` from `/proc/<pid>/status` when
-  the group ended.
+  the group ended. \"Cache off\" is `CACHE_TTL_SECS=0` with `SESSION_CACHE_TTL_SECS=3600`: no
+  user comes from the cache, while the caller's bearer token is looked up once and then cached,
+  as in any deployment, so each request reads the database exactly as the baseline does.
 
 ## Results
 
