@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement, TransactionTrait};
 use tests::proxy::Proxy;
 use tests::{
     Backend, TestApp, TestDb, for_backends, json, on_backends, on_every_backend, run_with,
@@ -318,6 +318,48 @@ async fn lost_connections_are_replaced_without_a_restart() {
             for _ in 0..20 {
                 app.get(&path).await.expect(200);
             }
+        },
+    )
+    .await;
+}
+
+/// A pooled connection used moments ago is handed out without a ping; when the server has ended
+/// it meanwhile, the batched read that meets it is read again on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_that_meets_a_freshly_killed_connection_is_answered() {
+    run_with(
+        Backend::Postgres,
+        |config| {
+            config.cache.ttl = Duration::ZERO;
+            config.cache.session_ttl = Some(Duration::from_secs(600));
+            config.database.max_connections = 1;
+            config.database.min_connections = 0;
+        },
+        |app: TestApp| async move {
+            let user = app.create_user("Killed", "killed@example.com").await;
+            let path = format!("/v1/users/{}", user["id"].as_str().unwrap());
+            let killer = app.db.connect().await;
+            // The pool's sessions only: the cache listener has a name of its own.
+            let pool_name = app.state.config.database.application_name.clone();
+            for round in 0..5 {
+                // The session is cached now, so the user's read is the only statement.
+                app.get(&path).await.expect(200);
+                let ended = killer
+                    .query_one_raw(Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+                         WHERE datname = current_database() AND application_name = $1",
+                        [pool_name.clone().into()],
+                    ))
+                    .await
+                    .unwrap()
+                    .and_then(|row| row.try_get::<i64>("", "n").ok())
+                    .unwrap_or(0);
+                assert!(ended >= 1, "round {round}: no connection was ended");
+                let reply = app.get(&path).await;
+                assert_eq!(reply.status, 200, "round {round}: {}", reply.text);
+            }
+            killer.close().await.ok();
         },
     )
     .await;

@@ -1,11 +1,14 @@
 //! Batched point reads (the DataLoader pattern): concurrent `load(key)` calls for different keys
 //! are answered by one `WHERE id IN (...)` query per batch instead of one query each.
 //!
-//! There is no timer. While fewer than `max_in_flight` workers run, a call starts one at once, so
-//! an idle service answers a lone request with no added latency. Calls that arrive while every
-//! worker is busy wait in the queue, and a worker that finishes takes them all (up to
-//! `max_batch` distinct keys) as its next batch. So batches grow only when reads outpace the
-//! database, and this loader never holds more than `max_in_flight` connections.
+//! There is no timer. When no worker runs, a call starts one at once, so an idle service answers
+//! a lone request with no added latency. Calls that arrive while a worker is busy wait in the
+//! queue, and a worker that finishes takes them all (up to `max_batch` distinct keys) as its
+//! next batch. A further worker (up to `max_in_flight`) starts only once a quarter of a batch is
+//! waiting: a second query at once pays for its round trips only when it carries several reads,
+//! and it keeps reads moving when one batch is slow (a replica catching up). So batches grow
+//! when reads outpace the database, and this loader never holds more than `max_in_flight`
+//! connections.
 //!
 //! Workers are spawned rather than driven by a caller's future, because a caller whose future is
 //! dropped (client disconnect, request deadline) must not cancel the query others wait on. A
@@ -56,6 +59,8 @@ struct Inner<K, V, E> {
     state: Mutex<State<K, V, E>>,
     max_batch: usize,
     max_in_flight: usize,
+    /// Queued calls that justify another worker while one runs.
+    extra_worker_backlog: usize,
     load: Box<LoadFn<K, V, E>>,
 }
 
@@ -86,6 +91,7 @@ where
                 }),
                 max_batch: max_batch.max(1),
                 max_in_flight: max_in_flight.max(1),
+                extra_worker_backlog: (max_batch / 4).max(1),
                 load: Box::new(move |keys| load(keys).boxed()),
             }),
         }
@@ -96,7 +102,8 @@ where
         {
             let mut state = self.inner.state();
             state.queue.push_back((key, tx));
-            if state.workers < self.inner.max_in_flight {
+            let backlog = state.queue.len() >= self.inner.extra_worker_backlog;
+            if state.workers == 0 || (state.workers < self.inner.max_in_flight && backlog) {
                 state.workers += 1;
                 tokio::spawn(Arc::clone(&self.inner).work());
             }
@@ -331,6 +338,39 @@ mod tests {
         assert_eq!(batches.len(), 2, "{batches:?}");
         assert_eq!(batches[0], vec![0]);
         assert_eq!(sorted(batches[1].clone()), vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_second_worker_starts_only_for_a_quarter_batch() {
+        let (b, probe) = fake(8, 2, true);
+        let call = |key| {
+            let b = b.clone();
+            tokio::spawn(async move { b.load(key).await })
+        };
+        let first = call(0);
+        probe.entered.notified().await;
+        let one = call(1);
+        within(async {
+            while b.queued() < 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            probe.batches().len(),
+            1,
+            "one waiting read started a second query"
+        );
+        let two = call(2);
+        within(probe.entered.notified()).await;
+        assert_eq!(sorted(probe.batches()[1].clone()), vec![1, 2]);
+        probe.gate.close();
+        for (call, key) in [(first, 0), (one, 1), (two, 2)] {
+            assert_eq!(call.await.unwrap(), Ok(Some(value(key))));
+        }
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::batch::{self, Batcher};
 use super::error::{Resource, StoreError};
+use super::failure::DbFailure;
 use crate::cache::{Cached, EntityCache};
 
 /// What a read by id must see.
@@ -65,9 +66,27 @@ where
         F: Fn(Vec<Key>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<HashMap<Key, V>, StoreError>> + Send + 'static,
     {
+        let load = Arc::new(load);
         Self {
             cache,
-            loader: Batcher::new(batch::MAX_KEYS, batch::MAX_IN_FLIGHT, load),
+            loader: Batcher::new(
+                batch::MAX_KEYS,
+                batch::MAX_IN_FLIGHT,
+                move |keys: Vec<Key>| {
+                    let load = Arc::clone(&load);
+                    async move {
+                        // A read changes nothing, so a batch that met a lost connection (the
+                        // database restarted, or ended that session) is simply read again, on
+                        // another connection: its callers never see the loss.
+                        match load(keys.clone()).await {
+                            Err(err) if err.failure() == Some(DbFailure::Unavailable) => {
+                                load(keys).await
+                            }
+                            outcome => outcome,
+                        }
+                    }
+                },
+            ),
             resource,
         }
     }

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! The pool is built as `api/src/store/sql/pool.rs` builds it (same pool size, SeaORM's defaults
-//! otherwise); `--test-before-acquire false` turns off the ping sqlx sends on every checkout
+//! otherwise): with `--test-before-acquire false`, a checkout pings only a connection idle for
+//! `PING_IF_IDLE_FOR`, as the service's does; `true` pings on every checkout, SeaORM's default
 //! (sqlx also pings on every release, which no option turns off). Each task runs
 //! `SELECT … FROM users WHERE id = $1 LIMIT $2` for random ids, as `find_by_id(..).one(..)` does.
 //! Prints `poolprobe test_before_acquire=… queries=… qps=… p50_ms=… p99_ms=…`.
@@ -71,8 +72,12 @@ async fn run() -> Result<()> {
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(2))
         .idle_timeout(Duration::from_secs(30))
-        .sqlx_logging(false)
-        .test_before_acquire(test_before_acquire);
+        .sqlx_logging(false);
+    if test_before_acquire {
+        options.test_before_acquire(true);
+    } else {
+        options.test_before_acquire_if_idle_for(api::store::sql::pool::PING_IF_IDLE_FOR);
+    }
     let db = Database::connect(options).await?;
 
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);

@@ -861,8 +861,8 @@ service's, {c} concurrent tasks, no HTTP; same database, same {d} s):
 
 | pool | queries/s | p50 ms | p99 ms | vs pgbench |
 |---|---:|---:|---:|---:|
-| as the service builds it (`test_before_acquire` on) | {} | {} | {} | {} |
-| `test_before_acquire(false)` | {} | {} | {} | {} |
+| every checkout pinged (`test_before_acquire(true)`, SeaORM's default) | {} | {} | {} | {} |
+| as the service builds it: pinged only after 500 ms idle | {} | {} | {} | {} |
 ",
         run.get("probe_true_qps"),
         run.get("probe_true_p50_ms"),

@@ -10,6 +10,10 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 use crate::config::{DatabaseConfig, mask_password};
 use crate::store::{Cause, ConnectError, DbFailure, PoolStats, StoreError};
 
+/// How long a pooled connection may sit idle and still be handed out without a ping first:
+/// HikariCP's `aliveBypassWindowMs` default, the same trade.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
+
 /// Opens one connection directly (outside the pool) to learn, within the connect timeout, whether
 /// the database answers and, if it does not, the driver's own reason: the pool would only report
 /// that it timed out.
@@ -52,10 +56,12 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conn
         .idle_timeout(config.idle_timeout)
         // No SQL reaches a log line: request spans name the operation, never its statements.
         .sqlx_logging(false)
-        // Every checkout is pinged (SeaORM's default, kept on purpose): a connection the server
-        // dropped (restart, failover, pg_terminate_backend) is replaced before it can fail a
-        // request. It costs one round trip per checkout; see BENCHMARKS.md.
-        .test_before_acquire(true);
+        // A connection is pinged at checkout only once it has sat idle (`PING_IF_IDLE_FOR`):
+        // those are the ones a restart, a failover, a proxy or a firewall may have dropped
+        // unseen. A busy connection was just used and then pinged on release (sqlx always
+        // does), so pinging it again would cost a round trip per checkout for nothing; a batched
+        // read that still meets a lost connection is tried once more (`store::by_id`).
+        .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR);
     // A pooler refuses start-up options (PgBouncer: "unsupported startup parameter: options"),
     // so behind one the timeout is the role's default instead (`apply_statement_timeout`).
     let behind = behind_pooler(config);

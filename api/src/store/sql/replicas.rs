@@ -204,7 +204,16 @@ impl Replicas {
                 .min_connections(0)
                 .acquire_timeout(REPLICA_ACQUIRE_TIMEOUT.min(config.acquire_timeout))
                 .idle_timeout(config.idle_timeout)
-                .test_before_acquire(true)
+                // As the primary's pool does (`pool::PING_IF_IDLE_FOR`).
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= super::pool::PING_IF_IDLE_FOR {
+                            sea_orm::sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_lazy_with(options);
             let mut db = SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
             let queries = metrics.db_queries.clone();
