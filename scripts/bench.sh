@@ -7,6 +7,7 @@
 #   BENCH_ONLY=flash BENCH_FLASH_STOCK=N scripts/bench.sh
 #                                         # the flash sale and its pgbench baselines only (~4 min)
 #   BENCH_ONLY=reads scripts/bench.sh     # scenarios 1 and 2 and their baselines only (~4 min)
+#   BENCH_ONLY=replica scripts/bench.sh   # scenario 8 (a streaming replica) only (~3 min)
 #
 # The shell starts and stops servers, seeds and runs the load; `target/release/report` (bench's
 # report binary) turns the raw results it records in BENCH_OUT into BENCHMARKS.md, with the one
@@ -39,8 +40,9 @@
 #                       run's rate to sell out about halfway through a run; required with
 #                       BENCH_ONLY=flash, which skips that run]
 #   BENCH_ONLY          flash: only the flash sale (scenario 6) and its pgbench baselines, on the
-#                       main data set; reads: only scenarios 1 and 2 and their baselines; the
-#                       report goes to BENCH_OUT unless BENCH_REPORT says otherwise
+#                       main data set; reads: only scenarios 1 and 2 and their baselines;
+#                       replica: only scenario 8; the report goes to BENCH_OUT unless
+#                       BENCH_REPORT says otherwise
 #                       [unset: every scenario]
 #   BENCH_MONGO         0: skip the MongoDB scenarios [1]
 #   BENCH_MONGO_URL     a MongoDB server; the run creates and drops a scratch database on it
@@ -156,8 +158,8 @@ case "$ONLY" in
     # A partial run must not replace the full report.
     REPORT=${BENCH_REPORT:-$OUT/BENCHMARKS.md}
     ;;
-  reads) REPORT=${BENCH_REPORT:-$OUT/BENCHMARKS.md} ;;
-  *) die "BENCH_ONLY must be unset, flash or reads, not $ONLY" ;;
+  reads | replica) REPORT=${BENCH_REPORT:-$OUT/BENCHMARKS.md} ;;
+  *) die "BENCH_ONLY must be unset, flash, reads or replica, not $ONLY" ;;
 esac
 : >"$OUT/results.env"
 : >"$OUT/commands.txt"
@@ -193,6 +195,7 @@ cleanup() {
   for pid in "${BACKGROUND_PIDS[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
+  stop_replica
   local db
   for db in "${DATABASES[@]}"; do
     psql -q "$PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
@@ -208,6 +211,80 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# A streaming replica of PG_ADMIN_URL's server (pg_basebackup through a replication slot, no
+# apply delay) on a free port of this machine, for scenario 8; removed with its slot on exit.
+REPLICA_DIR=""
+REPLICA_SLOT=""
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+start_replica() {
+  local major pgbin user password settings
+  major=$(psql -tAX "$PG_ADMIN_URL" -c "SELECT current_setting('server_version_num')::int / 10000")
+  pgbin=/usr/lib/postgresql/$major/bin
+  REPLICA_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  REPLICA_DIR=$(mktemp -d)
+  REPLICA_SLOT=sf_bench_replica_$$
+  [ "$(id -u)" != 0 ] || chown postgres "$REPLICA_DIR"
+  user=$(python3 -c 'import sys, urllib.parse as u; print(u.urlparse(sys.argv[1]).username or "postgres")' "$PG_ADMIN_URL")
+  password=$(python3 -c 'import sys, urllib.parse as u; print(u.urlparse(sys.argv[1]).password or "")' "$PG_ADMIN_URL")
+  note_cmd "pg_basebackup -R -C -S $REPLICA_SLOT -X stream -c fast -D \$REPLICA_DIR/data -h 127.0.0.1 -p 5432 -U $user"
+  as_postgres env PGPASSWORD="$password" "$pgbin/pg_basebackup" -R -C -S "$REPLICA_SLOT" \
+    -X stream -c fast -D "$REPLICA_DIR/data" -h 127.0.0.1 -p 5432 -U "$user" >"$OUT/replica-basebackup.log" 2>&1 ||
+    { cat "$OUT/replica-basebackup.log" >&2; die "pg_basebackup failed"; }
+  settings=$(psql -tAX "$PG_ADMIN_URL" -c "SELECT string_agg(name || ' = ' || setting, E'\n')
+    FROM pg_settings WHERE name IN ('max_connections', 'max_worker_processes', 'max_wal_senders',
+    'max_prepared_transactions', 'max_locks_per_transaction', 'shared_buffers')")
+  cat >"$REPLICA_DIR/data/postgresql.conf" <<CONF
+port = $REPLICA_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$REPLICA_DIR'
+hba_file = '$REPLICA_DIR/data/pg_hba.conf'
+ident_file = '$REPLICA_DIR/data/pg_ident.conf'
+hot_standby = on
+$settings
+CONF
+  printf 'local all all trust\nhost all all 127.0.0.1/32 trust\n' >"$REPLICA_DIR/data/pg_hba.conf"
+  : >"$REPLICA_DIR/data/pg_ident.conf"
+  [ "$(id -u)" != 0 ] || chown -R postgres "$REPLICA_DIR"
+  as_postgres "$pgbin/postgres" -D "$REPLICA_DIR/data" >"$OUT/replica.log" 2>&1 &
+  local tries=0
+  until psql -qtAX "postgres://$user@127.0.0.1:$REPLICA_PORT/postgres" -c 'SELECT 1' >/dev/null 2>&1; do
+    tries=$((tries + 1))
+    [ $tries -lt 300 ] || die "the replica did not start in 60 s"
+    sleep 0.2
+  done
+  REPLICA_USER=$user
+  REPLICA_PASSWORD=$password
+}
+stop_replica() {
+  [ -n "$REPLICA_DIR" ] || return 0
+  if [ -f "$REPLICA_DIR/data/postmaster.pid" ]; then
+    kill -INT "$(head -n 1 "$REPLICA_DIR/data/postmaster.pid")" 2>/dev/null || true
+    for _ in $(seq 1 40); do [ -f "$REPLICA_DIR/data/postmaster.pid" ] || break; sleep 0.5; done
+  fi
+  psql -qtAX "$PG_ADMIN_URL" -c "SELECT pg_drop_replication_slot('$REPLICA_SLOT')
+    FROM pg_replication_slots WHERE slot_name = '$REPLICA_SLOT'" >/dev/null 2>&1 || true
+  rm -rf "$REPLICA_DIR"
+  REPLICA_DIR=""
+}
+
+# histogram_quantile NAME Q: the upper bound (ms) of the /metrics histogram NAME's bucket that
+# holds quantile Q, or "—" when it counted nothing.
+histogram_quantile() {
+  curl -fsS "$BASE_URL/metrics" | awk -v name="$1" -v q="$2" '
+    index($0, name "_bucket{") == 1 {
+      match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+      n++; bound[n] = le; seen[n] = $NF
+    }
+    index($0, name "_count ") == 1 { count = $NF }
+    END {
+      if (count + 0 == 0) { print "—"; exit }
+      for (i = 1; i <= n; i++) if (seen[i] >= q * count) {
+        if (bound[i] == "+Inf") print "+Inf"; else printf "%g\n", bound[i] * 1000
+        exit
+      }
+    }'
+}
 
 apt_install() {
   local sudo=""
@@ -659,6 +736,18 @@ if [ -z "$ONLY" ]; then
   server_memory rss_small
   stop_server
   start_server big "$BIG_URL"
+  # The first deep request starts recording the listing's page positions in the background; the
+  # measured run starts once they are recorded, however long that takes on this machine (the
+  # wait is reported), so that it measures the steady state rather than the recording pass.
+  wrk_for 1 page_big-first list_page.lua "$((BIG_USERS / PER_PAGE))"
+  index_t0=$(date +%s.%N)
+  until awk -v n="$(metric 'listing_index_builds_total{listing="users",outcome="built"}')" \
+    'BEGIN { exit !(n + 0 >= 1) }'; do
+    awk -v t0="$index_t0" -v now="$(date +%s.%N)" 'BEGIN { exit !(now - t0 < 300) }' ||
+      die "the users listing's page positions were not recorded within 300 s"
+    sleep 0.5
+  done
+  record page_big_index_wait_s "$(awk -v t0="$index_t0" -v now="$(date +%s.%N)" 'BEGIN { printf "%.1f", now - t0 }')"
   measure page_big list_page.lua "$((BIG_USERS / PER_PAGE))"
   record page_big_index_hits "$(metric 'listing_index_requests_total{listing="users",result="hit"}')"
   record page_big_index_misses "$(metric 'listing_index_requests_total{listing="users",result="miss"}')"
@@ -829,6 +918,32 @@ if [ "$MONGO" = 1 ] && [ -z "$ONLY" ]; then
   note_cmd "$(show "$BIN/mongobench" drop --url "$MONGO_DB_URL")"
   "$BIN/mongobench" drop --url "$MONGO_DB_URL"
   MONGO_DROP_URL=""
+fi
+
+if runs replica; then
+  say "8. GET /v1/users/{id}, cache off, with one streaming replica; reads presenting a write's token"
+  start_replica
+  replica_url="postgres://$REPLICA_USER:$REPLICA_PASSWORD@127.0.0.1:$REPLICA_PORT/${MAIN_URL##*/}"
+  start_server replica "$MAIN_URL" CACHE_TTL_SECS=0 SESSION_CACHE_TTL_SECS=3600 \
+    DATABASE_REPLICA_URLS="$replica_url"
+  replica_before=$(metric 'db_reads_total{source="replica"}')
+  primary_before=$(metric 'db_reads_total{source="primary"}')
+  measure replica_cold get_user.lua "$OUT/main/users.txt"
+  record replica_cold_replica_reads "$(awk "BEGIN { printf \"%d\", $(metric 'db_reads_total{source="replica"}') - ${replica_before:-0} }")"
+  record replica_cold_primary_reads "$(awk "BEGIN { printf \"%d\", $(metric 'db_reads_total{source="primary"}') - ${primary_before:-0} }")"
+  stop_server
+  # A write, then a read presenting the write's token: each read waits for the replica to replay
+  # that write (DB_REPLICA_WAIT_MS at most, then the primary answers).
+  start_server replica_token "$MAIN_URL" CACHE_TTL_SECS=0 SESSION_CACHE_TTL_SECS=3600 \
+    DATABASE_REPLICA_URLS="$replica_url"
+  measure replica_token write_then_read.lua "$OUT/main/products.txt"
+  record replica_token_waits "$(metric 'db_replica_wait_seconds_count')"
+  record replica_token_wait_p50_ms "$(histogram_quantile db_replica_wait_seconds 0.5)"
+  record replica_token_wait_p99_ms "$(histogram_quantile db_replica_wait_seconds 0.99)"
+  record replica_token_replica_reads "$(metric 'db_reads_total{source="replica"}')"
+  record replica_token_primary_reads "$(metric 'db_reads_total{source="primary"}')"
+  stop_server
+  stop_replica
 fi
 
 record load_end "$(loadavg)"

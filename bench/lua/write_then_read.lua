@@ -1,8 +1,8 @@
 -- A write, then a read that presents the write's Consistency-Token, over and over:
 -- PATCH /v1/products/{id} (a new stock), then GET /v1/products/{id} with the token the PATCH
 -- answered. With replicas, each read waits until a replica has replayed the write (or
--- DB_REPLICA_WAIT_MS passes and the primary answers); scripts/bench-replicas.sh reads that wait
--- from /metrics. Argument: the file of product ids.
+-- DB_REPLICA_WAIT_MS passes and the primary answers); scripts/bench.sh (scenario 8) reads that
+-- wait from /metrics. Argument: the file of product ids.
 local common = require "common"
 allowed = { [200] = true }
 local ids

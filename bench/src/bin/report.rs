@@ -414,6 +414,14 @@ fn targets(run: &Run) -> Vec<Target> {
             extras: vec![Extra::Statuses(vec![("Flash sale", "flash")])],
         },
         Target {
+            id: "replica_cold",
+            what: "8. user by id, cache off, one replica, vs the primary alone (scenario 1)".into(),
+            measure: ratio("replica_cold_rps", "s1_rps"),
+            goal: Goal::None,
+            note: None,
+            extras: vec![],
+        },
+        Target {
             id: "mongo_get",
             what: "7. MongoDB: user by id, cache off, vs the driver alone".into(),
             measure: ratio("mongo_get_rps", "mongo_driver_get_rps"),
@@ -722,6 +730,20 @@ fn rows(run: &Run) -> Vec<Row> {
                 mongo: true,
             }),
     );
+    rows.push(row(
+        "8a. `GET /v1/users/{id}`, cache off, primary + one replica".into(),
+        "8a. user by id, cache off, with a replica (primary's backends only)".into(),
+        "replica_cold",
+        Source::Wrk,
+        None,
+    ));
+    rows.push(row(
+        "8b. `PATCH` then `GET` with its token, primary + one replica".into(),
+        "8b. write, then read with its token (primary's backends only)".into(),
+        "replica_token",
+        Source::Wrk,
+        None,
+    ));
     rows
 }
 
@@ -1140,8 +1162,9 @@ With the cache off, the service batches concurrent point reads (`api/src/store/b
 scenario 1's server made **{queries}** queries for {all} requests
 (warm-up included), {per_query} reads per query. In page mode
 the users listing reads pages from recorded page positions (README, \"Deep pages\"), which the
-server records in the background after the first deep request, during the warm-up: at
-{big} users **{hits}** requests (warm-up included) were answered from
+server records in the background after the first deep request. The run waited for them
+({index_wait} s after a 1 s burst of requests), then warmed up and measured: at
+{big} users **{hits}** requests (burst and warm-up included) were answered from
 them, {misses} the plain way while they were being recorded, in
 {builds} pass(es) over the index.
 
@@ -1159,6 +1182,7 @@ and its p50 is not comparable with wrk's; its mean latency is connections ÷ tps
         hits = g("page_big_index_hits"),
         misses = g("page_big_index_misses"),
         builds = g("page_big_index_builds"),
+        index_wait = g("page_big_index_wait_s"),
         small_pages = pages("small_users"),
         big_pages = pages("big_users"),
     );
@@ -1198,6 +1222,31 @@ Flash sale: before each of its runs the {hot} products were reset to {flash} uni
                 );
             }
         }
+    }
+    if run.measured("replica_cold") {
+        let _ = write!(
+            s,
+            "
+Read replica (scenario 8): a streaming replica of the same PostgreSQL server, made by
+`pg_basebackup` through a replication slot (no apply delay), on a free port of the same machine;
+the service ran with `DATABASE_REPLICA_URLS` naming it and the cache off as in scenario 1. Of the
+cold reads' batched queries, **{replica}** were answered by the replica and {primary} by the
+primary. In 8b every `GET` presented the token of the `PATCH` just before it, so it had to wait
+for the replica to replay that write: {waits} such reads waited, p50 ≤ {p50} ms and
+p99 ≤ {p99} ms (`db_replica_wait_seconds`, histogram bucket bounds); {token_replica} of that
+run's batched reads were answered by the replica and {token_primary} by the primary (after
+`DB_REPLICA_WAIT_MS`, or the writes' own reads). Both servers, the service and wrk share the
+same cores here, so a replica adds no capacity on this machine: the ratio shows what routing a
+read to a replica costs.
+",
+            replica = g("replica_cold_replica_reads"),
+            primary = g("replica_cold_primary_reads"),
+            waits = g("replica_token_waits"),
+            p50 = g("replica_token_wait_p50_ms"),
+            p99 = g("replica_token_wait_p99_ms"),
+            token_replica = g("replica_token_replica_reads"),
+            token_primary = g("replica_token_primary_reads"),
+        );
     }
     let _ = write!(
         s,
