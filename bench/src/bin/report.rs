@@ -1232,7 +1232,7 @@ Read replica (scenario 8): a streaming replica of the same PostgreSQL server, ma
 the service ran with `DATABASE_REPLICA_URLS` naming it and the cache off as in scenario 1. Of the
 cold reads' batched queries, **{replica}** were answered by the replica and {primary} by the
 primary. In 8b every `GET` presented the token of the `PATCH` just before it, so it had to wait
-for the replica to replay that write: {waits} such reads waited, p50 ≤ {p50} ms and
+for the replica to replay that write: {waits} batched reads carrying them waited, p50 ≤ {p50} ms and
 p99 ≤ {p99} ms (`db_replica_wait_seconds`, histogram bucket bounds); {token_replica} of that
 run's batched reads were answered by the replica and {token_primary} by the primary (after
 `DB_REPLICA_WAIT_MS`, or the writes' own reads). Both servers, the service and wrk share the
