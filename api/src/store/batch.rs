@@ -59,8 +59,6 @@ struct Inner<K, V, E> {
     state: Mutex<State<K, V, E>>,
     max_batch: usize,
     max_in_flight: usize,
-    /// Queued calls that justify another worker while one runs.
-    extra_worker_backlog: usize,
     load: Box<LoadFn<K, V, E>>,
 }
 
@@ -91,7 +89,6 @@ where
                 }),
                 max_batch: max_batch.max(1),
                 max_in_flight: max_in_flight.max(1),
-                extra_worker_backlog: (max_batch / 4).max(1),
                 load: Box::new(move |keys| load(keys).boxed()),
             }),
         }
@@ -102,7 +99,7 @@ where
         {
             let mut state = self.inner.state();
             state.queue.push_back((key, tx));
-            let backlog = state.queue.len() >= self.inner.extra_worker_backlog;
+            let backlog = state.queue.len() >= self.inner.extra_worker_backlog();
             if state.workers == 0 || (state.workers < self.inner.max_in_flight && backlog) {
                 state.workers += 1;
                 tokio::spawn(Arc::clone(&self.inner).work());
@@ -133,6 +130,11 @@ where
     V: Clone,
     E: Clone,
 {
+    /// Queued calls that justify another worker while one runs: a quarter batch.
+    fn extra_worker_backlog(&self) -> usize {
+        (self.max_batch / 4).max(1)
+    }
+
     fn state(&self) -> MutexGuard<'_, State<K, V, E>> {
         // The state is consistent between statements, so a panic elsewhere cannot corrupt it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())

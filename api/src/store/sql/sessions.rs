@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, FixedOffset};
 use entity::{login_failures, sessions, users};
+use sea_orm::sea_query::IntoCondition;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
     EntityTrait, QueryFilter, QuerySelect,
@@ -200,28 +201,26 @@ impl SessionRepo {
 
     /// Takes back failures `record_failure` wrote.
     pub async fn forget_failures(&self, ids: &[Uuid]) -> Result<(), StoreError> {
-        with_retry(
-            RetryPolicy::default(),
-            |_| {},
-            || async {
-                login_failures::Entity::delete_many()
-                    .filter(login_failures::Column::Id.is_in(ids.iter().copied()))
-                    .exec(&self.db)
-                    .await?;
-                Ok(())
-            },
-        )
-        .await
+        self.delete_failures(login_failures::Column::Id.is_in(ids.iter().copied()))
+            .await
     }
 
     /// A successful login clears its email's count.
     pub async fn clear_failures(&self, subject: &str) -> Result<(), StoreError> {
+        self.delete_failures(login_failures::Column::Subject.eq(subject))
+            .await
+    }
+
+    /// Deletes the failures `condition` names, repeated when it deadlocks with a concurrent
+    /// purge (see `record_failure`).
+    async fn delete_failures(&self, condition: impl IntoCondition) -> Result<(), StoreError> {
+        let condition = condition.into_condition();
         with_retry(
             RetryPolicy::default(),
             |_| {},
             || async {
                 login_failures::Entity::delete_many()
-                    .filter(login_failures::Column::Subject.eq(subject))
+                    .filter(condition.clone())
                     .exec(&self.db)
                     .await?;
                 Ok(())
