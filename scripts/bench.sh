@@ -49,6 +49,8 @@
 #                       [mongodb://127.0.0.1:27017/?directConnection=true]
 #   BENCH_MONGO_USERS, BENCH_MONGO_PRODUCTS
 #                       the MongoDB data set [20000, 1000]
+#   BENCH_ROUNDS        rounds of scenarios 1 and 2, each a baseline run then the service's;
+#                       a target's ratio is the median round's [3]
 #   BENCH_WARMUP        seconds of unmeasured load before each measured run [3]
 #   BENCH_PORT          the server's port [18080]
 #   BENCH_PROFILE       1: record a perf profile for every missed target [1]
@@ -81,6 +83,7 @@ PORT=${BENCH_PORT:-18080}
 PROFILE=${BENCH_PROFILE:-1}
 PROFILE_SECONDS=8
 WARMUP_SECONDS=${BENCH_WARMUP:-3}
+ROUNDS=${BENCH_ROUNDS:-3}
 REPORT=${BENCH_REPORT:-BENCHMARKS.md}
 # Where cargo puts the release binaries (CARGO_TARGET_DIR when set); commands are shown as
 # target/release/… either way.
@@ -567,7 +570,7 @@ record run_started "$(date -u '+%Y-%m-%d %H:%M')"
 for kv in users="$USERS" products="$PRODUCTS" orders="$ORDERS" small_users="$SMALL_USERS" \
   big_users="$BIG_USERS" deep="$DEEP" hot_products="$HOT_PRODUCTS" duration="$DURATION" \
   connections="$CONNECTIONS" threads="$THREADS" connections_high="$CONNECTIONS_HIGH" \
-  mongo_users="$MONGO_USERS" mongo_products="$MONGO_PRODUCTS"; do
+  mongo_users="$MONGO_USERS" mongo_products="$MONGO_PRODUCTS" rounds="$ROUNDS"; do
   record "cfg_${kv%%=*}" "${kv#*=}"
 done
 [ "$DEEP" -lt "$BIG_USERS" ] || die "BENCH_DEEP ($DEEP) must be below BENCH_BIG_USERS ($BIG_USERS)"
@@ -666,15 +669,23 @@ SQL"
 psql -q -v ON_ERROR_STOP=1 "$MAIN_URL" >/dev/null <<<"$helper_sql"
 
 if runs reads; then
-  say "1. GET /v1/users/{id}, cache off, against pgbench"
-  pgbench_run pg_get_user "$MAIN_URL" get_user.sql -D users="$USERS"
+  # Rounds of baseline-then-service (the report takes the median round's ratio), so that a
+  # change in the machine's state during the run falls on both sides of a ratio alike.
+  say "1. GET /v1/users/{id}, cache off, against pgbench, $ROUNDS rounds"
   start_server nocache "$MAIN_URL" CACHE_TTL_SECS=0 SESSION_CACHE_TTL_SECS=3600
   queries_before=$(metric 'db_queries_total')
-  measure s1 get_user.lua "$OUT/main/users.txt"
+  all_requests=0
+  for round in $(seq 1 "$ROUNDS"); do
+    # The service sits idle meanwhile: its pool's connections are open, nothing else.
+    pgbench_run "pg_get_user_r$round" "$MAIN_URL" get_user.sql -D users="$USERS"
+    measure "s1_r$round" get_user.lua "$OUT/main/users.txt"
+    requests_var="s1_r${round}_requests"
+    warmup_requests=$(sed -n 's/^BENCH requests=\([0-9]*\).*/\1/p' "$OUT/wrk-s1_r$round-warmup.txt" 2>/dev/null)
+    all_requests=$((all_requests + ${!requests_var} + ${warmup_requests:-0}))
+  done
   queries_after=$(metric 'db_queries_total')
-  warmup_requests=$(sed -n 's/^BENCH requests=\([0-9]*\).*/\1/p' "$OUT/wrk-s1-warmup.txt" 2>/dev/null)
   record s1_queries "$(awk "BEGIN { printf \"%d\", ${queries_after:-0} - ${queries_before:-0} }")"
-  record s1_all_requests "$((s1_requests + ${warmup_requests:-0}))"
+  record s1_all_requests "$all_requests"
   record server_tls "$(tls_of "$SERVER_DB")"
   server_memory rss_nocache
   if target_missed s1; then
@@ -695,9 +706,8 @@ if runs reads; then
   fi
   stop_server
 
-  say "2. GET /v1/users/{id}, cache warm, against /health"
+  say "2. GET /v1/users/{id}, cache warm, against /health, $ROUNDS rounds at each concurrency"
   start_server cached "$MAIN_URL"
-  measure health health.lua
   # Every user once, in order, until the cache holds them all.
   position=0
   for _ in 1 2 3 4 5 6 7 8; do
@@ -711,7 +721,10 @@ if runs reads; then
   server_memory rss_warm
   hits_before=$(metric 'cache_requests_total{cache="users",result="hit"}')
   misses_before=$(metric 'cache_requests_total{cache="users",result="miss"}')
-  measure s2 get_user.lua "$OUT/main/users.txt"
+  for round in $(seq 1 "$ROUNDS"); do
+    measure "health_r$round" health.lua
+    measure "s2_r$round" get_user.lua "$OUT/main/users.txt"
+  done
   hits_after=$(metric 'cache_requests_total{cache="users",result="hit"}')
   misses_after=$(metric 'cache_requests_total{cache="users",result="miss"}')
   record cache_hits "$(awk "BEGIN { printf \"%d\", ${hits_after:-0} - ${hits_before:-0} }")"
@@ -720,8 +733,10 @@ if runs reads; then
     profile s2 get_user.lua "$OUT/main/users.txt"
   fi
   # The same comparison at twice the connections: more requests in flight on the same cores.
-  WRK_CONNECTIONS=$CONNECTIONS_HIGH measure health_high health.lua
-  WRK_CONNECTIONS=$CONNECTIONS_HIGH measure s2_high get_user.lua "$OUT/main/users.txt"
+  for round in $(seq 1 "$ROUNDS"); do
+    WRK_CONNECTIONS=$CONNECTIONS_HIGH measure "health_high_r$round" health.lua
+    WRK_CONNECTIONS=$CONNECTIONS_HIGH measure "s2_high_r$round" get_user.lua "$OUT/main/users.txt"
+  done
   if target_missed s2_high; then
     WRK_CONNECTIONS=$CONNECTIONS_HIGH profile s2_high get_user.lua "$OUT/main/users.txt"
   fi

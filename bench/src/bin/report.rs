@@ -79,6 +79,7 @@ fn run() -> Result<PathBuf> {
             );
         }
     }
+    take_median_rounds(&mut values);
     let run = Run { values, out, root };
     if let Some(id) = missed {
         // For scripts/bench.sh: whether to profile a target, decided by the same table.
@@ -142,6 +143,56 @@ fn unquote(value: &str) -> String {
         }
     }
     out
+}
+
+/// Scenarios measured in rounds that alternate with their baselines (`BENCH_ROUNDS`), as
+/// (scenario, baseline, the baseline's rate: `rps` for wrk, `tps` for pgbench).
+const PAIRED_ROUNDS: [(&str, &str, &str); 3] = [
+    ("s1", "pg_get_user", "tps"),
+    ("s2", "health", "rps"),
+    ("s2_high", "health_high", "rps"),
+];
+
+/// For each paired scenario, the round whose ratio is the median of the rounds' ratios: its
+/// figures (`s1_r2_rps`, `pg_get_user_r2_tps`, …) are copied to the scenario's own names
+/// (`s1_rps`, `pg_get_user_tps`, …), so the target's ratio is that median and the tables show
+/// the round it came from. The ratios of all rounds, in run order, go to `<scenario>_round_ratios`.
+fn take_median_rounds(values: &mut HashMap<String, String>) {
+    let rounds: usize = values
+        .get("cfg_rounds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let num = |values: &HashMap<String, String>, key: String| {
+        values.get(&key).and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    for (name, baseline, baseline_rate) in PAIRED_ROUNDS {
+        let mut ratios: Vec<(f64, usize)> = (1..=rounds)
+            .filter_map(|round| {
+                let a = num(values, format!("{name}_r{round}_rps"))?;
+                let b = num(values, format!("{baseline}_r{round}_{baseline_rate}"))?;
+                (b > 0.0).then_some((a / b, round))
+            })
+            .collect();
+        if ratios.is_empty() {
+            continue;
+        }
+        let in_order: Vec<String> = ratios.iter().map(|(r, _)| ratio_text(*r)).collect();
+        ratios.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let (_, median) = ratios[(ratios.len() - 1) / 2];
+        for measured in [name, baseline] {
+            let prefix = format!("{measured}_r{median}_");
+            let copies: Vec<(String, String)> = values
+                .iter()
+                .filter_map(|(key, value)| {
+                    let rest = key.strip_prefix(&prefix)?;
+                    Some((format!("{measured}_{rest}"), value.clone()))
+                })
+                .collect();
+            values.extend(copies);
+        }
+        values.insert(format!("{name}_round_ratios"), in_order.join(", "));
+        values.insert(format!("{name}_round"), median.to_string());
+    }
 }
 
 struct Run {
@@ -468,12 +519,18 @@ impl Target {
             } => {
                 let (a, b) = (run.num(key)?, run.num(baseline)?);
                 let r = a / b;
-                let shown = format!(
+                let mut shown = format!(
                     "{} / {}{unit} = **{}×**",
                     run.get(key),
                     run.get(baseline),
                     ratio_text(r)
                 );
+                let rounds = key
+                    .strip_suffix("_rps")
+                    .and_then(|name| run.values.get(&format!("{name}_round_ratios")));
+                if let Some(rounds) = rounds {
+                    let _ = write!(shown, " (median of rounds: {rounds})");
+                }
                 (r, shown)
             }
             Measure::Value { key, unit } => {
@@ -968,6 +1025,7 @@ fn reduced_settings(run: &Run) -> Option<String> {
         ("small_users", "10000", "BENCH_SMALL_USERS"),
         ("big_users", "1000000", "BENCH_BIG_USERS"),
         ("deep", "900000", "BENCH_DEEP"),
+        ("rounds", "3", "BENCH_ROUNDS"),
     ];
     let changed: Vec<String> = defaults
         .iter()
@@ -1079,8 +1137,13 @@ show. Ratios between runs are the meaningful output; absolute numbers are specif
   and `bench/pgbench/place_order.sql` (the order transaction's statements and round trips);
   random seeded ids come from helper tables `bench_user_ids`/`bench_product_ids`
   (`n serial primary key, id uuid`), so each baseline statement also does one small
-  primary-key probe the service does not. pgbench ran while no server was running. Its p50/p99
-  come from its per-transaction log (`-l --sampling-rate 0.2`).
+  primary-key probe the service does not. Its p50/p99 come from its per-transaction log
+  (`-l --sampling-rate 0.2`). pgbench ran while no server was running, except in scenario 1.
+- Scenarios 1 and 2 ran in {rounds} rounds, each a baseline run followed by the service's run
+  (scenario 1: pgbench while the service sat idle; scenario 2: `/health`, then the read, on one
+  server), so that both sides of every ratio share the machine's state at that moment. A target's
+  ratio is the median of its rounds' ratios (all of them are listed with it); the tables show the
+  round that gave it.
 - Flash sale (scenario 6): {hot} more products with **{flash} in stock each**, sized from
   scenario 4b's rate so that they sell out about halfway through a run, reset before each of its
   four runs: `bench/pgbench/place_order.sql` on them (the service's statements as it sends them
@@ -1119,6 +1182,7 @@ show. Ratios between runs are the meaningful output; absolute numbers are specif
         mongo_users = g("cfg_mongo_users"),
         mongo_products = g("cfg_mongo_products"),
         rust_log = g("server_rust_log"),
+        rounds = g("cfg_rounds"),
     );
     let rows = rows(run);
     for row in &rows {
@@ -1388,6 +1452,28 @@ mod tests {
         let values = parse_env("a=1\nb=x\\ y\na=2\n");
         assert_eq!(values["a"], "2");
         assert_eq!(values["b"], "x y");
+    }
+
+    #[test]
+    fn the_median_round_stands_for_a_paired_scenario() {
+        let mut values = parse_env(
+            "cfg_rounds=3\n\
+             s1_r1_rps=70\npg_get_user_r1_tps=100\ns1_r1_p99_ms=1\n\
+             s1_r2_rps=90\npg_get_user_r2_tps=100\ns1_r2_p99_ms=2\n\
+             s1_r3_rps=160\npg_get_user_r3_tps=200\ns1_r3_p99_ms=3\npg_get_user_r3_p99_ms=4\n\
+             health_r1_rps=10\n",
+        );
+        take_median_rounds(&mut values);
+        // Ratios 0.7, 0.9 and 0.8: the third round is the median, whatever its throughput.
+        assert_eq!(values["s1_round"], "3");
+        assert_eq!(values["s1_rps"], "160");
+        assert_eq!(values["pg_get_user_tps"], "200");
+        assert_eq!(values["s1_p99_ms"], "3");
+        assert_eq!(values["pg_get_user_p99_ms"], "4");
+        assert_eq!(values["s1_round_ratios"], "0.700, 0.900, 0.800");
+        // A scenario missing its baseline's rounds is left alone.
+        assert!(!values.contains_key("s2_round"));
+        assert!(!values.contains_key("health_rps"));
     }
 
     #[test]
