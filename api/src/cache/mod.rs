@@ -10,7 +10,9 @@
 //! few other ids that share its stripe miss once.
 
 use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -58,7 +60,7 @@ impl<V> std::ops::Deref for Cached<V> {
 }
 
 /// Entries by id and the generation of its stripe.
-type Entries<V> = moka::future::Cache<(Uuid, u64), Arc<Cached<V>>>;
+type Entries<V> = moka::future::Cache<(Uuid, u64), Arc<Cached<V>>, RandomState>;
 
 pub struct EntityCache<V> {
     name: &'static str,
@@ -105,13 +107,13 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
                 .name(name)
                 .max_capacity(config.max_entries)
                 .time_to_live(config.ttl)
-                .build()
+                .build_with_hasher(RandomState::default())
         });
         Self {
             name,
             entries,
             generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             suspended: AtomicBool::new(false),
             listening: AtomicBool::new(false),
             acknowledged: tokio::sync::broadcast::channel(1024).0,

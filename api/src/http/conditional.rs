@@ -8,7 +8,8 @@ use bytes::Bytes;
 use poem::{IntoResponse, Response};
 use poem_openapi::payload::Payload;
 use poem_openapi::registry::{MetaSchemaRef, Registry};
-use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::types::Type;
+use serde::Serialize;
 use uuid::Uuid;
 
 use crate::config::CacheConfig;
@@ -18,7 +19,7 @@ use crate::config::CacheConfig;
 /// resource nobody has changed costs a lookup instead of building and serializing a document.
 pub struct Representations {
     /// `None` when caching is off (`CACHE_TTL_SECS=0`).
-    bodies: Option<moka::future::Cache<(Uuid, i64), Bytes>>,
+    bodies: Option<moka::future::Cache<(Uuid, i64), Bytes, foldhash::fast::RandomState>>,
 }
 
 impl Representations {
@@ -28,13 +29,13 @@ impl Representations {
         let bodies = (!config.ttl.is_zero()).then(|| {
             moka::future::Cache::builder()
                 .max_capacity(config.max_entries)
-                .build()
+                .build_with_hasher(foldhash::fast::RandomState::default())
         });
         Self { bodies }
     }
 
     /// The JSON of the resource `id` at `version`, rendered by `dto` unless already known.
-    pub async fn render<T: ToJSON>(
+    pub async fn render<T: Serialize>(
         &self,
         id: Uuid,
         version: i64,
@@ -56,9 +57,12 @@ impl Representations {
     }
 }
 
-/// `value` as `Json<T>` would send it.
-pub fn json_bytes<T: ToJSON>(value: &T) -> Bytes {
-    Bytes::from(serde_json::to_vec(&value.to_json()).unwrap_or_default())
+/// `value` as `Json<T>` would send it. `Json<T>` goes through `ToJSON`, which builds a
+/// `serde_json::Value` first; a representation's DTO derives `Serialize` as well, which writes
+/// the same bytes (fields in declaration order, the same names and values: see the tests)
+/// without that intermediate tree, at a fraction of the cost.
+pub fn json_bytes<T: Serialize>(value: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
 }
 
 /// A JSON body already serialized, documented as `T`'s schema: exactly the bytes `Json<T>`
@@ -229,7 +233,101 @@ pub(crate) use resource_responses;
 
 #[cfg(test)]
 mod tests {
+    use chrono::{DateTime, Utc};
+    use poem_openapi::types::ToJSON;
+
+    use super::super::enums::{OrderStatusDto, UserRoleDto, UserStatusDto};
+    use super::super::orders::{OrderDto, OrderItemDto};
+    use super::super::products::ProductDto;
+    use super::super::timestamp::Timestamp;
+    use super::super::users::UserDto;
     use super::*;
+
+    /// What `Json<T>` sends (`ToJSON`, then `serde_json`), beside what a representation holds.
+    fn both<T: ToJSON + Serialize>(value: &T) -> (String, String) {
+        let sent = serde_json::to_string(&value.to_json()).unwrap();
+        let held = String::from_utf8(json_bytes(value).to_vec()).unwrap();
+        (held, sent)
+    }
+
+    fn at(text: &str) -> Timestamp {
+        Timestamp(
+            DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc),
+        )
+    }
+
+    /// Text that JSON must escape, and text it must not mangle.
+    const AWKWARD: [&str; 4] = [
+        "Ada \"the\" Lovelace\\",
+        "tab\there\nline\u{1}\u{7f}",
+        "Zoë 李 🦀 \u{2028}",
+        "",
+    ];
+
+    #[test]
+    fn representations_are_the_bytes_json_sends() {
+        let statuses = [
+            UserStatusDto::Active,
+            UserStatusDto::Inactive,
+            UserStatusDto::Suspended,
+        ];
+        let roles = [
+            UserRoleDto::Customer,
+            UserRoleDto::Admin,
+            UserRoleDto::Admin,
+            UserRoleDto::Customer,
+        ];
+        for (i, name) in AWKWARD.into_iter().enumerate() {
+            let user = UserDto {
+                id: Uuid::now_v7(),
+                name: name.to_owned(),
+                email: format!("{name}@example.com"),
+                status: statuses[i % statuses.len()],
+                role: roles[i],
+                created_at: at("2026-11-24T10:00:00Z"),
+                updated_at: at("2026-11-24T10:00:00.123456+02:00"),
+            };
+            let (held, sent) = both(&user);
+            assert_eq!(held, sent, "{name:?}");
+            let product = ProductDto {
+                id: Uuid::nil(),
+                sku: name.to_owned(),
+                name: name.to_owned(),
+                price_cents: i64::MAX,
+                stock: if i == 0 { 0 } else { i64::MIN },
+                created_at: at("2026-11-24T10:00:00.120Z"),
+                updated_at: at("1970-01-01T00:00:00Z"),
+            };
+            let (held, sent) = both(&product);
+            assert_eq!(held, sent, "{name:?}");
+        }
+        let item = |quantity| OrderItemDto {
+            product_id: Uuid::now_v7(),
+            quantity,
+            unit_price_cents: 1999,
+            line_total_cents: 1999 * quantity,
+        };
+        for (status, items) in [
+            (OrderStatusDto::Pending, vec![item(1)]),
+            (OrderStatusDto::Paid, vec![item(1), item(3)]),
+            (OrderStatusDto::Shipped, vec![item(2)]),
+            (OrderStatusDto::Cancelled, vec![]),
+        ] {
+            let order = OrderDto {
+                id: Uuid::now_v7(),
+                user_id: Uuid::max(),
+                status,
+                total_cents: items.iter().map(|item| item.line_total_cents).sum(),
+                items,
+                created_at: at("2026-11-24T10:00:00.000001Z"),
+                updated_at: at("2026-11-24T10:00:00.5Z"),
+            };
+            let (held, sent) = both(&order);
+            assert_eq!(held, sent);
+        }
+    }
 
     #[test]
     fn if_match_names_versions_or_anything() {

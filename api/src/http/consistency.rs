@@ -15,11 +15,13 @@
 //! clients, and every presented token is satisfied as it stands.
 
 use poem::Response;
-use poem::http::HeaderValue;
+use poem::http::{HeaderName, HeaderValue};
 
 use crate::store::consistency::{PRIMARY_ONLY, Positions, Presented, Scope};
 
 pub const HEADER: &str = "consistency-token";
+/// `HEADER`, parsed once at compile time rather than on every response.
+const HEADER_NAME: HeaderName = HeaderName::from_static(HEADER);
 
 /// The position tokens' prefix, versioned so that another scheme can follow.
 const POSITION: &str = "p1.";
@@ -60,7 +62,7 @@ pub fn stamp(response: &mut Response, scope: &Scope, positions: &Positions) {
         format!("t1.{micros:x}")
     };
     if let Ok(value) = HeaderValue::from_str(&token) {
-        response.headers_mut().insert(HEADER, value);
+        response.headers_mut().insert(HEADER_NAME, value);
     }
 }
 

@@ -7,7 +7,9 @@ use crate::domain::{OrderStatus, UserRole, UserStatus};
 macro_rules! api_enum {
     ($(#[$doc:meta])* $api:ident = $domain:ident as $name:literal { $($variant:ident),+ $(,)? }) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, poem_openapi::Enum)]
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, poem_openapi::Enum,
+        )]
         #[serde(rename_all = "lowercase")]
         #[oai(rename = $name, rename_all = "lowercase")]
         pub enum $api {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use poem::PathPattern;
 use poem::error::{MethodNotAllowedError, NotFoundError, ResponseError};
-use poem::http::{HeaderValue, StatusCode};
+use poem::http::{HeaderName, HeaderValue, StatusCode};
 use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::OperationId;
 use poem_openapi::error::{
@@ -24,6 +24,8 @@ use crate::store::DbFailure;
 use crate::store::consistency as store_consistency;
 
 const REQUEST_ID: &str = "x-request-id";
+/// `REQUEST_ID`, parsed once at compile time rather than on every response.
+const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
 
 /// Operation id → path template, from the OpenAPI document.
 pub type RouteTemplates = HashMap<String, String>;
@@ -76,7 +78,7 @@ pub async fn observe<E: Endpoint>(
             report_failure(&state, &route, &note);
         }
         if let Ok(value) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(REQUEST_ID, value);
+            response.headers_mut().insert(REQUEST_ID_NAME, value);
         }
         if is_resource_route && (status.is_success() || status == StatusCode::NOT_MODIFIED) {
             consistency::stamp(&mut response, &scope, &positions);

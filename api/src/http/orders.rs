@@ -22,7 +22,8 @@ use crate::auth::{BearerAuth, Caller, access};
 use crate::domain::model::{Idempotency, Order, OrderFilter, PlaceOrder, Placed};
 use crate::domain::{Bounds, IdempotencyKey, OrderLines, OrderStatus, Quantity, Range, Validator};
 
-#[derive(Object)]
+// `Serialize` writes exactly what `ToJSON` does (`conditional::json_bytes`).
+#[derive(Object, serde::Serialize)]
 #[oai(rename = "OrderItem")]
 pub struct OrderItemDto {
     pub product_id: Uuid,
@@ -33,7 +34,8 @@ pub struct OrderItemDto {
     pub line_total_cents: i64,
 }
 
-#[derive(Object)]
+// `Serialize` writes exactly what `ToJSON` does (`conditional::json_bytes`).
+#[derive(Object, serde::Serialize)]
 #[oai(rename = "Order")]
 pub struct OrderDto {
     #[oai(read_only)]

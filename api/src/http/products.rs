@@ -22,7 +22,8 @@ use crate::auth::{BearerAuth, access};
 use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
 use crate::domain::{Bounds, Cents, ProductName, Range, Sku, Stock, Validator};
 
-#[derive(Object)]
+// `Serialize` writes exactly what `ToJSON` does (`conditional::json_bytes`).
+#[derive(Object, serde::Serialize)]
 #[oai(rename = "Product")]
 pub struct ProductDto {
     #[oai(read_only)]

@@ -40,12 +40,23 @@ impl Type for Timestamp {
     }
 }
 
+impl Timestamp {
+    fn text(&self) -> String {
+        // AutoSi writes 0, 3 or 6 digits as needed; stored values carry at most microseconds.
+        self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    }
+}
+
 impl ToJSON for Timestamp {
     fn to_json(&self) -> Option<Value> {
-        // AutoSi writes 0, 3 or 6 digits as needed; stored values carry at most microseconds.
-        Some(Value::String(
-            self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        ))
+        Some(Value::String(self.text()))
+    }
+}
+
+/// The same text as `to_json`, for representations serialized without building a `Value`.
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text())
     }
 }
 
@@ -75,6 +86,11 @@ mod tests {
         assert_eq!(
             Timestamp::from(t).to_json(),
             Some(Value::String("2026-11-24T10:00:00.120Z".into()))
+        );
+        let t = DateTime::parse_from_rfc3339("2026-11-24T12:00:00+02:00").unwrap();
+        assert_eq!(
+            serde_json::to_string(&Timestamp::from(t)).unwrap(),
+            "\"2026-11-24T10:00:00Z\""
         );
     }
 }

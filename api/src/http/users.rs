@@ -24,7 +24,8 @@ use crate::domain::model::{NewUser, User, UserChanges, UserFilter};
 use crate::domain::{Bounds, Email, Password, Range, UserName, UserRole, UserStatus, Validator};
 
 /// A user. The password is never returned.
-#[derive(Object)]
+// `Serialize` writes exactly what `ToJSON` does (`conditional::json_bytes`).
+#[derive(Object, serde::Serialize)]
 #[oai(rename = "User")]
 pub struct UserDto {
     #[oai(read_only)]
