@@ -11,13 +11,11 @@
 
 use std::future::Future;
 use std::hash::BuildHasher;
-
-use foldhash::fast::RandomState;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
+use foldhash::fast::RandomState;
 use prometheus::IntCounter;
 use uuid::Uuid;
 
