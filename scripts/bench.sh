@@ -50,7 +50,7 @@
 #   BENCH_MONGO_USERS, BENCH_MONGO_PRODUCTS
 #                       the MongoDB data set [20000, 1000]
 #   BENCH_ROUNDS        rounds of scenarios 1 and 2, each a baseline run then the service's;
-#                       a target's ratio is the median round's [3]
+#                       a target's ratio is the median round's [5]
 #   BENCH_WARMUP        seconds of unmeasured load before each measured run [3]
 #   BENCH_PORT          the server's port [18080]
 #   BENCH_PROFILE       1: record a perf profile for every missed target [1]
@@ -83,7 +83,7 @@ PORT=${BENCH_PORT:-18080}
 PROFILE=${BENCH_PROFILE:-1}
 PROFILE_SECONDS=8
 WARMUP_SECONDS=${BENCH_WARMUP:-3}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 REPORT=${BENCH_REPORT:-BENCHMARKS.md}
 # Where cargo puts the release binaries (CARGO_TARGET_DIR when set); commands are shown as
 # target/release/… either way.

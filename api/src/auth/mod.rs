@@ -18,7 +18,6 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::domain::UserRole;
-use crate::domain::model::Session;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 
@@ -38,14 +37,6 @@ pub struct Caller {
 impl Caller {
     pub fn is_admin(&self) -> bool {
         self.role == UserRole::Admin
-    }
-
-    fn from_session(session: Session) -> Self {
-        Self {
-            user_id: session.user_id,
-            role: session.role,
-            token_hash: session.token_hash,
-        }
     }
 }
 
@@ -89,8 +80,13 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiEr
     if !well_formed(token) {
         return Err(ApiError::Unauthenticated);
     }
-    match state.sessions.find(&token_hash(token)).await? {
-        Some(session) => Ok(Caller::from_session(session)),
+    let token_hash = token_hash(token);
+    match state.sessions.find(&token_hash).await? {
+        Some(owner) => Ok(Caller {
+            user_id: owner.user_id,
+            role: owner.role,
+            token_hash,
+        }),
         None => Err(ApiError::Unauthenticated),
     }
 }

@@ -1,7 +1,7 @@
 //! The read models and inputs of the storage interface: what every engine returns and takes,
 //! parsed once, in the engine, from what it stores. No engine's types and no HTTP here.
 
-use chrono::{DateTime, FixedOffset};
+use chrono::{DateTime, FixedOffset, Utc};
 use uuid::Uuid;
 
 use super::{
@@ -161,6 +161,24 @@ pub struct Session {
     pub user_id: Uuid,
     pub role: UserRole,
     pub expires_at: DateTime<FixedOffset>,
+}
+
+impl Session {
+    /// Whose session this is, if it is the session of `token_hash` (a cached one is found by the
+    /// first half of the hash, so the whole hash is compared) and it has not expired.
+    pub fn owner(&self, token_hash: &str) -> Option<SessionOwner> {
+        (self.token_hash == token_hash && self.expires_at > Utc::now()).then_some(SessionOwner {
+            user_id: self.user_id,
+            role: self.role,
+        })
+    }
+}
+
+/// What a request that presents a live session's token acts as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionOwner {
+    pub user_id: Uuid,
+    pub role: UserRole,
 }
 
 /// The cache key of a session: the first 128 bits of its token's hash (as unique as a UUID).

@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use crate::cache::{Cached, Caches};
 use crate::domain::model::{
-    Failures, NewProduct, NewUser, Product, ProductChanges, ProductFilter, Session, User,
+    Failures, NewProduct, NewUser, Product, ProductChanges, ProductFilter, SessionOwner, User,
     UserChanges, UserFilter,
 };
 use crate::domain::{Email, PasswordHash, UserName, UserRole, UserStatus};
@@ -379,7 +379,7 @@ impl Sessions {
     }
 
     #[tracing::instrument(level = "debug", name = "sessions.find", skip_all)]
-    pub async fn find(&self, token_hash: &str) -> Result<Option<Session>, StoreError> {
+    pub async fn find(&self, token_hash: &str) -> Result<Option<SessionOwner>, StoreError> {
         delegate!(self.find(token_hash))
     }
 

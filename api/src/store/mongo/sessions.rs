@@ -15,7 +15,7 @@ use super::document::{self, read_id, read_str, read_time};
 use super::schema::{LOGIN_FAILURES, SESSIONS, USERS};
 use crate::cache::EntityCache;
 use crate::domain::UserRole;
-use crate::domain::model::{Failures, Session, cache_key};
+use crate::domain::model::{Failures, Session, SessionOwner, cache_key};
 use crate::store::StoreError;
 use crate::store::{Resource, StoreError as Error};
 
@@ -51,18 +51,14 @@ impl SessionRepo {
     /// The live session with this token hash, read through the cache (concurrent requests with
     /// one token share a single load). Expired and unknown sessions (and those of a deleted
     /// user) are `None`.
-    pub async fn find(&self, token_hash: &str) -> Result<Option<Session>, StoreError> {
+    pub async fn find(&self, token_hash: &str) -> Result<Option<SessionOwner>, StoreError> {
         let loaded = self
             .cache
             .get_or_load(cache_key(token_hash), || self.load(token_hash))
             .await;
         match loaded {
-            Ok(session)
-                if session.token_hash == token_hash && session.expires_at > document::now() =>
-            {
-                Ok(Some(Session::clone(&session)))
-            }
-            Ok(_) | Err(Error::NotFound { .. }) => Ok(None),
+            Ok(session) => Ok(session.owner(token_hash)),
+            Err(Error::NotFound { .. }) => Ok(None),
             Err(err) => Err(err),
         }
     }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::write::Write;
 use crate::cache::{Caches, Topic};
 use crate::domain::UserRole;
-use crate::domain::model::{Failures, Session, cache_key};
+use crate::domain::model::{Failures, Session, SessionOwner, cache_key};
 use crate::store::error::{Resource, StoreError};
 use crate::store::retry::{RetryPolicy, with_retry};
 
@@ -90,19 +90,15 @@ impl SessionRepo {
 
     /// The live session with this token hash, read through the cache (concurrent requests with
     /// one token share a single query). Expired and unknown sessions are `None`.
-    pub async fn find(&self, token_hash: &str) -> Result<Option<Session>, StoreError> {
+    pub async fn find(&self, token_hash: &str) -> Result<Option<SessionOwner>, StoreError> {
         let loaded = self
             .caches
             .sessions
             .get_or_load(cache_key(token_hash), || self.load(token_hash.to_owned()))
             .await;
         match loaded {
-            Ok(session)
-                if session.token_hash == token_hash && session.expires_at > crate::store::now() =>
-            {
-                Ok(Some(Session::clone(&session)))
-            }
-            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(None),
+            Ok(session) => Ok(session.owner(token_hash)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
             Err(err) => Err(err),
         }
     }
