@@ -2,11 +2,11 @@
 # Measures the release build of the service against PostgreSQL's own limits and writes
 # BENCHMARKS.md at the repository root.
 #
-#   scripts/bench.sh                      # everything: build, seed, measure, report (~15 min)
+#   scripts/bench.sh                      # everything: build, seed, measure, report (~25 min)
 #   scripts/bench.sh --report DIR         # rewrite BENCHMARKS.md from a finished run's DIR
 #   BENCH_ONLY=flash BENCH_FLASH_STOCK=N scripts/bench.sh
 #                                         # the flash sale and its pgbench baselines only (~4 min)
-#   BENCH_ONLY=reads scripts/bench.sh     # scenarios 1 and 2 and their baselines only (~4 min)
+#   BENCH_ONLY=reads scripts/bench.sh     # scenarios 1 and 2 and their baselines only (~10 min)
 #   BENCH_ONLY=replica scripts/bench.sh   # scenario 8 (a streaming replica) only (~3 min)
 #
 # The shell starts and stops servers, seeds and runs the load; `target/release/report` (bench's
