@@ -21,18 +21,20 @@ use uuid::Uuid;
 
 use crate::config::CacheConfig;
 use crate::domain::model::{Product, Session, User};
+use crate::http::conditional::EntityTag;
 use crate::metrics::Metrics;
 use crate::store::consistency::Positions;
 use crate::store::positions::ListingIndex;
 
 const STRIPES: usize = 4096;
 
-/// A cached value, and its serialized representation, made the first time one is asked for and
-/// kept with the value: one entry (and one look-up) per id instead of two, and the same bytes for
-/// every read of that version.
+/// A cached value, and its serialized representation and entity tag, each made the first time
+/// one is asked for and kept with the value: one entry (and one look-up) per id instead of two,
+/// and the same bytes for every read of that version.
 pub struct Cached<V> {
     value: V,
     rendered: OnceLock<Bytes>,
+    tag: OnceLock<EntityTag>,
 }
 
 impl<V> Cached<V> {
@@ -40,12 +42,18 @@ impl<V> Cached<V> {
         Arc::new(Self {
             value,
             rendered: OnceLock::new(),
+            tag: OnceLock::new(),
         })
     }
 
     /// The representation `render` makes of the value, made once per entry.
     pub fn rendered(&self, render: impl FnOnce(&V) -> Bytes) -> Bytes {
         self.rendered.get_or_init(|| render(&self.value)).clone()
+    }
+
+    /// The value's entity tag, made by `make` once per entry.
+    pub fn tag(&self, make: impl FnOnce() -> EntityTag) -> EntityTag {
+        self.tag.get_or_init(make).clone()
     }
 }
 

@@ -2,6 +2,7 @@
 //! `If-None-Match` on reads (304) and `If-Match` on writes (412 unless current); and the
 //! representations themselves, serialized once per version.
 
+use std::borrow::Cow;
 use std::marker::PhantomData;
 
 use bytes::Bytes;
@@ -10,7 +11,7 @@ use poem::http::header::CONTENT_TYPE;
 use poem::{IntoResponse, Response};
 use poem_openapi::payload::Payload;
 use poem_openapi::registry::{MetaSchemaRef, Registry};
-use poem_openapi::types::Type;
+use poem_openapi::types::{ToHeader, Type};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -104,8 +105,52 @@ impl<T> IntoResponse for Representation<T> {
 }
 
 /// The strong entity tag of a resource at `version`.
-pub fn etag(version: i64) -> String {
-    format!("\"{version}\"")
+pub fn etag(version: i64) -> EntityTag {
+    EntityTag::of(version)
+}
+
+/// A strong entity tag (`"3"`), held as the header value it is sent as: made once, it is sent
+/// without being parsed again (an entity cache keeps one per cached version, see `of_cached`).
+#[derive(Clone, Debug)]
+pub struct EntityTag(HeaderValue);
+
+impl EntityTag {
+    pub fn of(version: i64) -> Self {
+        let text = format!("\"{version}\"");
+        // Quotes and digits are visible ASCII: the conversion cannot fail.
+        Self(
+            HeaderValue::from_maybe_shared(Bytes::from(text))
+                .unwrap_or(HeaderValue::from_static("\"0\"")),
+        )
+    }
+}
+
+impl Type for EntityTag {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        String::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        String::schema_ref()
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+}
+
+impl ToHeader for EntityTag {
+    fn to_header(&self) -> Option<HeaderValue> {
+        Some(self.0.clone())
+    }
 }
 
 /// The versions an `If-Match` header accepts: `None` for no header or `*` (the write applies to
@@ -158,14 +203,14 @@ macro_rules! resource_responses {
                 $crate::http::conditional::Representation<$dto>,
                 /// Strong; changes whenever the resource does.
                 #[oai(header = "ETag")]
-                String,
+                $crate::http::conditional::EntityTag,
             ),
             /// `If-None-Match` names the current version: the copy the client has is current.
             #[oai(status = 304)]
             NotModified(
                 /// The current version's tag.
                 #[oai(header = "ETag")]
-                String,
+                $crate::http::conditional::EntityTag,
             ),
         }
 
@@ -187,8 +232,9 @@ macro_rules! resource_responses {
                 }
             }
 
-            /// As `of`, for a resource read through the entity cache: its representation is
-            /// kept in the cache's entry (`cache::Cached`), made once per version.
+            /// As `of`, for a resource read through the entity cache: its representation and its
+            /// tag are kept in the cache's entry (`cache::Cached`), made once per version.
+            /// `version` is the cached value's own.
             #[allow(dead_code)]
             pub fn of_cached<V>(
                 cached: &$crate::cache::Cached<V>,
@@ -196,7 +242,7 @@ macro_rules! resource_responses {
                 if_none_match: Option<&str>,
                 dto: impl FnOnce(&V) -> $dto,
             ) -> Self {
-                let tag = $crate::http::conditional::etag(version);
+                let tag = cached.tag(|| $crate::http::conditional::etag(version));
                 if $crate::http::conditional::none_match(if_none_match, version) {
                     Self::NotModified(tag)
                 } else {
@@ -215,7 +261,7 @@ macro_rules! resource_responses {
                 poem_openapi::payload::Json<$dto>,
                 /// The new version's tag.
                 #[oai(header = "ETag")]
-                String,
+                $crate::http::conditional::EntityTag,
             ),
         }
 
@@ -230,7 +276,7 @@ macro_rules! resource_responses {
                 String,
                 /// The new resource's tag.
                 #[oai(header = "ETag")]
-                String,
+                $crate::http::conditional::EntityTag,
             ),
         }
     };
@@ -354,6 +400,35 @@ mod tests {
         assert!(none_match(Some("*"), 4));
         assert!(!none_match(Some("\"3\""), 4));
         assert!(!none_match(None, 4));
-        assert_eq!(etag(4), "\"4\"");
+    }
+
+    #[test]
+    fn entity_tags_are_the_quoted_version_and_match_themselves() {
+        for version in [0, 1, 4, 10, 1_000_000, i64::MAX] {
+            let sent = etag(version).to_header().unwrap();
+            assert_eq!(sent, format!("\"{version}\"").as_str());
+            let text = sent.to_str().unwrap();
+            assert!(none_match(Some(text), version));
+            assert!(!none_match(Some(text), version.wrapping_add(1)));
+            assert_eq!(if_match(Some(text)), Some(vec![version]));
+        }
+    }
+
+    #[test]
+    fn a_cached_entry_makes_its_tag_once() {
+        let cached = crate::cache::Cached::new(7_i64);
+        let made = std::cell::Cell::new(0);
+        let make = || {
+            made.set(made.get() + 1);
+            etag(**cached)
+        };
+        let first = cached.tag(make).to_header().unwrap();
+        let second = cached
+            .tag(|| unreachable!("the tag is kept"))
+            .to_header()
+            .unwrap();
+        assert_eq!(made.get(), 1);
+        assert_eq!(first, "\"7\"");
+        assert_eq!(second, first);
     }
 }
