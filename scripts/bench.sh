@@ -2,11 +2,11 @@
 # Measures the release build of the service against PostgreSQL's own limits and writes
 # BENCHMARKS.md at the repository root.
 #
-#   scripts/bench.sh                      # everything: build, seed, measure, report (~25 min)
+#   scripts/bench.sh                      # everything: build, seed, measure, report (~30 min)
 #   scripts/bench.sh --report DIR         # rewrite BENCHMARKS.md from a finished run's DIR
 #   BENCH_ONLY=flash BENCH_FLASH_STOCK=N scripts/bench.sh
 #                                         # the flash sale and its pgbench baselines only (~4 min)
-#   BENCH_ONLY=reads scripts/bench.sh     # scenarios 1 and 2 and their baselines only (~10 min)
+#   BENCH_ONLY=reads scripts/bench.sh     # scenarios 1 and 2 and their baselines only (~14 min)
 #   BENCH_ONLY=replica scripts/bench.sh   # scenario 8 (a streaming replica) only (~3 min)
 #
 # The shell starts and stops servers, seeds and runs the load; `target/release/report` (bench's
@@ -50,7 +50,7 @@
 #   BENCH_MONGO_USERS, BENCH_MONGO_PRODUCTS
 #                       the MongoDB data set [20000, 1000]
 #   BENCH_ROUNDS        rounds of scenarios 1 and 2, each a baseline run then the service's;
-#                       a target's ratio is the median round's [5]
+#                       a target's ratio is the median round's [7]
 #   BENCH_WARMUP        seconds of unmeasured load before each measured run [3]
 #   BENCH_PORT          the server's port [18080]
 #   BENCH_PROFILE       1: record a perf profile for every missed target [1]
@@ -83,7 +83,7 @@ PORT=${BENCH_PORT:-18080}
 PROFILE=${BENCH_PROFILE:-1}
 PROFILE_SECONDS=8
 WARMUP_SECONDS=${BENCH_WARMUP:-3}
-ROUNDS=${BENCH_ROUNDS:-5}
+ROUNDS=${BENCH_ROUNDS:-7}
 REPORT=${BENCH_REPORT:-BENCHMARKS.md}
 # Where cargo puts the release binaries (CARGO_TARGET_DIR when set); commands are shown as
 # target/release/… either way.

@@ -1025,7 +1025,7 @@ fn reduced_settings(run: &Run) -> Option<String> {
         ("small_users", "10000", "BENCH_SMALL_USERS"),
         ("big_users", "1000000", "BENCH_BIG_USERS"),
         ("deep", "900000", "BENCH_DEEP"),
-        ("rounds", "5", "BENCH_ROUNDS"),
+        ("rounds", "7", "BENCH_ROUNDS"),
     ];
     let changed: Vec<String> = defaults
         .iter()
