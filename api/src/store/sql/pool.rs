@@ -84,7 +84,7 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conn
         url: mask_password(&config.url),
         reason: err.to_string(),
     };
-    let db = tokio::time::timeout(config.connect_timeout, Database::connect(options))
+    let db = tokio::time::timeout(config.connect_timeout, connect_through_locks(options))
         .await
         .map_err(|_| ConnectError::TimedOut {
             url: mask_password(&config.url),
@@ -93,6 +93,20 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conn
         .map_err(unreachable)?;
     db.ping().await.map_err(unreachable)?;
     Ok(db)
+}
+
+/// `Database::connect`, tried again while the database answers that it is locked. SQLite answers
+/// so at once, without waiting for the busy timeout, when instances that open one new file
+/// together each try to switch it to WAL; the caller's connect timeout bounds the retries.
+async fn connect_through_locks(options: ConnectOptions) -> Result<DatabaseConnection, DbErr> {
+    loop {
+        match Database::connect(options.clone()).await {
+            Err(err) if super::failure::classify(&err) == DbFailure::Contention => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// `DATABASE_URL` names a pooler (PgBouncer) when a direct URL is configured beside it.
