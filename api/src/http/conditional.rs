@@ -106,24 +106,19 @@ impl<T> IntoResponse for Representation<T> {
 
 /// The strong entity tag of a resource at `version`.
 pub fn etag(version: i64) -> EntityTag {
-    EntityTag::of(version)
+    let text = format!("\"{version}\"");
+    // Quotes and digits are visible ASCII: the conversion cannot fail.
+    EntityTag(
+        HeaderValue::from_maybe_shared(Bytes::from(text))
+            .unwrap_or(HeaderValue::from_static("\"0\"")),
+    )
 }
 
-/// A strong entity tag (`"3"`), held as the header value it is sent as: made once, it is sent
-/// without being parsed again (an entity cache keeps one per cached version, see `of_cached`).
+/// A strong entity tag (`"3"`, made by `etag`), held as the header value it is sent as: made
+/// once, it is sent without being parsed again (an entity cache keeps one per cached version, see
+/// `of_cached`).
 #[derive(Clone, Debug)]
 pub struct EntityTag(HeaderValue);
-
-impl EntityTag {
-    pub fn of(version: i64) -> Self {
-        let text = format!("\"{version}\"");
-        // Quotes and digits are visible ASCII: the conversion cannot fail.
-        Self(
-            HeaderValue::from_maybe_shared(Bytes::from(text))
-                .unwrap_or(HeaderValue::from_static("\"0\"")),
-        )
-    }
-}
 
 impl Type for EntityTag {
     const IS_REQUIRED: bool = true;
