@@ -369,6 +369,8 @@ wrk_for() {
   shift 3
   local cmd=(wrk "-t$THREADS" "-c${WRK_CONNECTIONS:-$CONNECTIONS}" "-d${seconds}s" --timeout 30s --latency
     -s "bench/lua/$script" "$BASE_URL" -- "$@")
+  # get_user.lua reads its ids before wrk starts a thread, where it sees no arguments.
+  [ -z "${BENCH_IDS:-}" ] || cmd=(env "BENCH_IDS=$BENCH_IDS" "${cmd[@]}")
   note_cmd "$(show "${cmd[@]}") > \$OUT/wrk-$name.txt"
   local TIMEFORMAT='%U %S'
   { time "${cmd[@]}" >"$OUT/wrk-$name.txt" 2>&1; } 2>"$OUT/wrk-$name.cpu" || {
@@ -678,7 +680,7 @@ if runs reads; then
   for round in $(seq 1 "$ROUNDS"); do
     # The service sits idle meanwhile: its pool's connections are open, nothing else.
     pgbench_run "pg_get_user_r$round" "$MAIN_URL" get_user.sql -D users="$USERS"
-    measure "s1_r$round" get_user.lua "$OUT/main/users.txt"
+    BENCH_IDS="$OUT/main/users.txt" measure "s1_r$round" get_user.lua
     requests_var="s1_r${round}_requests"
     warmup_requests=$(sed -n 's/^BENCH requests=\([0-9]*\).*/\1/p' "$OUT/wrk-s1_r$round-warmup.txt" 2>/dev/null)
     all_requests=$((all_requests + ${!requests_var} + ${warmup_requests:-0}))
@@ -689,7 +691,7 @@ if runs reads; then
   record server_tls "$(tls_of "$SERVER_DB")"
   server_memory rss_nocache
   if target_missed s1; then
-    profile s1 get_user.lua "$OUT/main/users.txt"
+    BENCH_IDS="$OUT/main/users.txt" profile s1 get_user.lua
     stop_server
     # The same query through a pool built like the service's, without HTTP, with and without
     # the pool's checkout ping.
@@ -723,22 +725,22 @@ if runs reads; then
   misses_before=$(metric 'cache_requests_total{cache="users",result="miss"}')
   for round in $(seq 1 "$ROUNDS"); do
     measure "health_r$round" health.lua
-    measure "s2_r$round" get_user.lua "$OUT/main/users.txt"
+    BENCH_IDS="$OUT/main/users.txt" measure "s2_r$round" get_user.lua
   done
   hits_after=$(metric 'cache_requests_total{cache="users",result="hit"}')
   misses_after=$(metric 'cache_requests_total{cache="users",result="miss"}')
   record cache_hits "$(awk "BEGIN { printf \"%d\", ${hits_after:-0} - ${hits_before:-0} }")"
   record cache_lookups "$(awk "BEGIN { printf \"%d\", ${hits_after:-0} + ${misses_after:-0} - ${hits_before:-0} - ${misses_before:-0} }")"
   if target_missed s2; then
-    profile s2 get_user.lua "$OUT/main/users.txt"
+    BENCH_IDS="$OUT/main/users.txt" profile s2 get_user.lua
   fi
   # The same comparison at twice the connections: more requests in flight on the same cores.
   for round in $(seq 1 "$ROUNDS"); do
     WRK_CONNECTIONS=$CONNECTIONS_HIGH measure "health_high_r$round" health.lua
-    WRK_CONNECTIONS=$CONNECTIONS_HIGH measure "s2_high_r$round" get_user.lua "$OUT/main/users.txt"
+    WRK_CONNECTIONS=$CONNECTIONS_HIGH BENCH_IDS="$OUT/main/users.txt" measure "s2_high_r$round" get_user.lua
   done
   if target_missed s2_high; then
-    WRK_CONNECTIONS=$CONNECTIONS_HIGH profile s2_high get_user.lua "$OUT/main/users.txt"
+    WRK_CONNECTIONS=$CONNECTIONS_HIGH BENCH_IDS="$OUT/main/users.txt" profile s2_high get_user.lua
   fi
   server_memory rss_cached
   stop_server
@@ -922,7 +924,7 @@ if [ "$MONGO" = 1 ] && [ -z "$ONLY" ]; then
   }
   mongo_driver mongo_driver_get get --users "$OUT/mongo/users.txt"
   start_server mongo_get "$MONGO_DB_URL" CACHE_TTL_SECS=0 SESSION_CACHE_TTL_SECS=3600
-  measure mongo_get get_user.lua "$OUT/mongo/users.txt"
+  BENCH_IDS="$OUT/mongo/users.txt" measure mongo_get get_user.lua
   server_memory rss_mongo_get
   stop_server
   mongo_driver mongo_driver_orders order --users "$OUT/mongo/users.txt" --products "$OUT/mongo/products.txt"
@@ -943,7 +945,7 @@ if runs replica; then
     DATABASE_REPLICA_URLS="$replica_url"
   replica_before=$(metric 'db_reads_total{source="replica"}')
   primary_before=$(metric 'db_reads_total{source="primary"}')
-  measure replica_cold get_user.lua "$OUT/main/users.txt"
+  BENCH_IDS="$OUT/main/users.txt" measure replica_cold get_user.lua
   record replica_cold_replica_reads "$(awk "BEGIN { printf \"%d\", $(metric 'db_reads_total{source="replica"}') - ${replica_before:-0} }")"
   record replica_cold_primary_reads "$(awk "BEGIN { printf \"%d\", $(metric 'db_reads_total{source="primary"}') - ${primary_before:-0} }")"
   stop_server

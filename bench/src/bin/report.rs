@@ -1132,6 +1132,9 @@ show. Ratios between runs are the meaningful output; absolute numbers are specif
   script per scenario (`bench/lua/`) that picks random seeded ids, pages or cursors (scenario 2
   also at -c{high}, against `/health` at -c{high}). Latencies are wrk's (coordinated omission
   not corrected); \"errors\" are socket errors plus any status the scenario does not allow.
+  wrk times a run from when its last thread started but counts every request, so
+  `get_user.lua` formats its requests before the first thread starts rather than in each
+  thread's `init` (see the script).
 - Database baselines: `pgbench -n -M prepared -c {connections} -j {threads} -T {duration}` with
   `bench/pgbench/get_user.sql` (the service's primary-key lookup, every column, `LIMIT 1`)
   and `bench/pgbench/place_order.sql` (the order transaction's statements and round trips);
