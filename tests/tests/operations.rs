@@ -219,7 +219,30 @@ async fn an_exhausted_pool_answers_503_within_the_acquire_timeout() {
                 tokio::spawn(async move { app.post("/v1/orders", &order).await })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Until both orders hold one of the pool's connections and wait for the lock: a fixed
+        // pause can be too short on a busy machine, and the read would then find a free one.
+        let pool_name = app.state.config.database.application_name.clone();
+        let waiting_for_lock = || async {
+            locker
+                .query_one_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+                     AND application_name = $1 AND wait_event_type = 'Lock'",
+                    [pool_name.clone().into()],
+                ))
+                .await
+                .unwrap()
+                .and_then(|row| row.try_get::<i64>("", "n").ok())
+                .unwrap_or(0)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while waiting_for_lock().await < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the orders never waited for the lock"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let started = Instant::now();
         let reply = app.get("/v1/users").await;
         let waited = started.elapsed();
