@@ -133,7 +133,9 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 write_report() {
   # A no-op when the binary is current; --report on its own may follow an edit of the table.
-  cargo build --release -p bench --bin report >&2
+  # The same packages as the run's build: on its own, bench would unify other features and
+  # rebuild the server.
+  cargo build --release -p api -p bench >&2
   "$BIN/report" --out "$OUT" --root "$ROOT" --report "$REPORT"
 }
 
