@@ -6,7 +6,7 @@
 #   scripts/bench.sh --report DIR         # rewrite BENCHMARKS.md from a finished run's DIR
 #   BENCH_ONLY=flash BENCH_FLASH_STOCK=N scripts/bench.sh
 #                                         # the flash sale and its pgbench baselines only (~4 min)
-#   BENCH_ONLY=reads scripts/bench.sh     # scenarios 1 and 2 and their baselines only (~14 min)
+#   BENCH_ONLY=reads scripts/bench.sh     # scenarios 1 and 2 and their baselines only (~16 min)
 #   BENCH_ONLY=replica scripts/bench.sh   # scenario 8 (a streaming replica) only (~3 min)
 #
 # The shell starts and stops servers, seeds and runs the load; `target/release/report` (bench's
@@ -49,6 +49,8 @@
 #                       [mongodb://127.0.0.1:27017/?directConnection=true]
 #   BENCH_MONGO_USERS, BENCH_MONGO_PRODUCTS
 #                       the MongoDB data set [20000, 1000]
+#   BENCH_FEW_USERS     scenario 2 at -c32 also reads only this many users (as often each), so
+#                       that the cost of reading many of them shows beside it [10]
 #   BENCH_ROUNDS        rounds of scenarios 1 and 2, each a baseline run then the service's;
 #                       a target's ratio is the median round's [7]
 #   BENCH_WARMUP        seconds of unmeasured load before each measured run [3]
@@ -84,6 +86,7 @@ PROFILE=${BENCH_PROFILE:-1}
 PROFILE_SECONDS=8
 WARMUP_SECONDS=${BENCH_WARMUP:-3}
 ROUNDS=${BENCH_ROUNDS:-7}
+FEW_USERS=${BENCH_FEW_USERS:-10}
 REPORT=${BENCH_REPORT:-BENCHMARKS.md}
 # Where cargo puts the release binaries (CARGO_TARGET_DIR when set); commands are shown as
 # target/release/… either way.
@@ -574,7 +577,7 @@ record run_started "$(date -u '+%Y-%m-%d %H:%M')"
 for kv in users="$USERS" products="$PRODUCTS" orders="$ORDERS" small_users="$SMALL_USERS" \
   big_users="$BIG_USERS" deep="$DEEP" hot_products="$HOT_PRODUCTS" duration="$DURATION" \
   connections="$CONNECTIONS" threads="$THREADS" connections_high="$CONNECTIONS_HIGH" \
-  mongo_users="$MONGO_USERS" mongo_products="$MONGO_PRODUCTS" rounds="$ROUNDS"; do
+  mongo_users="$MONGO_USERS" mongo_products="$MONGO_PRODUCTS" rounds="$ROUNDS" few_users="$FEW_USERS"; do
   record "cfg_${kv%%=*}" "${kv#*=}"
 done
 [ "$DEEP" -lt "$BIG_USERS" ] || die "BENCH_DEEP ($DEEP) must be below BENCH_BIG_USERS ($BIG_USERS)"
@@ -725,9 +728,13 @@ if runs reads; then
   server_memory rss_warm
   hits_before=$(metric 'cache_requests_total{cache="users",result="hit"}')
   misses_before=$(metric 'cache_requests_total{cache="users",result="miss"}')
+  # The same read over a few users (cached like the rest): every look-up then finds its entry
+  # in the CPU's caches, so the difference from the full read is what reading many costs.
+  head -n "$FEW_USERS" "$OUT/main/users.txt" >"$OUT/main/users_few.txt"
   for round in $(seq 1 "$ROUNDS"); do
     measure "health_r$round" health.lua
     BENCH_IDS="$OUT/main/users.txt" measure "s2_r$round" get_user.lua
+    BENCH_IDS="$OUT/main/users_few.txt" measure "s2_few_r$round" get_user.lua
   done
   hits_after=$(metric 'cache_requests_total{cache="users",result="hit"}')
   misses_after=$(metric 'cache_requests_total{cache="users",result="miss"}')

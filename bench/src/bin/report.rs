@@ -146,11 +146,14 @@ fn unquote(value: &str) -> String {
 }
 
 /// Scenarios measured in rounds that alternate with their baselines (`BENCH_ROUNDS`), as
-/// (scenario, baseline, the baseline's rate: `rps` for wrk, `tps` for pgbench).
-const PAIRED_ROUNDS: [(&str, &str, &str); 3] = [
-    ("s1", "pg_get_user", "tps"),
-    ("s2", "health", "rps"),
-    ("s2_high", "health_high", "rps"),
+/// (scenario, baseline, the baseline's rate: `rps` for wrk, `tps` for pgbench, the name the
+/// baseline's median round is copied to). A baseline shared by two scenarios (`/health` in
+/// each round of scenario 2 at -c32) is copied under a name of its own for the second.
+const PAIRED_ROUNDS: [(&str, &str, &str, &str); 4] = [
+    ("s1", "pg_get_user", "tps", "pg_get_user"),
+    ("s2", "health", "rps", "health"),
+    ("s2_few", "health", "rps", "health_few"),
+    ("s2_high", "health_high", "rps", "health_high"),
 ];
 
 /// For each paired scenario, the round whose ratio is the median of the rounds' ratios: its
@@ -165,7 +168,7 @@ fn take_median_rounds(values: &mut HashMap<String, String>) {
     let num = |values: &HashMap<String, String>, key: String| {
         values.get(&key).and_then(|v| v.trim().parse::<f64>().ok())
     };
-    for (name, baseline, baseline_rate) in PAIRED_ROUNDS {
+    for (name, baseline, baseline_rate, baseline_as) in PAIRED_ROUNDS {
         let mut ratios: Vec<(f64, usize)> = (1..=rounds)
             .filter_map(|round| {
                 let a = num(values, format!("{name}_r{round}_rps"))?;
@@ -179,13 +182,13 @@ fn take_median_rounds(values: &mut HashMap<String, String>) {
         let in_order: Vec<String> = ratios.iter().map(|(r, _)| ratio_text(*r)).collect();
         ratios.sort_by(|x, y| x.0.total_cmp(&y.0));
         let (_, median) = ratios[(ratios.len() - 1) / 2];
-        for measured in [name, baseline] {
+        for (measured, copied_as) in [(name, name), (baseline, baseline_as)] {
             let prefix = format!("{measured}_r{median}_");
             let copies: Vec<(String, String)> = values
                 .iter()
                 .filter_map(|(key, value)| {
                     let rest = key.strip_prefix(&prefix)?;
-                    Some((format!("{measured}_{rest}"), value.clone()))
+                    Some((format!("{copied_as}_{rest}"), value.clone()))
                 })
                 .collect();
             values.extend(copies);
@@ -339,6 +342,18 @@ fn targets(run: &Run) -> Vec<Target> {
             goal: Goal::AtLeast(0.8),
             note: Some("s2.md"),
             extras: vec![Extra::Profile("s2_high")],
+        },
+        Target {
+            id: "s2_few",
+            what: format!(
+                "2. user by id, cache warm, {} users only, vs `/health`, -c{}",
+                run.cfg("few_users"),
+                run.cfg("connections")
+            ),
+            measure: ratio("s2_few_rps", "health_few_rps"),
+            goal: Goal::None,
+            note: None,
+            extras: vec![],
         },
         Target {
             id: "page_big",
@@ -599,6 +614,7 @@ fn rows(run: &Run) -> Vec<Row> {
         run.cfg("deep"),
     );
     let high = run.get("cfg_connections_high");
+    let few = run.cfg("few_users");
     let flash = run.get("flash_stock_per_product");
     let row = |label: String, cpu: String, name, source, rss| Row {
         label,
@@ -634,6 +650,13 @@ fn rows(run: &Run) -> Vec<Row> {
             "2. `GET /v1/users/{id}`, cache warm".into(),
             "2. user by id, cache warm".into(),
             "s2",
+            Source::Wrk,
+            None,
+        ),
+        row(
+            format!("2. `GET /v1/users/{{id}}`, cache warm, {few} users only"),
+            format!("2. user by id, cache warm, {few} users only"),
+            "s2_few",
             Source::Wrk,
             None,
         ),
@@ -1146,7 +1169,9 @@ show. Ratios between runs are the meaningful output; absolute numbers are specif
   (scenario 1: pgbench while the service sat idle; scenario 2: `/health`, then the read, on one
   server), so that both sides of every ratio share the machine's state at that moment. A target's
   ratio is the median of its rounds' ratios (all of them are listed with it); the tables show the
-  round that gave it.
+  round that gave it. Each round of scenario 2 at -c{connections} ends with the same read over
+  only the first {few} of the cached users, as often each: that ratio has no goal, and shows what
+  reading {users} distinct users costs beside reading a few.
 - Flash sale (scenario 6): {hot} more products with **{flash} in stock each**, sized from
   scenario 4b's rate so that they sell out about halfway through a run, reset before each of its
   four runs: `bench/pgbench/place_order.sql` on them (the service's statements as it sends them
@@ -1186,6 +1211,7 @@ show. Ratios between runs are the meaningful output; absolute numbers are specif
         mongo_products = g("cfg_mongo_products"),
         rust_log = g("server_rust_log"),
         rounds = g("cfg_rounds"),
+        few = g("cfg_few_users"),
     );
     let rows = rows(run);
     for row in &rows {
@@ -1477,6 +1503,31 @@ mod tests {
         // A scenario missing its baseline's rounds is left alone.
         assert!(!values.contains_key("s2_round"));
         assert!(!values.contains_key("health_rps"));
+    }
+
+    #[test]
+    fn a_shared_baseline_keeps_each_scenarios_own_median_round() {
+        let mut values = parse_env(
+            "cfg_rounds=3\n\
+             health_r1_rps=100\ns2_r1_rps=70\ns2_few_r1_rps=95\n\
+             health_r2_rps=200\ns2_r2_rps=160\ns2_few_r2_rps=150\n\
+             health_r3_rps=100\ns2_r3_rps=90\ns2_few_r3_rps=85\n",
+        );
+        take_median_rounds(&mut values);
+        // s2: 0.7, 0.8, 0.9, so round 2; s2_few: 0.95, 0.75, 0.85, so round 3.
+        assert_eq!(values["s2_round"], "2");
+        assert_eq!(
+            (values["s2_rps"].as_str(), values["health_rps"].as_str()),
+            ("160", "200")
+        );
+        assert_eq!(values["s2_few_round"], "3");
+        assert_eq!(
+            (
+                values["s2_few_rps"].as_str(),
+                values["health_few_rps"].as_str()
+            ),
+            ("85", "100")
+        );
     }
 
     #[test]
