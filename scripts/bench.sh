@@ -55,7 +55,8 @@
 #                       a target's ratio is the median round's [7]
 #   BENCH_WARMUP        seconds of unmeasured load before each measured run [3]
 #   BENCH_PORT          the server's port [18080]
-#   BENCH_PROFILE       1: record a perf profile for every missed target [1]
+#   BENCH_PROFILE       1: record a perf profile for every missed target; all: also for the
+#                       cached read (scenario 2), met or not [1]
 #   BENCH_OUT           where raw output goes [target/bench/<UTC time>]
 #   BENCH_REPORT        the report to write [BENCHMARKS.md]
 #   RUST_LOG            passed to the server when set (the server's default is info)
@@ -144,6 +145,8 @@ write_report() {
 
 # target_missed ID: true when the report's target ID was measured and missed (profile it).
 target_missed() { "$BIN/report" --out "$OUT" --missed "$1"; }
+# profile_wanted ID: the target was missed, or BENCH_PROFILE=all asks for its profile anyway.
+profile_wanted() { [ "$PROFILE" = all ] || target_missed "$1"; }
 
 if [ "${1:-}" = "--report" ]; then
   [ -n "${2:-}" ] && [ -f "$2/results.env" ] || die "usage: scripts/bench.sh --report DIR (a finished run)"
@@ -472,7 +475,7 @@ measure() {
 profile() {
   local name=$1
   shift
-  [ "$PROFILE" = 1 ] || return 0
+  [ "$PROFILE" = 1 ] || [ "$PROFILE" = all ] || return 0
   if ! command -v perf >/dev/null; then
     : >"$OUT/profile-$name-split.txt"
     return 0
@@ -740,7 +743,7 @@ if runs reads; then
   misses_after=$(metric 'cache_requests_total{cache="users",result="miss"}')
   record cache_hits "$(awk "BEGIN { printf \"%d\", ${hits_after:-0} - ${hits_before:-0} }")"
   record cache_lookups "$(awk "BEGIN { printf \"%d\", ${hits_after:-0} + ${misses_after:-0} - ${hits_before:-0} - ${misses_before:-0} }")"
-  if target_missed s2; then
+  if profile_wanted s2; then
     BENCH_IDS="$OUT/main/users.txt" profile s2 get_user.lua
   fi
   # The same comparison at twice the connections: more requests in flight on the same cores.
@@ -748,7 +751,7 @@ if runs reads; then
     WRK_CONNECTIONS=$CONNECTIONS_HIGH measure "health_high_r$round" health.lua
     WRK_CONNECTIONS=$CONNECTIONS_HIGH BENCH_IDS="$OUT/main/users.txt" measure "s2_high_r$round" get_user.lua
   done
-  if target_missed s2_high; then
+  if profile_wanted s2_high; then
     WRK_CONNECTIONS=$CONNECTIONS_HIGH BENCH_IDS="$OUT/main/users.txt" profile s2_high get_user.lua
   fi
   server_memory rss_cached

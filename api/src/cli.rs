@@ -1,15 +1,12 @@
 //! The command line: `api` (or `api serve`) runs the service; `api openapi` prints its OpenAPI
 //! document as YAML; `api migrate up|status` applies or lists the migrations of the database
-//! `DATABASE_URL` names (SQL or MongoDB).
+//! `DATABASE_URL` names, whichever engine it is.
 
 use std::process::ExitCode;
-
-use migration::{Migrator, MigratorTrait};
 
 use crate::config::Config;
 use crate::startup::{self, Application};
 use crate::store::Engine;
-use crate::store::mongo::schema;
 
 const USAGE: &str = "usage: api [serve | openapi | migrate up | migrate status]";
 
@@ -76,31 +73,13 @@ async fn migrate(up: bool) -> ExitCode {
 }
 
 async fn print_status(db: &Engine) -> Result<(), String> {
-    match db {
-        Engine::Sql(conn) => {
-            let applied = Migrator::get_applied_migrations(conn)
-                .await
-                .map_err(|err| err.to_string())?;
-            let pending = Migrator::get_pending_migrations(conn)
-                .await
-                .map_err(|err| err.to_string())?;
-            for migration in &applied {
-                println!("applied  {}", migration.name());
-            }
-            for migration in &pending {
-                println!("pending  {}", migration.name());
-            }
-        }
-        Engine::Mongo(mongo) => {
-            for migration in schema::status(mongo).await.map_err(|err| err.to_string())? {
-                let state = if migration.applied {
-                    "applied"
-                } else {
-                    "pending"
-                };
-                println!("{state}  {:03}_{}", migration.version, migration.name);
-            }
-        }
+    for migration in db.migration_status().await? {
+        let state = if migration.applied {
+            "applied"
+        } else {
+            "pending"
+        };
+        println!("{state}  {}", migration.name);
     }
     Ok(())
 }

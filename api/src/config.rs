@@ -7,6 +7,10 @@ use serde::Deserialize;
 
 use crate::domain::{Email, Password};
 
+mod database_url;
+
+pub use database_url::{DatabaseKind, DatabaseUrl, mask_password};
+
 /// Where the service keeps its data when nothing else is configured: a file next to it, so that
 /// `cargo run -p api` works on a fresh machine.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data.db?mode=rwc";
@@ -52,14 +56,17 @@ struct Env {
     login_window_secs: Option<u64>,
     login_max_failures_per_address: Option<u32>,
     hash_queue_limit: Option<usize>,
+    events_retention_hours: Option<u64>,
+    events_nats_url: Option<String>,
 }
 
 #[derive(Clone, Debug)]
 pub struct DatabaseConfig {
-    pub url: String,
+    /// The database, and with it the engine the service runs on (`url.kind()`).
+    pub url: DatabaseUrl,
     /// PostgreSQL behind a transaction pooler: the database itself, for migrations, the migration
     /// lock and LISTEN. When set, `url` is taken to be the pooler (see `db::connect`).
-    pub direct_url: Option<String>,
+    pub direct_url: Option<DatabaseUrl>,
     /// Names this instance's pooled PostgreSQL sessions (`application_name`), so that it can tell
     /// its own cache invalidations from other instances' (`store::sql::notify`).
     pub application_name: String,
@@ -71,7 +78,7 @@ pub struct DatabaseConfig {
     pub statement_timeout: Duration,
     /// PostgreSQL streaming replicas that answer reads outside write transactions (see
     /// `store::sql::replicas`). Empty: the primary answers everything.
-    pub replica_urls: Vec<String>,
+    pub replica_urls: Vec<DatabaseUrl>,
     /// How long a read may wait for a replica to reach the position it needs before the primary
     /// answers it.
     pub replica_wait: Duration,
@@ -131,6 +138,18 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub auth: AuthConfig,
+    pub events: EventsConfig,
+}
+
+/// The change feed (`store::events`).
+#[derive(Clone, Debug)]
+pub struct EventsConfig {
+    /// Events older than this are removed.
+    pub retention: Duration,
+    /// With a NATS server, every event is published to JetStream (`relay`).
+    pub nats_url: Option<String>,
+    /// Always on in the service; a benchmark turns it off to measure what recording costs.
+    pub record: bool,
 }
 
 impl Config {
@@ -227,6 +246,18 @@ impl Config {
                 30_000,
             )?),
             auth: auth_config(&env)?,
+            events: EventsConfig {
+                // 168 hours: a week, as API.md says.
+                retention: Duration::from_secs(
+                    positive("EVENTS_RETENTION_HOURS", env.events_retention_hours, 168)?
+                        .saturating_mul(3600),
+                ),
+                nats_url: env
+                    .events_nats_url
+                    .clone()
+                    .filter(|url| !url.trim().is_empty()),
+                record: true,
+            },
         })
     }
 }
@@ -272,29 +303,19 @@ fn auth_config(env: &Env) -> Result<AuthConfig, ConfigError> {
 }
 
 /// `DATABASE_URL` wins; else a PostgreSQL URL from `DB_HOST` and friends; else the SQLite file.
-fn database_url(env: &Env) -> Result<String, ConfigError> {
-    if let Some(url) = &env.database_url {
-        let supported = [
-            "postgres://",
-            "postgresql://",
-            "mysql://",
-            "mariadb://",
-            "sqlite:",
-            "mongodb://",
-            "mongodb+srv://",
-        ];
-        if !supported.iter().any(|scheme| url.starts_with(scheme)) {
-            return Err(invalid(
-                "DATABASE_URL",
-                "must start with postgres://, mysql://, sqlite: or mongodb://",
-            ));
-        }
-        // sqlx speaks MySQL's protocol to MariaDB under the mysql scheme.
-        return Ok(url.replacen("mariadb://", "mysql://", 1));
-    }
-    let Some(host) = &env.db_host else {
-        return Ok(DEFAULT_DATABASE_URL.to_owned());
+fn database_url(env: &Env) -> Result<DatabaseUrl, ConfigError> {
+    let url = match &env.database_url {
+        Some(url) => url.clone(),
+        None => match &env.db_host {
+            Some(host) => postgres_url(env, host)?,
+            None => DEFAULT_DATABASE_URL.to_owned(),
+        },
     };
+    url.parse()
+        .map_err(|err: database_url::UnsupportedUrl| invalid("DATABASE_URL", &err.to_string()))
+}
+
+fn postgres_url(env: &Env, host: &str) -> Result<String, ConfigError> {
     let mut url = url::Url::parse("postgres://localhost")
         .map_err(|err| invalid("DB_HOST", &err.to_string()))?;
     url.set_host(Some(host))
@@ -306,40 +327,44 @@ fn database_url(env: &Env) -> Result<String, ConfigError> {
     Ok(url.into())
 }
 
+/// A URL that must name PostgreSQL, as `url` must too.
+fn postgres_beside(url: &DatabaseUrl, other: &str) -> Option<DatabaseUrl> {
+    let other: DatabaseUrl = other.parse().ok()?;
+    (url.kind() == DatabaseKind::Postgres && other.kind() == DatabaseKind::Postgres)
+        .then_some(other)
+}
+
 /// `DATABASE_DIRECT_URL` only makes sense for PostgreSQL, next to a PostgreSQL `DATABASE_URL`.
-fn direct_url(env: &Env, url: &str) -> Result<Option<String>, ConfigError> {
+fn direct_url(env: &Env, url: &DatabaseUrl) -> Result<Option<DatabaseUrl>, ConfigError> {
     let Some(direct) = &env.database_direct_url else {
         return Ok(None);
     };
-    let postgres = |url: &str| url.starts_with("postgres://") || url.starts_with("postgresql://");
-    if !postgres(direct) || !postgres(url) {
-        return Err(invalid(
+    match postgres_beside(url, direct) {
+        Some(direct) => Ok(Some(direct)),
+        None => Err(invalid(
             "DATABASE_DIRECT_URL",
             "is for PostgreSQL only: it and DATABASE_URL must both start with postgres://",
-        ));
+        )),
     }
-    Ok(Some(direct.clone()))
 }
 
 /// `DATABASE_REPLICA_URLS`: comma-separated PostgreSQL URLs, next to a PostgreSQL `DATABASE_URL`.
-fn replica_urls(env: &Env, url: &str) -> Result<Vec<String>, ConfigError> {
+fn replica_urls(env: &Env, url: &DatabaseUrl) -> Result<Vec<DatabaseUrl>, ConfigError> {
     let Some(list) = &env.database_replica_urls else {
         return Ok(Vec::new());
     };
-    let postgres = |url: &str| url.starts_with("postgres://") || url.starts_with("postgresql://");
-    let urls: Vec<String> = list
-        .split(',')
+    list.split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if !postgres(url) || !urls.iter().all(|replica| postgres(replica)) {
-        return Err(invalid(
-            "DATABASE_REPLICA_URLS",
-            "is for PostgreSQL only: every URL in it and DATABASE_URL must start with postgres://",
-        ));
-    }
-    Ok(urls)
+        .map(|replica| {
+            postgres_beside(url, replica).ok_or_else(|| {
+                invalid(
+                    "DATABASE_REPLICA_URLS",
+                    "is for PostgreSQL only: every URL in it and DATABASE_URL must start with postgres://",
+                )
+            })
+        })
+        .collect()
 }
 
 fn positive(name: &str, value: Option<u64>, default: u64) -> Result<u64, ConfigError> {
@@ -365,54 +390,6 @@ fn describe(err: envy::Error) -> String {
         envy::Error::Custom(message) => match message.rsplit_once(" provided by ") {
             Some((what, field)) => format!("{} is not valid: {what}", field.to_uppercase()),
             None => message,
-        },
-    }
-}
-
-/// The URL with its password replaced. MongoDB URLs may name several hosts
-/// (`mongodb://u:p@a:27017,b:27017/db`), which a generic URL parser refuses, so the user
-/// information is cut out by hand.
-fn mask_multi_host(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<unparsable database URL>".to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
-            };
-            format!("{scheme}://{masked}@{hosts}{tail}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-/// `mongodb://` and `mongodb+srv://` select the MongoDB engine.
-pub fn is_mongo_url(url: &str) -> bool {
-    url.starts_with("mongodb://") || url.starts_with("mongodb+srv://")
-}
-
-/// The URL with its password replaced, for log lines and error messages.
-pub fn mask_password(url: &str) -> String {
-    // MongoDB URLs may list several hosts, which the URL parser refuses.
-    if is_mongo_url(url) {
-        return mask_multi_host(url);
-    }
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.into()
-        }
-        Ok(_) => url.to_owned(),
-        // Not a URL we can parse: show only the scheme, since a password could be anywhere in it.
-        Err(_) => match url.split_once(':') {
-            Some((scheme, _)) => format!("{scheme}:…"),
-            None => "<unparsable database URL>".to_owned(),
         },
     }
 }
@@ -475,7 +452,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(
-            config.database.direct_url.as_deref(),
+            config.database.direct_url.as_ref().map(DatabaseUrl::as_str),
             Some("postgres://app:pw@db:5432/shop")
         );
         assert_eq!(

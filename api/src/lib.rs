@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod metrics;
+pub mod relay;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -87,7 +87,7 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
-        let metrics = Self {
+        Self {
             http_requests: b.counters(
                 "http_requests_total",
                 "HTTP requests answered",
@@ -174,13 +174,15 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             registry: b.registry,
-        };
-        // Every kind exists from start-up, at 0: an alert written as `rate(db_errors_total[5m])`
-        // needs the series before the first error.
-        for kind in crate::store::failure::DbFailure::ALL {
-            metrics.db_errors.with_label_values(&[kind.label()]);
         }
-        metrics
+    }
+
+    /// Makes `db_errors_total` exist for each kind of failure, at 0, from start-up: an alert
+    /// written as `rate(db_errors_total[5m])` needs the series before the first error.
+    pub fn declare_db_failures<'a>(&self, kinds: impl IntoIterator<Item = &'a str>) {
+        for kind in kinds {
+            self.db_errors.with_label_values(&[kind]);
+        }
     }
 
     /// The text exposition format.

@@ -9,14 +9,15 @@ use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpListener};
 
 use crate::cache::Caches;
-use crate::config::{Config, is_mongo_url, mask_password};
+use crate::config::{Config, DatabaseUrl};
 use crate::domain::Hasher;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::store::mongo::{self, Mongo};
+use crate::store::events::{self, Events, Feed};
+use crate::store::peers::Peers;
 use crate::store::sql::replicas::Replicas;
 use crate::store::sql::{notify, pool};
-use crate::store::{Engine, Repositories};
+use crate::store::{DbFailure, Engine, Repositories};
 
 /// Why the service could not start; each renders as one line for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -40,13 +41,25 @@ impl AppState {
         let representations = http::conditional::Representations::new(&config.cache);
         let replicas = db
             .sql()
-            .and_then(|primary| Replicas::new(primary, &config.database, &caches, &metrics));
+            .and_then(|primary| Replicas::new(primary, &config.database, &metrics));
+        let positions = replicas
+            .as_ref()
+            .map_or_else(Default::default, |replicas| replicas.positions());
+        let feed = Feed::new(http::events::render, config.events.record);
         let Repositories {
             users,
             products,
             orders,
             sessions,
-        } = Repositories::new(&db, &caches, metrics.clone(), replicas.clone());
+            events,
+        } = Repositories::new(
+            &db,
+            &caches,
+            &config.cache,
+            &feed,
+            metrics.clone(),
+            replicas.clone(),
+        );
         let hasher = Hasher::new(config.auth.hash_queue_limit);
         Self {
             config,
@@ -56,8 +69,10 @@ impl AppState {
             products,
             orders,
             sessions,
+            events: Events { log: events, feed },
             hasher,
             caches,
+            positions,
             representations,
             replicas,
             listener_name: format!(
@@ -72,12 +87,18 @@ impl AppState {
 /// How long in-flight requests may take to finish once shutdown has begun.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long closing the pools may wait for connections still checked out (closing waits for every
+/// one to come back): a task that holds one must not keep the process from exiting.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct Application {
     state: Arc<AppState>,
-    /// Hears other instances' cache invalidations (PostgreSQL and MongoDB, with caching on).
+    /// Hears other instances' cache invalidations and feed sequencing, where the engine can.
     listener: Option<tokio::task::JoinHandle<()>>,
     /// Samples the read replicas' positions (PostgreSQL with replicas).
     replica_checks: Option<tokio::task::JoinHandle<()>>,
+    /// The change feed's sequencer, retention and (with NATS) relay.
+    feed_tasks: Vec<tokio::task::JoinHandle<()>>,
     acceptor: poem::listener::TcpAcceptor,
     addr: SocketAddr,
 }
@@ -89,10 +110,11 @@ impl Application {
             prepare_for_pooler(direct, &config).await?;
         }
         let metrics = Arc::new(Metrics::new());
-        let db = connect(&config, &metrics).await?;
+        metrics.declare_db_failures(DbFailure::ALL.iter().map(|kind| kind.label()));
+        let db = Engine::connect(&config.database, metrics.db_queries.clone()).await?;
         tracing::info!(
             backend = db.backend_name(),
-            url = %mask_password(&config.database.url),
+            url = %config.database.url,
             max_connections = config.database.max_connections,
             "connected to the database"
         );
@@ -119,10 +141,12 @@ impl Application {
             None => None,
         };
         let listener = listen_to_peers(&state).await;
+        let feed_tasks = start_feed(&state);
         Ok(Self {
             state,
             listener,
             replica_checks,
+            feed_tasks,
             acceptor,
             addr,
         })
@@ -151,56 +175,67 @@ impl Application {
         if let Some(checks) = &self.replica_checks {
             checks.abort();
         }
-        if let Some(replicas) = &self.state.replicas {
-            replicas.close().await;
+        for task in &self.feed_tasks {
+            task.abort();
         }
         tracing::info!("shutting down: closing the database pool");
-        if let Err(err) = self.state.db.close_by_ref().await {
-            tracing::warn!(error = %err, "closing the pool failed");
+        let closed = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            if let Some(replicas) = &self.state.replicas {
+                replicas.close().await;
+            }
+            self.state.db.close_by_ref().await
+        })
+        .await;
+        match closed {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "closing the pool failed"),
+            Err(_) => tracing::warn!(
+                "connections were still in use when the pool closed; they are dropped unclosed"
+            ),
         }
         served
     }
 }
 
-/// Every statement or command sent to the database is counted (and only counted: none is
-/// logged).
-async fn connect(config: &Config, metrics: &Metrics) -> Result<Engine, StartupError> {
-    let queries = metrics.db_queries.clone();
-    if is_mongo_url(&config.database.url) {
-        let mongo = Mongo::connect(&config.database, queries).await?;
-        return Ok(Engine::Mongo(mongo));
+/// How often expired events are looked for.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// The change feed's background work: positions for committed events, removal of expired ones,
+/// and publishing to NATS when configured.
+fn start_feed(state: &Arc<AppState>) -> Vec<tokio::task::JoinHandle<()>> {
+    let feed = &state.events;
+    let mut tasks = vec![events::spawn_retention(
+        feed.log.clone(),
+        state.config.events.retention,
+        RETENTION_EVERY.min(state.config.events.retention / 2),
+    )];
+    // Recording nothing, this instance commits nothing to sequence (a read still sequences what
+    // others recorded before it answers).
+    if state.config.events.record {
+        tasks.push(events::spawn_sequencer(feed.log.clone(), feed.feed.clone()));
     }
-    let mut db = pool::connect(&config.database).await?;
-    db.set_metric_callback(move |_| queries.inc());
-    Ok(Engine::Sql(db))
+    if let Some(url) = &state.config.events.nats_url {
+        tasks.push(crate::relay::spawn(url.clone(), feed.clone()));
+    }
+    tasks
 }
 
+/// Hears other instances' cache invalidations and change feed sequencing, where the engine has a
+/// channel for them and there is something to hear.
 async fn listen_to_peers(state: &Arc<AppState>) -> Option<tokio::task::JoinHandle<()>> {
-    if !state.caches.users.is_enabled() {
+    if !state.caches.users.is_enabled() && !state.config.events.record {
         return None;
     }
-    if let Some(mongo) = state.db.mongo() {
-        return Some(mongo::watch::start(mongo.clone(), state.caches.clone()).await);
-    }
-    let postgres = state
-        .db
-        .sql()
-        .is_some_and(|db| db.get_database_backend() == sea_orm::DbBackend::Postgres);
-    if !postgres {
-        return None;
-    }
-    let evictor = notify::Evictor {
+    let peers = Peers {
         caches: state.caches.clone(),
-        sender: state.config.database.application_name.clone(),
+        feed: state.events.feed.clone(),
+        positions: Arc::clone(&state.positions),
+        name: state.listener_name.clone(),
     };
-    // LISTEN holds a session: a transaction pooler cannot carry it.
-    let database = &state.config.database;
-    let url = database
-        .direct_url
-        .as_ref()
-        .unwrap_or(&database.url)
-        .clone();
-    Some(notify::start_listener(url, state.listener_name.clone(), evictor).await)
+    state
+        .db
+        .listen_to_peers(&state.config.database, peers)
+        .await
 }
 
 /// `ADMIN_EMAIL`/`ADMIN_PASSWORD`: that user exists with role admin (created with the password
@@ -212,7 +247,7 @@ async fn ensure_admin(state: &AppState) -> Result<(), StartupError> {
     let password = || async {
         state
             .hasher
-            .hash(admin.password.clone())
+            .hash(admin.password.clone(), None)
             .await
             .map_err(|err| crate::store::StoreError::internal(err.to_string()))
     };
@@ -230,9 +265,9 @@ async fn ensure_admin(state: &AppState) -> Result<(), StartupError> {
 
 /// Behind a pooler: the direct URL must answer (it carries migrations and LISTEN), and the
 /// statement timeout becomes the role's default there before any pooled session starts.
-async fn prepare_for_pooler(direct: &str, config: &Config) -> Result<(), StartupError> {
+async fn prepare_for_pooler(direct: &DatabaseUrl, config: &Config) -> Result<(), StartupError> {
     let direct_config = crate::config::DatabaseConfig {
-        url: direct.to_owned(),
+        url: direct.clone(),
         ..config.database.clone()
     };
     pool::probe(&direct_config).await?;
@@ -252,43 +287,22 @@ async fn prepare_for_pooler(direct: &str, config: &Config) -> Result<(), Startup
 }
 
 /// Applies pending migrations under a database-wide lock, so that any number of instances may
-/// start at once: one migrates, the others wait for it and find nothing to do. SQL: SeaORM's
-/// migrations under the migration crate's lock (behind a pooler, both over the direct URL).
-/// MongoDB: the collection and index steps under their own lock document.
+/// start at once: one migrates, the others wait for it and find nothing to do
+/// (`Engine::migrate`).
 pub async fn migrate(db: &Engine, config: &Config) -> Result<(), StartupError> {
     let database = &config.database;
-    let lock_url = database.direct_url.as_deref().unwrap_or(&database.url);
-    let failed = |reason: String| StartupError::Migrations {
-        url: mask_password(lock_url),
-        reason,
-    };
-    let db = match db {
-        Engine::Sql(db) => db,
-        Engine::Mongo(mongo) => {
-            mongo::schema::up(mongo)
-                .await
-                .map_err(|err| failed(err.to_string()))?;
-            tracing::info!("migrations are up to date");
-            return Ok(());
-        }
-    };
-    let direct = match &database.direct_url {
-        Some(url) => Some(pool::connect_direct(url, database).await?),
-        None => None,
-    };
-    let conn = direct.as_ref().unwrap_or(db);
-    let timeout = config.migration_lock_timeout;
-    let notice = || {
-        tracing::info!(
-            timeout_secs = timeout.as_secs(),
-            "another instance is migrating the database; waiting for its migration lock"
-        )
-    };
-    let outcome = migration::up_locked(conn, lock_url, timeout, notice).await;
-    if let Some(direct) = direct {
-        let _ = direct.close().await;
-    }
-    match outcome.map_err(|err| failed(err.to_string()))? {
+    let applied = db
+        .migrate(database, config.migration_lock_timeout)
+        .await
+        .map_err(|reason| StartupError::Migrations {
+            url: database
+                .direct_url
+                .as_ref()
+                .unwrap_or(&database.url)
+                .masked(),
+            reason,
+        })?;
+    match applied {
         0 => tracing::info!("migrations are up to date; nothing to apply"),
         applied => tracing::info!(applied, "migrations applied"),
     }
@@ -297,7 +311,7 @@ pub async fn migrate(db: &Engine, config: &Config) -> Result<(), StartupError> {
 
 /// Connects for a maintenance command (`api migrate …`), without starting the service.
 pub async fn connect_only(config: &Config) -> Result<Engine, StartupError> {
-    connect(config, &Metrics::new()).await
+    Ok(Engine::connect(&config.database, Metrics::new().db_queries.clone()).await?)
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -330,13 +344,10 @@ pub async fn shutdown_signal() {
 
 /// The OpenAPI document as YAML, generated without a database (for `api openapi`).
 pub async fn openapi_yaml() -> Result<String, StartupError> {
-    let mut config = Config::from_vars(Vec::new())?;
-    config.database.url = "sqlite::memory:".to_owned();
-    let db = pool::connect(&config.database).await?;
+    let config = Config::from_vars([("DATABASE_URL".to_owned(), "sqlite::memory:".to_owned())])?;
     let metrics = Arc::new(Metrics::new());
+    let db = Engine::connect(&config.database, metrics.db_queries.clone()).await?;
     Ok(http::openapi_yaml(Arc::new(AppState::new(
-        config,
-        Engine::Sql(db),
-        metrics,
+        config, db, metrics,
     ))))
 }

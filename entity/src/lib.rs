@@ -2,6 +2,8 @@
 
 pub mod prelude;
 
+pub mod event_relays;
+pub mod events;
 pub mod idempotency_keys;
 pub mod login_failures;
 pub mod order_items;

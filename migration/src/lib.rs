@@ -16,6 +16,7 @@ mod m20261127_000006_add_user_roles;
 mod m20261127_000007_add_versions;
 mod m20261127_000008_create_sessions;
 mod m20261127_000009_create_login_failures;
+mod m20261207_000010_create_events;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000007_add_versions::Migration),
             Box::new(m20261127_000008_create_sessions::Migration),
             Box::new(m20261127_000009_create_login_failures::Migration),
+            Box::new(m20261207_000010_create_events::Migration),
         ]
     }
 }

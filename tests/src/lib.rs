@@ -5,10 +5,16 @@
 //! its database once per listed backend.
 //!
 //! Backends: SQLite always; PostgreSQL when `TEST_POSTGRES_URL` is set, directly and behind a
-//! PgBouncer of the test's own (`pgbouncer`); MariaDB/MySQL when `TEST_MYSQL_URL` is set; MongoDB
-//! when `TEST_MONGODB_URL` is set. With `REQUIRE_ALL_BACKENDS=1` a missing or unreachable backend
-//! fails the test instead of skipping it.
+//! PgBouncer of the test's own, in session mode (`pgbouncer`) and in transaction mode
+//! (`pgbouncer_txn`, PgBouncer 1.21 or later: see `pgbouncer`); MariaDB/MySQL when
+//! `TEST_MYSQL_URL` is set; MongoDB when `TEST_MONGODB_URL` is set. A test on a backend that was
+//! not configured when the tests were built is ignored, with the reason (`build.rs` sets a cfg per
+//! backend, and `requires!` marks the test); a configured one that turns out unreachable is
+//! skipped at run time with a line on stderr. With `REQUIRE_ALL_BACKENDS=1` nothing is ignored or
+//! skipped: a missing or unreachable backend fails the test.
 
+pub mod bench;
+pub mod patroni;
 pub mod pgbouncer;
 mod process;
 pub mod proxy;
@@ -112,6 +118,20 @@ impl TestDb {
         Some(Self::on_server(backend, admin_url, name))
     }
 
+    /// A new, empty PostgreSQL database on the server `admin_url` names (one the test started).
+    pub async fn create_on(admin_url: &str) -> Self {
+        let name = format!("sf_test_{}", Uuid::now_v7().simple());
+        let admin = Database::connect(admin_url)
+            .await
+            .expect("reach the server");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        let _ = admin.close().await;
+        Self::on_server(Backend::Postgres, admin_url.to_owned(), name)
+    }
+
     /// The database `name` on the server `admin_url` names.
     fn on_server(backend: Backend, admin_url: String, name: String) -> Self {
         let mut url = url::Url::parse(&admin_url).expect("a valid admin URL");
@@ -127,25 +147,34 @@ impl TestDb {
         }
     }
 
-    /// A new, empty PostgreSQL database reached through a PgBouncer of its own (`url`), with
-    /// `direct_url` naming the database itself.
-    pub async fn behind_pgbouncer() -> Option<Self> {
-        let mut db = Self::create(Backend::Postgres).await?;
-        let direct: url::Url = db.url.parse().expect("a valid database URL");
-        let pooler = match pgbouncer::PgBouncer::start(&direct, &db.name).await {
-            Ok(pooler) => pooler,
+    /// A new, empty PostgreSQL database reached through a PgBouncer of its own in `pool_mode`
+    /// (`url`), with `direct_url` naming the database itself.
+    pub async fn behind_pgbouncer(pool_mode: pgbouncer::PoolMode) -> Option<Self> {
+        let db = Self::create(Backend::Postgres).await?;
+        match db.clone().behind(pool_mode).await {
+            Ok(db) => Some(db),
             Err(pgbouncer::Unavailable(why)) => {
                 db.drop_database().await;
-                return skip("PgBouncer", &why);
+                skip(format!("PgBouncer in {} mode", pool_mode.as_str()), &why)
             }
-        };
+        }
+    }
+
+    /// This PostgreSQL database reached through a PgBouncer of its own in `pool_mode` (`url`),
+    /// with `direct_url` naming what `url` named before (the database, or a proxy in front of it).
+    pub async fn behind(
+        mut self,
+        pool_mode: pgbouncer::PoolMode,
+    ) -> Result<Self, pgbouncer::Unavailable> {
+        let direct: url::Url = self.url.parse().expect("a valid database URL");
+        let pooler = pgbouncer::PgBouncer::start(&direct, &self.name, pool_mode).await?;
         let mut through = direct.clone();
         through.set_host(Some("127.0.0.1")).expect("a host");
         through.set_port(Some(pooler.port)).expect("a port");
-        db.url = through.into();
-        db.direct_url = Some(direct.into());
-        db.pooler = Some(Arc::new(pooler));
-        Some(db)
+        self.url = through.into();
+        self.direct_url = Some(direct.into());
+        self.pooler = Some(Arc::new(pooler));
+        Ok(self)
     }
 
     /// A new, empty PostgreSQL database and the test binary's streaming replica of its server
@@ -169,7 +198,7 @@ impl TestDb {
     }
 
     /// PgBouncer's pool mode when the database is behind one.
-    pub fn pool_mode(&self) -> Option<&'static str> {
+    pub fn pool_mode(&self) -> Option<pgbouncer::PoolMode> {
         self.pooler.as_ref().map(|pooler| pooler.pool_mode)
     }
 
@@ -222,13 +251,23 @@ impl TestDb {
             }
             return;
         }
-        let Ok(admin) = Database::connect(admin_url.as_str()).await else {
+        // One connection, so that a session setting holds for the drop.
+        let mut options = sea_orm::ConnectOptions::new(admin_url.as_str());
+        options.max_connections(1).sqlx_logging(false);
+        let Ok(admin) = Database::connect(options).await else {
             return;
         };
         let sql = match self.backend {
             Backend::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
             _ => format!("DROP DATABASE IF EXISTS {}", self.name),
         };
+        if self.backend == Backend::MySql {
+            // A connection a test left open holds a metadata lock the drop would wait for as
+            // long as the server's default allows (a year): give up on it within a minute.
+            let _ = admin
+                .execute_unprepared("SET SESSION lock_wait_timeout = 60")
+                .await;
+        }
         if let Err(err) = admin.execute_unprepared(&sql).await {
             eprintln!("could not drop {}: {err}", self.name);
         }
@@ -339,8 +378,11 @@ pub fn test_config(db: &TestDb) -> Config {
         ("ADMIN_PASSWORD".to_owned(), ADMIN_PASSWORD.to_owned()),
     ])
     .expect("default configuration");
-    config.database.url = db.url.clone();
-    config.database.direct_url = db.direct_url.clone();
+    config.database.url = db.url.parse().expect("a database URL");
+    config.database.direct_url = db
+        .direct_url
+        .as_deref()
+        .map(|url| url.parse().expect("a database URL"));
     config.port = 0;
     config
 }
@@ -470,6 +512,7 @@ impl TestApp {
     }
 
     pub async fn start(db: TestDb, config: Config) -> Self {
+        capture_server_log();
         let app = Application::build(config).await.expect("the server starts");
         let addr = app.local_addr();
         let state = app.state();
@@ -731,7 +774,7 @@ pub fn fields_of(problem: &Value) -> Vec<String> {
 
 /// Declares each test once and runs it on SQLite, PostgreSQL, MariaDB/MySQL and MongoDB:
 ///
-/// ```ignore
+/// ```text
 /// on_every_backend! {
 ///     async fn creating_a_user_answers_201(app) { ... }
 ///
@@ -741,12 +784,13 @@ pub fn fields_of(problem: &Value) -> Vec<String> {
 /// ```
 ///
 /// Each becomes a module with one `#[tokio::test]` per backend (`sqlite`, `postgres`, `mysql`,
-/// `pgbouncer`: PostgreSQL behind PgBouncer, and `mongo`). `#[configure(…)]` adjusts the test
+/// `pgbouncer` and `pgbouncer_txn`: PostgreSQL behind PgBouncer in session and in transaction
+/// mode, and `mongo`). `#[configure(…)]` adjusts the test
 /// server's configuration before it starts (see `run_with`).
 #[macro_export]
 macro_rules! on_every_backend {
     ($($tests:tt)*) => {
-        $crate::on_backends! { [sqlite, postgres, mysql, pgbouncer, mongo] $($tests)* }
+        $crate::on_backends! { [sqlite, postgres, mysql, pgbouncer, pgbouncer_txn, mongo] $($tests)* }
     };
 }
 
@@ -755,13 +799,13 @@ macro_rules! on_every_backend {
 #[macro_export]
 macro_rules! on_sql_backends {
     ($($tests:tt)*) => {
-        $crate::on_backends! { [sqlite, postgres, mysql, pgbouncer] $($tests)* }
+        $crate::on_backends! { [sqlite, postgres, mysql, pgbouncer, pgbouncer_txn] $($tests)* }
     };
 }
 
 /// Like `on_every_backend!`, on the backends listed first (names as in `test_db!`):
 ///
-/// ```ignore
+/// ```text
 /// on_backends! {
 ///     [postgres, pgbouncer, mysql]
 ///     #[configure(|config| config.database.statement_timeout = Duration::from_millis(300))]
@@ -800,12 +844,12 @@ macro_rules! __on_backends {
 
             async fn body($app: $crate::TestApp) $body
 
-            $(
+            $($crate::requires! { $backend
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $backend() {
                     $crate::run_on($crate::test_db!($backend), $configure, body).await
                 }
-            )+
+            })+
         }
     };
 }
@@ -813,7 +857,7 @@ macro_rules! __on_backends {
 /// Runs a test function that takes the test's database (`Option<TestDb>`, `None` when the backend
 /// is skipped) once per listed backend, as a module with one `#[tokio::test]` per backend:
 ///
-/// ```ignore
+/// ```text
 /// async fn migrations_round_trip(db: Option<TestDb>) { ... }
 /// for_backends!([sqlite, postgres, mysql] fn migrations_round_trip);
 /// ```
@@ -824,12 +868,12 @@ macro_rules! __on_backends {
 macro_rules! for_backends {
     (#[$test:meta] [$($backend:ident),+ $(,)?] fn $name:ident) => {
         mod $name {
-            $(
+            $($crate::requires! { $backend
                 #[$test]
                 async fn $backend() {
                     super::$name($crate::test_db!($backend)).await
                 }
-            )+
+            })+
         }
     };
     ([$($backend:ident),+ $(,)?] fn $name:ident) => {
@@ -840,7 +884,8 @@ macro_rules! for_backends {
 }
 
 /// A new database for a test on the named backend (`None`: skipped): `sqlite`, `postgres`,
-/// `mysql`, `mongo`, or `pgbouncer` for PostgreSQL behind a PgBouncer of the test's own.
+/// `mysql`, `mongo`, or `pgbouncer` (session mode) and `pgbouncer_txn` (transaction mode) for
+/// PostgreSQL behind a PgBouncer of the test's own.
 #[macro_export]
 macro_rules! test_db {
     (sqlite) => {
@@ -856,7 +901,10 @@ macro_rules! test_db {
         $crate::TestDb::create($crate::Backend::Mongo).await
     };
     (pgbouncer) => {
-        $crate::TestDb::behind_pgbouncer().await
+        $crate::TestDb::behind_pgbouncer($crate::pgbouncer::PoolMode::Session).await
+    };
+    (pgbouncer_txn) => {
+        $crate::TestDb::behind_pgbouncer($crate::pgbouncer::PoolMode::Transaction).await
     };
 }
 
@@ -882,11 +930,78 @@ macro_rules! on_mongo {
 #[macro_export]
 macro_rules! __on_one_backend {
     ($backend:ident $($(#[$meta:meta])* async fn $name:ident($app:ident) $body:block)*) => {$(
-        $(#[$meta])*
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            async fn body($app: $crate::TestApp) $body
-            $crate::run_on($crate::test_db!($backend), |_| {}, body).await
+        $crate::requires! { $backend
+            $(#[$meta])*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                async fn body($app: $crate::TestApp) $body
+                $crate::run_on($crate::test_db!($backend), |_| {}, body).await
+            }
         }
     )*};
+}
+
+/// Marks the test that follows as ignored, with the reason, when the backend it runs on (named as
+/// in `test_db!`) was not configured when the tests were built (see `build.rs`):
+///
+/// ```text
+/// requires! { postgres
+///     #[tokio::test]
+///     async fn reads_from_postgres() { ... }
+/// }
+/// ```
+///
+/// The macros above mark what they generate. A test written by hand is wrapped in it, or states
+/// the same attribute itself:
+/// `#[cfg_attr(not(has_postgres), ignore = "TEST_POSTGRES_URL is not set")]`.
+#[macro_export]
+macro_rules! requires {
+    (sqlite $($test:tt)*) => {
+        $($test)*
+    };
+    (postgres $($test:tt)*) => {
+        #[cfg_attr(not(has_postgres), ignore = "TEST_POSTGRES_URL is not set")]
+        $($test)*
+    };
+    (mysql $($test:tt)*) => {
+        #[cfg_attr(not(has_mysql), ignore = "TEST_MYSQL_URL is not set")]
+        $($test)*
+    };
+    (mongo $($test:tt)*) => {
+        #[cfg_attr(not(has_mongo), ignore = "TEST_MONGODB_URL is not set")]
+        $($test)*
+    };
+    (pgbouncer $($test:tt)*) => {
+        #[cfg_attr(not(has_postgres), ignore = "TEST_POSTGRES_URL is not set")]
+        #[cfg_attr(
+            all(has_postgres, not(has_pgbouncer)),
+            ignore = "pgbouncer is not installed (or PGBOUNCER does not name it)"
+        )]
+        $($test)*
+    };
+    (pgbouncer_txn $($test:tt)*) => {
+        #[cfg_attr(not(has_postgres), ignore = "TEST_POSTGRES_URL is not set")]
+        #[cfg_attr(
+            all(has_postgres, not(has_pgbouncer_txn)),
+            ignore = "no PgBouncer 1.21 or later (PGBOUNCER_1_24, or scripts/pgbouncer-1.24.sh)"
+        )]
+        $($test)*
+    };
+}
+
+/// The servers' warnings and errors, in the output of the test that ran them: a failing test
+/// shows why its server answered as it did. `TEST_SERVER_LOG` sets another filter (`RUST_LOG`'s
+/// syntax); the drivers' own statement logging stays off.
+fn capture_server_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned());
+        let filter = tracing_subscriber::EnvFilter::new(format!("{filter},sqlx=off,sea_orm=off"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_target(false)
+            .with_ansi(false)
+            .with_test_writer()
+            .try_init();
+    });
 }

@@ -1,11 +1,13 @@
 //! A PgBouncer of the test's own in front of the test PostgreSQL: its own port, configuration and
 //! password file in a temporary directory, stopped with the test's database.
 //!
-//! PgBouncer 1.21 and later carry protocol-level prepared statements across server connections
-//! (`max_prepared_statements`), which the service's driver needs in transaction mode; with such a
-//! PgBouncer the tests run in transaction mode. An older one (Debian 12 ships 1.18) can only
-//! serve this service in session mode, so that is what runs there (the README explains why).
-//! `PGBOUNCER` names the binary (default: `pgbouncer` on the `PATH`).
+//! Two set-ups are tested (the README's "Behind PgBouncer" explains both):
+//! - session mode, on the PgBouncer named by `PGBOUNCER` (default: `pgbouncer` on the `PATH`;
+//!   Debian 12 ships 1.18, which can serve this service in no other mode);
+//! - transaction mode with `max_prepared_statements`, on PgBouncer 1.21 or later, which carries
+//!   the driver's named prepared statements across server connections: the binary named by
+//!   `PGBOUNCER_1_24`, default `/opt/pgbouncer-1.24/bin/pgbouncer` (what
+//!   `scripts/pgbouncer-1.24.sh` builds).
 
 use crate::process::{free_port, running_as_root};
 use std::path::PathBuf;
@@ -18,10 +20,43 @@ use tokio::process::{Child, Command};
 /// The first PgBouncer that tracks prepared statements in transaction mode.
 const PREPARED_STATEMENTS_SINCE: (u32, u32) = (1, 21);
 
+/// Where `scripts/pgbouncer-1.24.sh` installs PgBouncer 1.24 by default.
+const PGBOUNCER_1_24_PATH: &str = "/opt/pgbouncer-1.24/bin/pgbouncer";
+
+/// How PgBouncer hands server connections to its clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolMode {
+    /// A server connection per client connection, for as long as it is open.
+    Session,
+    /// A server connection per transaction (and per statement outside one).
+    Transaction,
+}
+
+impl PoolMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        }
+    }
+
+    /// The binary to run for this mode.
+    fn binary(self) -> String {
+        let (var, default) = match self {
+            PoolMode::Session => ("PGBOUNCER", "pgbouncer"),
+            PoolMode::Transaction => ("PGBOUNCER_1_24", PGBOUNCER_1_24_PATH),
+        };
+        std::env::var(var)
+            .ok()
+            .filter(|binary| !binary.is_empty())
+            .unwrap_or_else(|| default.to_owned())
+    }
+}
+
 #[derive(Debug)]
 pub struct PgBouncer {
     pub port: u16,
-    pub pool_mode: &'static str,
+    pub pool_mode: PoolMode,
     child: Mutex<Option<Child>>,
     dir: PathBuf,
 }
@@ -31,15 +66,30 @@ pub struct PgBouncer {
 pub struct Unavailable(pub String);
 
 impl PgBouncer {
-    /// Starts PgBouncer for `database` on the server of `upstream` (a URL with user and password).
-    pub async fn start(upstream: &url::Url, database: &str) -> Result<Self, Unavailable> {
-        let binary = std::env::var("PGBOUNCER").unwrap_or_else(|_| "pgbouncer".to_owned());
-        let version = version(&binary).await?;
-        let pool_mode = if version >= PREPARED_STATEMENTS_SINCE {
-            "transaction"
-        } else {
-            "session"
-        };
+    /// Starts PgBouncer in `pool_mode` for `database` on the server of `upstream` (a URL with
+    /// user and password).
+    pub async fn start(
+        upstream: &url::Url,
+        database: &str,
+        pool_mode: PoolMode,
+    ) -> Result<Self, Unavailable> {
+        let binary = pool_mode.binary();
+        let version = version(&binary).await.map_err(|Unavailable(why)| {
+            Unavailable(match pool_mode {
+                PoolMode::Session => why,
+                PoolMode::Transaction => format!(
+                    "{why} (transaction mode needs PgBouncer 1.21 or later: build it with \
+                     scripts/pgbouncer-1.24.sh or name it in PGBOUNCER_1_24)"
+                ),
+            })
+        })?;
+        if pool_mode == PoolMode::Transaction && version < PREPARED_STATEMENTS_SINCE {
+            let (major, minor) = version;
+            return Err(Unavailable(format!(
+                "{binary} is PgBouncer {major}.{minor}; transaction mode needs 1.21 or later \
+                 (max_prepared_statements)"
+            )));
+        }
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("pgbouncer-{database}"));
         std::fs::create_dir_all(&dir).map_err(|err| Unavailable(err.to_string()))?;
@@ -49,12 +99,12 @@ impl PgBouncer {
         let upstream_port = upstream.port().unwrap_or(5432);
         // Transaction mode multiplexes onto fewer server connections than clients; session mode
         // needs one per client (two instances of 20, plus the tests' own).
-        let pool_size = if pool_mode == "transaction" { 10 } else { 60 };
-        let prepared = if pool_mode == "transaction" {
-            "max_prepared_statements = 200\n"
-        } else {
-            ""
+        let (pool_size, prepared) = match pool_mode {
+            PoolMode::Transaction => (10, "max_prepared_statements = 200\n"),
+            PoolMode::Session => (60, ""),
         };
+        // `server_login_retry`: a server that refused a login (no primary during a failover) is
+        // tried again after a second, not the default 15.
         let ini = format!(
             "[databases]\n\
              {database} = host={host} port={upstream_port} dbname={database}\n\
@@ -64,11 +114,13 @@ impl PgBouncer {
              unix_socket_dir =\n\
              auth_type = scram-sha-256\n\
              auth_file = {auth}\n\
-             pool_mode = {pool_mode}\n\
+             pool_mode = {mode}\n\
              {prepared}\
              default_pool_size = {pool_size}\n\
-             max_client_conn = 500\n",
+             max_client_conn = 500\n\
+             server_login_retry = 1\n",
             auth = dir.join("users.txt").display(),
+            mode = pool_mode.as_str(),
         );
         let written = std::fs::write(dir.join("pgbouncer.ini"), ini).and_then(|()| {
             std::fs::write(

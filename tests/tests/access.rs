@@ -425,7 +425,7 @@ async fn an_existing_user_named_admin_is_promoted_with_their_password() {
 }
 
 on_backends! {
-    [sqlite, postgres, mysql, pgbouncer, mongo]
+    [sqlite, postgres, mysql, pgbouncer, pgbouncer_txn, mongo]
     #[configure(|config| {
         config.auth.max_failures_per_email = 3;
         config.auth.max_failures_per_address = 100;
@@ -497,13 +497,65 @@ async fn a_full_hashing_queue_answers_busy_at_once() {
     .await;
 }
 
+/// A flood of sign-ups that the machine cannot hash before their deadline is answered in time:
+/// created, or 503 `busy` with `Retry-After` at once — none waits in the queue until its deadline
+/// passes (504).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sign_up_flood_is_answered_before_the_deadline() {
+    run_with(
+        Backend::Sqlite,
+        |config| {
+            config.request_timeout = Duration::from_secs(1);
+            // Room in the queue for the whole flood: the pace of hashing must turn it away.
+            config.auth.hash_queue_limit = 256;
+        },
+        |app: TestApp| async move {
+            let replies = join_all((0..256).map(|n| {
+                app.send(app.anonymous.post(app.url("/v1/users")).json(&json!({
+                    "name": "Flood",
+                    "email": format!("flood{n}@example.com"),
+                    "password": USER_PASSWORD,
+                })))
+            }))
+            .await;
+            let mut busy = 0;
+            for reply in &replies {
+                match reply.status {
+                    201 => {}
+                    503 => {
+                        reply.problem(503, "busy");
+                        assert!(reply.header("retry-after").is_some());
+                        busy += 1;
+                    }
+                    other => panic!("unexpected {other}: {}", reply.text),
+                }
+            }
+            assert!(busy > 0, "256 sign-ups were all hashed within a second");
+        },
+    )
+    .await;
+}
+
 /// A token revoked through one instance is refused by another from the moment the revoking
 /// request has been answered — logout, password change, role change and deletion alike — and an
 /// expired one is refused by both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(has_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn revocation_and_expiry_hold_across_instances_on_postgres() {
+    revocation_and_expiry_hold_across_instances(Backend::Postgres).await;
+}
+
+/// The same on MongoDB, where instances hear revocations through their change streams and
+/// acknowledge them in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(has_mongo), ignore = "TEST_MONGODB_URL is not set")]
+async fn revocation_and_expiry_hold_across_instances_on_mongo() {
+    revocation_and_expiry_hold_across_instances(Backend::Mongo).await;
+}
+
+async fn revocation_and_expiry_hold_across_instances(backend: Backend) {
     run_with(
-        Backend::Postgres,
+        backend,
         |_| {},
         |a: TestApp| async move {
             let b = TestApp::start(a.db.clone(), test_config(&a.db)).await;
@@ -618,6 +670,7 @@ on_every_backend! {
 /// The count of failed logins is the database's, not an instance's: failures through one
 /// instance throttle the email on another, and failures spread over both add up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(has_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn failed_logins_count_across_instances_on_postgres() {
     let throttled = |config: &mut api::config::Config| config.auth.max_failures_per_email = 3;
     run_with(Backend::Postgres, throttled, move |a: TestApp| async move {

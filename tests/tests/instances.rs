@@ -12,7 +12,7 @@ use tests::{TestDb, for_backends};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 9] = [
     "users",
     "products",
     "orders",
@@ -20,6 +20,8 @@ const TABLES: [&str; 7] = [
     "idempotency_keys",
     "sessions",
     "login_failures",
+    "events",
+    "event_relays",
 ];
 
 /// Guards against a hung process only; nothing here depends on how fast anything is.
@@ -164,7 +166,7 @@ async fn four_instances_started_at_once_all_come_up(db: Option<TestDb>) {
     db.drop_database().await;
 }
 
-for_backends!([sqlite, postgres, mysql, pgbouncer] fn four_instances_started_at_once_all_come_up);
+for_backends!([sqlite, postgres, mysql, pgbouncer, pgbouncer_txn] fn four_instances_started_at_once_all_come_up);
 
 /// The admin every instance is told of (`ADMIN_EMAIL`/`ADMIN_PASSWORD`).
 const OWNER_EMAIL: &str = "owner@storefront.test";
@@ -228,7 +230,7 @@ async fn four_instances_started_at_once_make_one_admin_from_the_environment(db: 
 }
 
 for_backends!(
-    [sqlite, postgres, mysql, pgbouncer] fn four_instances_started_at_once_make_one_admin_from_the_environment
+    [sqlite, postgres, mysql, pgbouncer, pgbouncer_txn] fn four_instances_started_at_once_make_one_admin_from_the_environment
 );
 
 /// The migration command built from the `migration` crate's own entry point.

@@ -196,6 +196,7 @@ for_backends!(
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(has_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn an_exhausted_pool_answers_503_within_the_acquire_timeout() {
     let configure = |config: &mut api::config::Config| {
         config.database.max_connections = 2;
@@ -267,7 +268,7 @@ async fn an_exhausted_pool_answers_503_within_the_acquire_timeout() {
 }
 
 on_backends! {
-    [postgres, pgbouncer, mysql]
+    [postgres, pgbouncer, pgbouncer_txn, mysql]
     /// Behind PgBouncer the timeout cannot be a start-up option; it is the role's default instead.
     #[configure(|config| config.database.statement_timeout = Duration::from_millis(300))]
     async fn the_statement_timeout_answers_504_and_writes_nothing(app) {
@@ -303,6 +304,7 @@ on_backends! {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(has_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn lost_connections_are_replaced_without_a_restart() {
     run_with(
         Backend::Postgres,
@@ -349,6 +351,7 @@ async fn lost_connections_are_replaced_without_a_restart() {
 /// A pooled connection used moments ago is handed out without a ping; when the server has ended
 /// it meanwhile, the batched read that meets it is read again on a new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(has_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn a_read_that_meets_a_freshly_killed_connection_is_answered() {
     run_with(
         Backend::Postgres,
@@ -389,6 +392,7 @@ async fn a_read_that_meets_a_freshly_killed_connection_is_answered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(has_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn ready_flips_to_503_while_the_database_is_unreachable_and_back() {
     let Some(db) = TestDb::create(Backend::Postgres).await else {
         return;
@@ -403,7 +407,7 @@ async fn ready_flips_to_503_while_the_database_is_unreachable_and_back() {
     let mut proxied = target.clone();
     proxied.set_port(Some(proxy.addr.port())).unwrap();
     let mut config = test_config(&db);
-    config.database.url = proxied.to_string();
+    config.database.url = proxied.as_str().parse().expect("a database URL");
     config.database.acquire_timeout = Duration::from_millis(500);
     config.cache.ttl = Duration::ZERO;
     let app = TestApp::start(db, config).await;

@@ -700,7 +700,7 @@ on_every_backend! {
 }
 
 on_backends! {
-    [sqlite, postgres, mysql, pgbouncer, mongo]
+    [sqlite, postgres, mysql, pgbouncer, pgbouncer_txn, mongo]
     #[configure(|config| config.database.max_connections = 1)]
     /// Orders with a key are placed one by one and orders without one together; on one pooled
     /// connection their statements meet in the driver's prepared-statement cache, which must not

@@ -38,7 +38,7 @@ impl Cluster {
     async fn instance(&mut self, cache: bool) -> TestApp {
         let replica_url = self.replica.url_for(&self.db.url);
         let configure = |config: &mut Config| {
-            config.database.replica_urls = vec![replica_url];
+            config.database.replica_urls = vec![replica_url.parse().expect("a database URL")];
             if !cache {
                 config.cache.ttl = Duration::ZERO;
             }
@@ -127,6 +127,7 @@ async fn price(app: &TestApp, id: &str, token: Option<&str>) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(has_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn another_instance_without_the_token_reads_the_replica_and_may_be_stale() {
     run(|mut cluster| async move {
         let writer = cluster.instance(false).await;
@@ -153,6 +154,7 @@ async fn another_instance_without_the_token_reads_the_replica_and_may_be_stale()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(has_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn with_the_token_no_instance_reads_stale() {
     run(|mut cluster| async move {
         let writer = cluster.instance(false).await;
@@ -178,6 +180,7 @@ async fn with_the_token_no_instance_reads_stale() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(has_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn the_writing_instance_never_reads_older_than_its_writes() {
     run(|mut cluster| async move {
         let app = cluster.instance(false).await;
@@ -197,6 +200,7 @@ async fn the_writing_instance_never_reads_older_than_its_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(has_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn caches_are_never_refilled_from_behind() {
     run(|mut cluster| async move {
         let first = cluster.instance(true).await;
@@ -238,6 +242,7 @@ async fn caches_are_never_refilled_from_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(has_postgres), ignore = "TEST_POSTGRES_URL is not set")]
 async fn a_replica_that_goes_away_is_routed_around_and_used_again_when_back() {
     run(|mut cluster| async move {
         let app = cluster.instance(false).await;

@@ -4,31 +4,28 @@
 
 use uuid::Uuid;
 
-use super::Caller;
+use super::{AuthError, Caller};
 use crate::domain::OrderStatus;
-use crate::http::error::ApiError;
 
 /// `POST /v1/users`: anyone may sign up; only an admin may choose `status` or `role`.
-pub fn create_user(caller: Option<&Caller>, sets_status_or_role: bool) -> Result<(), ApiError> {
+pub fn create_user(caller: Option<&Caller>, sets_status_or_role: bool) -> Result<(), AuthError> {
     if sets_status_or_role && !caller.is_some_and(Caller::is_admin) {
-        return Err(ApiError::Forbidden(
-            "only an admin may set status or role".to_owned(),
-        ));
+        return Err(AuthError::Forbidden("only an admin may set status or role"));
     }
     Ok(())
 }
 
 /// `GET /v1/users`: admins only.
-pub fn list_users(caller: &Caller) -> Result<(), ApiError> {
+pub fn list_users(caller: &Caller) -> Result<(), AuthError> {
     admin_only(caller, "only an admin may list users")
 }
 
 /// `GET`/`DELETE /v1/users/{id}`, `GET /v1/users/{id}/orders`: the user themself or an admin.
-pub fn see_user(caller: &Caller, id: Uuid) -> Result<(), ApiError> {
+pub fn see_user(caller: &Caller, id: Uuid) -> Result<(), AuthError> {
     if caller.is_admin() || caller.user_id == id {
         Ok(())
     } else {
-        Err(ApiError::not_found())
+        Err(AuthError::Hidden)
     }
 }
 
@@ -53,12 +50,12 @@ pub fn change_user(
     caller: &Caller,
     id: Uuid,
     change: &UserChange,
-) -> Result<UserChangeRules, ApiError> {
+) -> Result<UserChangeRules, AuthError> {
     see_user(caller, id)?;
     let own = caller.user_id == id;
     if change.status_or_role && !caller.is_admin() {
-        return Err(ApiError::Forbidden(
-            "only an admin may change status or role".to_owned(),
+        return Err(AuthError::Forbidden(
+            "only an admin may change status or role",
         ));
     }
     Ok(UserChangeRules {
@@ -68,49 +65,54 @@ pub fn change_user(
 }
 
 /// `POST`, `PATCH`, `DELETE /v1/products…`: admins only.
-pub fn manage_products(caller: &Caller) -> Result<(), ApiError> {
+pub fn manage_products(caller: &Caller) -> Result<(), AuthError> {
     admin_only(caller, "only an admin may change the catalogue")
 }
 
 /// `POST /v1/orders`: a customer orders for themself; an admin for anyone, naming them. Returns
 /// whom the order is for.
-pub fn place_order(caller: &Caller, user_id: Option<Uuid>) -> Result<Uuid, ApiError> {
+pub fn place_order(caller: &Caller, user_id: Option<Uuid>) -> Result<Uuid, AuthError> {
     match (caller.is_admin(), user_id) {
         (true, Some(user_id)) => Ok(user_id),
-        (true, None) => Err(ApiError::validation(
-            "user_id",
-            "is required when an admin places an order",
-        )),
+        (true, None) => Err(AuthError::Invalid {
+            field: "user_id",
+            message: "is required when an admin places an order",
+        }),
         (false, None) => Ok(caller.user_id),
         (false, Some(user_id)) if user_id == caller.user_id => Ok(user_id),
-        (false, Some(_)) => Err(ApiError::Forbidden(
-            "a customer may only place orders for themself".to_owned(),
+        (false, Some(_)) => Err(AuthError::Forbidden(
+            "a customer may only place orders for themself",
         )),
     }
 }
 
 /// `GET /v1/orders/{id}`: the order's owner or an admin.
-pub fn see_order(caller: &Caller, owner: Uuid) -> Result<(), ApiError> {
+pub fn see_order(caller: &Caller, owner: Uuid) -> Result<(), AuthError> {
     see_user(caller, owner)
 }
 
 /// `PATCH /v1/orders/{id}`: an admin makes any allowed transition; the owner may only cancel.
-pub fn change_order(caller: &Caller, owner: Uuid, to: OrderStatus) -> Result<(), ApiError> {
+pub fn change_order(caller: &Caller, owner: Uuid, to: OrderStatus) -> Result<(), AuthError> {
     see_order(caller, owner)?;
     if caller.is_admin() || to == OrderStatus::Cancelled {
         Ok(())
     } else {
-        Err(ApiError::Forbidden(
-            "a customer may only cancel their orders".to_owned(),
+        Err(AuthError::Forbidden(
+            "a customer may only cancel their orders",
         ))
     }
 }
 
-fn admin_only(caller: &Caller, why: &str) -> Result<(), ApiError> {
+/// `GET /v1/events`: admins only (the feed carries every user's data).
+pub fn read_events(caller: &Caller) -> Result<(), AuthError> {
+    admin_only(caller, "only an admin may read the change feed")
+}
+
+fn admin_only(caller: &Caller, why: &'static str) -> Result<(), AuthError> {
     if caller.is_admin() {
         Ok(())
     } else {
-        Err(ApiError::Forbidden(why.to_owned()))
+        Err(AuthError::Forbidden(why))
     }
 }
 
@@ -133,10 +135,7 @@ mod tests {
         let admin = caller(UserRole::Admin);
         let other = Uuid::now_v7();
         assert!(see_user(&customer, customer.user_id).is_ok());
-        assert!(matches!(
-            see_user(&customer, other),
-            Err(ApiError::NotFound { .. })
-        ));
+        assert!(matches!(see_user(&customer, other), Err(AuthError::Hidden)));
         assert!(see_user(&admin, other).is_ok());
     }
 
@@ -148,22 +147,22 @@ mod tests {
         assert_eq!(place_order(&customer, None).unwrap(), customer.user_id);
         assert!(matches!(
             place_order(&customer, Some(other)),
-            Err(ApiError::Forbidden(_))
+            Err(AuthError::Forbidden(_))
         ));
         assert_eq!(place_order(&admin, Some(other)).unwrap(), other);
         assert!(matches!(
             place_order(&admin, None),
-            Err(ApiError::Validation(_))
+            Err(AuthError::Invalid { .. })
         ));
         let own = customer.user_id;
         assert!(change_order(&customer, own, OrderStatus::Cancelled).is_ok());
         assert!(matches!(
             change_order(&customer, own, OrderStatus::Paid),
-            Err(ApiError::Forbidden(_))
+            Err(AuthError::Forbidden(_))
         ));
         assert!(matches!(
             change_order(&customer, other, OrderStatus::Cancelled),
-            Err(ApiError::NotFound { .. })
+            Err(AuthError::Hidden)
         ));
         assert!(change_order(&admin, other, OrderStatus::Shipped).is_ok());
     }
@@ -192,7 +191,7 @@ mod tests {
         };
         assert!(matches!(
             change_user(&customer, customer.user_id, &status),
-            Err(ApiError::Forbidden(_))
+            Err(AuthError::Forbidden(_))
         ));
         // An admin's own status or role change ends their own session too.
         let rules = change_user(&admin, admin.user_id, &status).unwrap();

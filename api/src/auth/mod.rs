@@ -4,26 +4,50 @@
 pub mod access;
 pub mod throttle;
 
-use std::sync::Arc;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, FixedOffset};
-use poem::Request;
-use poem_openapi::SecurityScheme;
-use poem_openapi::auth::Bearer;
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::cache::Caches;
 use crate::domain::UserRole;
-use crate::http::AppState;
-use crate::http::error::ApiError;
+use crate::domain::model::cache_key;
+use crate::store::{Sessions, StoreError};
 
 /// 256 bits from the OS, the least API.md allows: guessing one is hopeless, so a fast hash of it
 /// (not Argon2) is all the database needs to keep.
 const TOKEN_BYTES: usize = 32;
+
+/// What identity and access refuse, in their own terms; the HTTP layer answers each.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No, a malformed, unknown, expired or revoked bearer token.
+    #[error("unauthenticated")]
+    Unauthenticated,
+    /// The caller's role may not do this.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// Something of someone else's: answered as if it did not exist.
+    #[error("not found")]
+    Hidden,
+    /// A field the caller must (or must not) send.
+    #[error("{field} {message}")]
+    Invalid {
+        field: &'static str,
+        message: &'static str,
+    },
+    /// Too many failed logins: try again after this many seconds.
+    #[error("too many failed logins")]
+    TooManyAttempts { retry_after: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The OS could not give random bytes for a token.
+    #[error("{0}")]
+    Internal(String),
+}
 
 /// The caller of an authenticated request.
 #[derive(Clone, Debug)]
@@ -41,14 +65,11 @@ impl Caller {
 }
 
 /// A new bearer token, URL-safe; shown to its owner once and never stored.
-pub fn new_token() -> Result<String, ApiError> {
+pub fn new_token() -> Result<String, AuthError> {
     let mut bytes = [0u8; TOKEN_BYTES];
-    OsRng
-        .try_fill_bytes(&mut bytes)
-        .map_err(|err| ApiError::Internal {
-            failure: None,
-            detail: format!("the OS random number generator failed: {err}"),
-        })?;
+    OsRng.try_fill_bytes(&mut bytes).map_err(|err| {
+        AuthError::Internal(format!("the OS random number generator failed: {err}"))
+    })?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
@@ -74,68 +95,47 @@ fn well_formed(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Resolves a bearer token to its caller: unknown, malformed, expired and revoked tokens are all
-/// `unauthenticated`.
-pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+/// Resolves a bearer token to its caller through `sessions`: unknown, malformed, expired and
+/// revoked tokens are all `Unauthenticated`. A token seen before under the session's current
+/// cache generation is recognised without hashing it (`cache::TokenIndex`).
+pub async fn authenticate(
+    sessions: &Sessions,
+    caches: &Caches,
+    token: &str,
+) -> Result<Caller, AuthError> {
     if !well_formed(token) {
-        return Err(ApiError::Unauthenticated);
+        return Err(AuthError::Unauthenticated);
     }
-    let token_hash = token_hash(token);
-    match state.sessions.find(&token_hash).await? {
-        Some(owner) => Ok(Caller {
+    if let Some((owner, token_hash)) = caches.tokens.find(token, &caches.sessions) {
+        return Ok(Caller {
             user_id: owner.user_id,
             role: owner.role,
-            token_hash,
-        }),
-        None => Err(ApiError::Unauthenticated),
+            token_hash: token_hash.as_ref().to_owned(),
+        });
+    }
+    let token_hash = token_hash(token);
+    let key = cache_key(&token_hash);
+    // Read before the session is: an eviction from here on leaves what is remembered stale.
+    let generation = caches.sessions.generation(key);
+    match sessions.find(&token_hash).await? {
+        Some(owner) => {
+            if let Some(generation) = generation {
+                caches
+                    .tokens
+                    .remember(token, &token_hash, key, generation, owner);
+            }
+            Ok(Caller {
+                user_id: owner.user_id,
+                role: owner.role,
+                token_hash,
+            })
+        }
+        None => Err(AuthError::Unauthenticated),
     }
 }
 
-/// The caller of a request that may be anonymous (sign-up): a present but invalid token is still
-/// a 401, not silently anonymous.
-pub async fn optional_caller(
-    state: &AppState,
-    request: &Request,
-) -> Result<Option<Caller>, ApiError> {
-    let Some(header) = request.headers().get(poem::http::header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(|value| {
-            let (scheme, token) = value.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .ok_or(ApiError::Unauthenticated)?;
-    authenticate(state, token).await.map(Some)
-}
-
-/// `Authorization: Bearer <token>` from `POST /v1/sessions`.
-#[derive(SecurityScheme)]
-#[oai(
-    rename = "bearerAuth",
-    ty = "bearer",
-    bearer_format = "opaque",
-    checker = "check_bearer"
-)]
-pub struct BearerAuth(pub Caller);
-
-async fn check_bearer(request: &Request, bearer: Bearer) -> poem::Result<Caller> {
-    let state = request.data::<Arc<AppState>>().ok_or_else(|| {
-        poem::Error::from(ApiError::Internal {
-            failure: None,
-            detail: "application state missing from the request".to_owned(),
-        })
-    })?;
-    authenticate(state, &bearer.token)
-        .await
-        .map_err(poem::Error::from)
-}
-
-/// When a session made now ends.
-pub fn expiry(state: &AppState) -> DateTime<FixedOffset> {
-    let ttl = chrono::Duration::from_std(state.config.auth.session_ttl)
-        .unwrap_or(chrono::Duration::days(7));
+/// When a session made now, to last `ttl`, ends.
+pub fn expiry(ttl: std::time::Duration) -> DateTime<FixedOffset> {
+    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(7));
     crate::store::now() + ttl
 }

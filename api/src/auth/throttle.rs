@@ -8,9 +8,9 @@ use chrono::{DateTime, FixedOffset};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::AuthError;
 use crate::config::AuthConfig;
 use crate::domain::model::Failures;
-use crate::http::error::ApiError;
 use crate::store::Sessions;
 
 /// What one login attempt counts against.
@@ -53,7 +53,7 @@ pub async fn begin(
     repo: &Sessions,
     config: &AuthConfig,
     subjects: &Subjects,
-) -> Result<Attempt, ApiError> {
+) -> Result<Attempt, AuthError> {
     let now = crate::store::now();
     let since = window_start(config, now);
     let all = subjects.all();
@@ -83,7 +83,7 @@ pub async fn begin(
     match retry_after {
         Some(seconds) => {
             abandoned(repo, attempt).await;
-            Err(ApiError::TooManyAttempts {
+            Err(AuthError::TooManyAttempts {
                 retry_after: seconds,
             })
         }
@@ -102,7 +102,7 @@ pub async fn succeeded(
     repo: &Sessions,
     subjects: &Subjects,
     attempt: Attempt,
-) -> Result<(), ApiError> {
+) -> Result<(), AuthError> {
     repo.clear_failures(&subjects.email).await?;
     repo.forget_failures(&attempt.rows).await?;
     Ok(())

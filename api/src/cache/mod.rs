@@ -16,25 +16,23 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use foldhash::fast::RandomState;
+use poem::http::HeaderValue;
 use prometheus::IntCounter;
 use uuid::Uuid;
 
 use crate::config::CacheConfig;
-use crate::domain::model::{Product, Session, User};
-use crate::http::conditional::EntityTag;
+use crate::domain::model::{Product, Session, SessionOwner, User};
 use crate::metrics::Metrics;
-use crate::store::consistency::Positions;
-use crate::store::positions::ListingIndex;
 
 const STRIPES: usize = 4096;
 
-/// A cached value, and its serialized representation and entity tag, each made the first time
-/// one is asked for and kept with the value: one entry (and one look-up) per id instead of two,
-/// and the same bytes for every read of that version.
+/// A cached value, and its serialized representation and entity tag (as the header value it is
+/// sent as), each made the first time one is asked for and kept with the value: one entry (and
+/// one look-up) per id instead of two, and the same bytes for every read of that version.
 pub struct Cached<V> {
     value: V,
     rendered: OnceLock<Bytes>,
-    tag: OnceLock<EntityTag>,
+    tag: OnceLock<HeaderValue>,
 }
 
 impl<V> Cached<V> {
@@ -52,7 +50,7 @@ impl<V> Cached<V> {
     }
 
     /// The value's entity tag, made by `make` once per entry.
-    pub fn tag(&self, make: impl FnOnce() -> EntityTag) -> EntityTag {
+    pub fn tag(&self, make: impl FnOnce() -> HeaderValue) -> HeaderValue {
         self.tag.get_or_init(make).clone()
     }
 }
@@ -81,8 +79,9 @@ pub struct EntityCache<V> {
     /// Every instance's acknowledgement of an announced eviction (the key, the listener's name),
     /// for writers that wait until theirs has gone round.
     acknowledged: tokio::sync::broadcast::Sender<(Uuid, String)>,
-    /// Page positions of the entity's listing, invalidated with the entries.
-    listing: ListingIndex,
+    /// Bumped by every eviction: what was derived from the whole table (a listing's page
+    /// positions) holds only while it stays the same.
+    table: AtomicU64,
     counters: Counters,
     metrics: Arc<Metrics>,
 }
@@ -123,7 +122,7 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
             suspended: AtomicBool::new(false),
             listening: AtomicBool::new(false),
             acknowledged: tokio::sync::broadcast::channel(1024).0,
-            listing: ListingIndex::new(name, config, Arc::clone(&metrics)),
+            table: AtomicU64::new(0),
             counters: Counters::new(name, &metrics),
             metrics,
         }
@@ -204,7 +203,7 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
     /// Makes every later read of `id` (and of the listing) go to the database. Call after the
     /// write committed.
     pub async fn evict(&self, id: Uuid) {
-        self.listing.evict();
+        self.table.fetch_add(1, Ordering::AcqRel);
         let Some(entries) = &self.entries else {
             return;
         };
@@ -230,7 +229,7 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
 
     /// Drops everything (e.g. when this instance may have missed invalidations).
     pub fn evict_all(&self) {
-        self.listing.evict();
+        self.table.fetch_add(1, Ordering::AcqRel);
         if let Some(entries) = &self.entries {
             for stripe in self.generations.iter() {
                 stripe.fetch_add(1, Ordering::AcqRel);
@@ -255,12 +254,14 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
 
     /// A row was added: the listing changes, no entry does (a miss caches nothing).
     pub fn evict_listing(&self) {
-        self.listing.evict();
+        self.table.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// The listing's page positions, unless this instance may have missed a write (suspended).
-    pub fn listing(&self) -> Option<&ListingIndex> {
-        (!self.is_suspended()).then_some(&self.listing)
+    /// The table's generation: what was derived from the whole table under it (a listing's page
+    /// positions) holds while it stays the same. `None` while this instance may miss writes
+    /// (suspended): nothing derived may be used then.
+    pub fn table_generation(&self) -> Option<u64> {
+        (!self.is_suspended()).then(|| self.table.load(Ordering::Acquire))
     }
 
     fn is_suspended(&self) -> bool {
@@ -271,6 +272,18 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
         self.entries.is_some()
     }
 
+    /// The generation reads of `id` look entries up under now (`None` when nothing is cached):
+    /// what was read under it is current for as long as it stays the same.
+    pub fn generation(&self, id: Uuid) -> Option<u64> {
+        (self.entries.is_some() && !self.is_suspended())
+            .then(|| self.stripe(id).load(Ordering::Acquire))
+    }
+
+    /// A read answered from a cache in front of this one (`TokenIndex`).
+    fn count_hit(&self) {
+        self.counters.hits.inc();
+    }
+
     pub fn entry_count(&self) -> u64 {
         self.entries
             .as_ref()
@@ -279,6 +292,75 @@ impl<V: Send + Sync + 'static> EntityCache<V> {
 
     pub fn name(&self) -> &'static str {
         self.name
+    }
+}
+
+/// Sessions by the bearer token presented, in front of the sessions cache (which is keyed by the
+/// token's hash, as the database is): a token seen before is recognised without hashing it. The
+/// map compares the whole token. An entry holds only while the sessions cache's generation of its
+/// session's key is the one it was made under, so whatever evicts the session there — a
+/// revocation by this instance or heard from another, a suspension — drops it here too.
+pub struct TokenIndex {
+    entries: Option<moka::sync::Cache<String, TokenEntry, RandomState>>,
+}
+
+#[derive(Clone)]
+struct TokenEntry {
+    key: Uuid,
+    generation: u64,
+    owner: SessionOwner,
+    token_hash: Arc<str>,
+}
+
+impl TokenIndex {
+    pub fn new(config: &CacheConfig) -> Self {
+        let entries = (!config.ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .name("session_tokens")
+                .max_capacity(config.max_entries)
+                .time_to_live(config.ttl)
+                .build_with_hasher(RandomState::default())
+        });
+        Self { entries }
+    }
+
+    /// The live session of `token` and its token's hash, when `token` was seen under the
+    /// sessions cache's current generation of its session.
+    pub fn find(
+        &self,
+        token: &str,
+        sessions: &EntityCache<Session>,
+    ) -> Option<(SessionOwner, Arc<str>)> {
+        let entry = self.entries.as_ref()?.get(token)?;
+        if sessions.generation(entry.key) != Some(entry.generation) || !entry.owner.is_live() {
+            return None;
+        }
+        sessions.count_hit();
+        Some((entry.owner, entry.token_hash))
+    }
+
+    /// Remembers that `token` (whose hash is `token_hash`, the sessions cache's key `key`) is
+    /// `owner`'s session, as read under the sessions cache's `generation` of `key` (read before
+    /// the session was).
+    pub fn remember(
+        &self,
+        token: &str,
+        token_hash: &str,
+        key: Uuid,
+        generation: u64,
+        owner: SessionOwner,
+    ) {
+        if let Some(entries) = &self.entries {
+            entries.insert(
+                token.to_owned(),
+                TokenEntry {
+                    key,
+                    generation,
+                    owner,
+                    token_hash: token_hash.into(),
+                },
+            );
+        }
     }
 }
 
@@ -314,9 +396,8 @@ pub struct Caches {
     pub users: Arc<EntityCache<User>>,
     pub products: Arc<EntityCache<Product>>,
     pub sessions: Arc<EntityCache<Session>>,
-    /// With read replicas: the positions a refill must be read at, raised by every write this
-    /// instance commits or hears of before its keys are evicted.
-    pub positions: Arc<Positions>,
+    /// The sessions of tokens seen before, in front of `sessions`.
+    pub tokens: Arc<TokenIndex>,
 }
 
 impl Caches {
@@ -329,7 +410,7 @@ impl Caches {
                 &config.for_sessions(),
                 Arc::clone(metrics),
             )),
-            positions: Arc::new(Positions::default()),
+            tokens: Arc::new(TokenIndex::new(&config.for_sessions())),
         }
     }
 
@@ -369,5 +450,85 @@ impl Caches {
         self.users.resume();
         self.products.resume();
         self.sessions.resume();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::Utc;
+
+    use super::*;
+    use crate::domain::UserRole;
+
+    fn config() -> CacheConfig {
+        CacheConfig {
+            ttl: Duration::from_secs(60),
+            session_ttl: None,
+            max_entries: 100,
+        }
+    }
+
+    fn owner(expires_in: chrono::Duration) -> SessionOwner {
+        SessionOwner {
+            user_id: Uuid::now_v7(),
+            role: UserRole::Customer,
+            expires_at: (Utc::now() + expires_in).fixed_offset(),
+        }
+    }
+
+    const TOKEN: &str = "a-token-of-forty-three-url-safe-characters_";
+
+    #[tokio::test]
+    async fn a_remembered_token_holds_until_its_session_is_evicted_or_ends() {
+        let sessions = EntityCache::<Session>::new("sessions", &config(), Arc::new(Metrics::new()));
+        let tokens = TokenIndex::new(&config());
+        let key = Uuid::now_v7();
+        let live = owner(chrono::Duration::hours(1));
+
+        let generation = sessions.generation(key).expect("caching is on");
+        tokens.remember(TOKEN, "hash", key, generation, live);
+        let (found, hash) = tokens.find(TOKEN, &sessions).expect("remembered");
+        assert_eq!((found, hash.as_ref()), (live, "hash"));
+        // The whole token is compared.
+        assert!(tokens.find(&TOKEN.replace('_', "-"), &sessions).is_none());
+
+        // Evicting the session (a revocation) drops it.
+        sessions.evict(key).await;
+        assert!(tokens.find(TOKEN, &sessions).is_none());
+
+        // So does a suspension, and what was remembered before it does not come back after.
+        let generation = sessions.generation(key).expect("caching is on");
+        tokens.remember(TOKEN, "hash", key, generation, live);
+        sessions.suspend();
+        assert!(tokens.find(TOKEN, &sessions).is_none());
+        sessions.resume();
+        assert!(tokens.find(TOKEN, &sessions).is_none());
+
+        // A session that has ended is not found, however recently it was remembered.
+        let generation = sessions.generation(key).expect("caching is on");
+        tokens.remember(
+            TOKEN,
+            "hash",
+            key,
+            generation,
+            owner(-chrono::Duration::seconds(1)),
+        );
+        assert!(tokens.find(TOKEN, &sessions).is_none());
+    }
+
+    #[test]
+    fn nothing_is_remembered_when_sessions_are_not_cached() {
+        let off = CacheConfig {
+            ttl: Duration::ZERO,
+            ..config()
+        };
+        let sessions = EntityCache::<Session>::new("sessions", &off, Arc::new(Metrics::new()));
+        let tokens = TokenIndex::new(&off);
+        let key = Uuid::now_v7();
+        assert_eq!(sessions.generation(key), None);
+        tokens.remember(TOKEN, "hash", key, 0, owner(chrono::Duration::hours(1)));
+        assert!(tokens.find(TOKEN, &sessions).is_none());
     }
 }

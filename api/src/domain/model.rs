@@ -170,6 +170,7 @@ impl Session {
         (self.token_hash == token_hash && self.expires_at > Utc::now()).then_some(SessionOwner {
             user_id: self.user_id,
             role: self.role,
+            expires_at: self.expires_at,
         })
     }
 }
@@ -179,6 +180,15 @@ impl Session {
 pub struct SessionOwner {
     pub user_id: Uuid,
     pub role: UserRole,
+    /// When the session ends: from then on its token is refused.
+    pub expires_at: DateTime<FixedOffset>,
+}
+
+impl SessionOwner {
+    /// Whether the session has not ended yet.
+    pub fn is_live(&self) -> bool {
+        self.expires_at > Utc::now()
+    }
 }
 
 /// The cache key of a session: the first 128 bits of its token's hash (as unique as a UUID).

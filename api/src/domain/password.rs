@@ -1,5 +1,6 @@
 use std::fmt;
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{self, Output, ParamsString, SaltString, rand_core::OsRng};
 use argon2::{ARGON2ID_IDENT, Algorithm, Argon2, Block, Params, Version};
@@ -28,6 +29,7 @@ struct Workspace {
     cores: usize,
     permits: Semaphore,
     areas: Mutex<Areas>,
+    pace: Mutex<Pace>,
 }
 
 #[derive(Default)]
@@ -50,6 +52,12 @@ impl Workspace {
             .free
             .pop()
             .unwrap_or_else(|| vec![Block::default(); MEMORY_KIB as usize])
+    }
+
+    fn pace(&self) -> std::sync::MutexGuard<'_, Pace> {
+        self.pace
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Keeps `area` for the next hash, or frees every kept area when no hash is left.
@@ -90,14 +98,70 @@ fn workspace() -> &'static Workspace {
             cores,
             permits: Semaphore::new(cores),
             areas: Mutex::new(Areas::default()),
+            pace: Mutex::new(Pace::default()),
         }
     })
+}
+
+/// The longest a hash is expected to take, queue included, for it to be admitted: people and
+/// clients give up on a sign-up or login that hangs for a few seconds (in a flood of 128 sign-ups
+/// with a 3 s client time-out, most timed out in a queue of 64), whatever the server's own
+/// deadline.
+const MAX_EXPECTED_WAIT: Duration = Duration::from_secs(1);
+
+/// How long recent hashes took on this machine, and so whether one more can be admitted and still
+/// finish in time.
+#[derive(Debug, Default)]
+struct Pace {
+    /// An exponentially weighted mean of measured hash durations; `None` until one is measured.
+    mean: Option<Duration>,
+}
+
+impl Pace {
+    /// The weight of the newest measurement: a single slow hash moves the mean by an eighth of the
+    /// difference, a lasting slowdown (a loaded machine) most of the way within a dozen hashes.
+    const WEIGHT: f64 = 0.125;
+
+    fn record(&mut self, took: Duration) {
+        self.mean = Some(match self.mean {
+            None => took,
+            Some(mean) => mean.mul_f64(1.0 - Self::WEIGHT) + took.mul_f64(Self::WEIGHT),
+        });
+    }
+
+    /// How long a hash admitted now is expected to take: the `ahead` hashes running or waiting go
+    /// first, `cores` at a time, then its own.
+    fn expected_wait(&self, ahead: usize, cores: usize) -> Duration {
+        let Some(mean) = self.mean else {
+            return Duration::ZERO;
+        };
+        let rounds = ahead / cores.max(1) + 1;
+        mean.saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX))
+    }
+
+    /// Whether a hash admitted now is expected to finish well inside the `remaining` time of its
+    /// request (`wait_budget`: the request has more to do, and the estimate is only recent
+    /// history). Without a request (`None`: start-up) nobody gives up waiting, so the queue's own
+    /// bound is the only one.
+    fn admits(&self, ahead: usize, cores: usize, remaining: Option<Duration>) -> bool {
+        let Some(remaining) = remaining else {
+            return true;
+        };
+        self.expected_wait(ahead, cores) <= wait_budget(remaining)
+    }
+}
+
+/// How long a hash may take, queue included, for a request with `remaining` time left: a quarter
+/// of it, and at most `MAX_EXPECTED_WAIT`.
+fn wait_budget(remaining: Duration) -> Duration {
+    (remaining / 4).min(MAX_EXPECTED_WAIT)
 }
 
 /// Why a hash was not computed.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum HashError {
-    /// The queue is full: the request is refused at once rather than left waiting.
+    /// The queue is full, or too long to get through before the request's deadline: the request
+    /// is refused at once rather than left waiting.
     #[error("the password hashing queue is full")]
     Busy,
     #[error("password hashing failed: {0}")]
@@ -106,7 +170,9 @@ pub enum HashError {
 
 /// The bounded queue every password hash and verification goes through: one per core but one runs, up
 /// to `queue_limit` more wait, and any beyond that are refused with `HashError::Busy` — a burst of
-/// sign-ups or logins then costs a quick 503, not a pile of requests that all time out.
+/// sign-ups or logins then costs a quick 503, not a pile of requests that all time out. A hash is
+/// refused the same way when, at the pace of recent hashes, the queue ahead of it would not let it
+/// finish well before its request's deadline (`Pace::admits`).
 pub struct Hasher {
     admission: Semaphore,
 }
@@ -118,27 +184,39 @@ impl Hasher {
         }
     }
 
-    pub async fn hash(&self, password: Password) -> Result<PasswordHash, HashError> {
-        self.run(move |area| password.hash_in(area))
+    /// Hashes `password` for a request that must be answered by `deadline` (`None`: no request
+    /// waits for it, as at start-up).
+    pub async fn hash(
+        &self,
+        password: Password,
+        deadline: Option<Instant>,
+    ) -> Result<PasswordHash, HashError> {
+        self.run(deadline, move |area| password.hash_in(area))
             .await?
             .map_err(HashError::Failed)
     }
 
     /// Whether `candidate` is the password `hash` was made from (compared in constant time).
-    pub async fn verify(&self, hash: &PasswordHash, candidate: &str) -> Result<bool, HashError> {
+    pub async fn verify(
+        &self,
+        hash: &PasswordHash,
+        candidate: &str,
+        deadline: Option<Instant>,
+    ) -> Result<bool, HashError> {
         let hash = hash.clone();
         let candidate = candidate.to_owned();
-        self.run(move |area| hash.matches(&candidate, area)).await
+        self.run(deadline, move |area| hash.matches(&candidate, area))
+            .await
     }
 
     /// A hash of a password nobody knows, for logins naming an unknown email: verifying against
     /// it costs what verifying a real one does, so the answer's timing says nothing.
-    pub async fn dummy(&self) -> Result<PasswordHash, HashError> {
+    pub async fn dummy(&self, deadline: Option<Instant>) -> Result<PasswordHash, HashError> {
         static DUMMY: tokio::sync::OnceCell<PasswordHash> = tokio::sync::OnceCell::const_new();
         DUMMY
             .get_or_try_init(|| async {
                 let random = Uuid::new_v4().to_string();
-                self.hash(Password(random)).await
+                self.hash(Password(random), deadline).await
             })
             .await
             .cloned()
@@ -148,25 +226,41 @@ impl Hasher {
     /// on the blocking pool, in a reused work area, under the request's tracing span.
     async fn run<T: Send + 'static>(
         &self,
+        deadline: Option<Instant>,
         work: impl FnOnce(&mut [Block]) -> T + Send + 'static,
     ) -> Result<T, HashError> {
         let _admitted = self.admission.try_acquire().map_err(|_| HashError::Busy)?;
         let workspace = workspace();
+        let admitted_at = Instant::now();
+        let remaining = deadline.map(|deadline| deadline.saturating_duration_since(admitted_at));
+        let ahead = workspace.areas().active;
+        if !workspace.pace().admits(ahead, workspace.cores, remaining) {
+            return Err(HashError::Busy);
+        }
         let _active = Active::enter(workspace);
         let _permit = workspace
             .permits
             .acquire()
             .await
             .map_err(|err| HashError::Failed(err.to_string()))?;
+        // The estimate comes from hashes before this one was admitted; a burst that slows the
+        // machine down makes it too short. A hash whose turn comes later than it was admitted for
+        // is refused then, rather than started for a client that may have given up.
+        if remaining.is_some_and(|remaining| admitted_at.elapsed() > wait_budget(remaining)) {
+            return Err(HashError::Busy);
+        }
         let area = workspace.take_area();
         let span = tracing::Span::current();
-        let (outcome, area) = tokio::task::spawn_blocking(move || {
+        let (outcome, area, took) = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             let mut area = area;
-            (work(&mut area), area)
+            let started = Instant::now();
+            let outcome = work(&mut area);
+            (outcome, area, started.elapsed())
         })
         .await
         .map_err(|err| HashError::Failed(err.to_string()))?;
+        workspace.pace().record(took);
         workspace.put_back(Some(area));
         Ok(outcome)
     }
@@ -291,7 +385,7 @@ mod tests {
     async fn hashes_are_argon2id_and_verify() {
         let hasher = Hasher::new(4);
         let hash = hasher
-            .hash(Password::parse("correct horse".into()).unwrap())
+            .hash(Password::parse("correct horse".into()).unwrap(), None)
             .await
             .unwrap();
         assert!(
@@ -299,8 +393,76 @@ mod tests {
             "{}",
             hash.0
         );
-        assert!(hasher.verify(&hash, "correct horse").await.unwrap());
-        assert!(!hasher.verify(&hash, "wrong horse").await.unwrap());
+        assert!(hasher.verify(&hash, "correct horse", None).await.unwrap());
+        assert!(!hasher.verify(&hash, "wrong horse", None).await.unwrap());
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn pace_of(hashes: &[Duration]) -> Pace {
+        let mut pace = Pace::default();
+        for &took in hashes {
+            pace.record(took);
+        }
+        pace
+    }
+
+    #[test]
+    fn the_pace_is_a_weighted_mean_of_recent_hashes() {
+        assert_eq!(pace_of(&[]).mean, None);
+        assert_eq!(pace_of(&[MS * 40]).mean, Some(MS * 40));
+        // 40 ms, then one of 120 ms: an eighth of the difference, 50 ms.
+        let mean = pace_of(&[MS * 40, MS * 120]).mean.unwrap();
+        assert!(
+            mean.abs_diff(MS * 50) < Duration::from_micros(1),
+            "{mean:?}"
+        );
+        // A lasting slowdown from 40 to 100 ms has moved the mean most of the way after a dozen.
+        let mut hashes = vec![MS * 40];
+        hashes.extend([MS * 100; 12]);
+        let mean = pace_of(&hashes).mean.unwrap();
+        assert!(mean > MS * 85 && mean < MS * 100, "{mean:?}");
+    }
+
+    #[test]
+    fn before_any_hash_is_measured_everything_is_admitted() {
+        let pace = Pace::default();
+        assert!(pace.admits(1_000, 1, Some(MS * 100)));
+    }
+
+    #[test]
+    fn a_hash_is_admitted_only_if_the_queue_ahead_fits_a_quarter_of_the_deadline() {
+        let pace = pace_of(&[MS * 50]);
+        // 19 ahead on one core, then its own: 20 × 50 ms = 1 s.
+        assert_eq!(pace.expected_wait(19, 1), MS * 1_000);
+        assert!(pace.admits(19, 1, Some(Duration::from_secs(30))));
+        assert!(!pace.admits(20, 1, Some(Duration::from_secs(30))));
+        // Two cores take the queue two at a time.
+        assert_eq!(pace.expected_wait(19, 2), MS * 500);
+        assert!(pace.admits(39, 2, Some(Duration::from_secs(30))));
+        // A request with 400 ms left may wait 100 ms: one ahead, then its own.
+        assert!(pace.admits(1, 1, Some(MS * 400)));
+        assert!(!pace.admits(2, 1, Some(MS * 400)));
+        // A request past its deadline is not admitted behind anything.
+        assert!(!pace.admits(0, 1, Some(Duration::ZERO)));
+        // However long the deadline, at most a second.
+        assert!(!pace.admits(20, 1, Some(Duration::from_secs(3_600))));
+        // No request waits (start-up): the queue's own bound alone.
+        assert!(pace.admits(1_000, 1, None));
+    }
+
+    #[test]
+    fn the_budget_is_a_quarter_of_the_time_left_and_at_most_a_second() {
+        assert_eq!(wait_budget(MS * 400), MS * 100);
+        assert_eq!(wait_budget(Duration::from_secs(30)), Duration::from_secs(1));
+        assert_eq!(wait_budget(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_flood_that_timed_out_is_refused_at_once() {
+        // A queue of 64 hashes at ~50 ms each on one core is over 3 s of waiting.
+        let pace = pace_of(&[MS * 50; 8]);
+        assert!(!pace.admits(64, 1, Some(Duration::from_secs(30))));
     }
 
     #[test]

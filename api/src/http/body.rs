@@ -2,12 +2,18 @@
 //! rule was broken — 415 for another media type, 413 over the limit, 400 for bytes that are not
 //! JSON, 422 (naming the field) for JSON of the wrong shape.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
 use poem::http::header;
 use poem::{Request, RequestBody};
 use poem_openapi::registry::{MetaMediaType, MetaRequest, MetaSchemaRef, Registry};
 use poem_openapi::types::Type;
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
 
 use super::error::ApiError;
 use crate::domain::FieldError;
@@ -94,7 +100,6 @@ async fn read_limited(body: poem::Body, limit: usize) -> Result<Vec<u8>, ApiErro
     use futures::StreamExt as _;
     // How much more is drained, at most, so that a 413 can be delivered.
     const DRAIN_BYTES: usize = 64 * 1024 * 1024;
-    const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
     let unreadable = || ApiError::BadRequest("the request body could not be read".to_owned());
     let mut stream = body.into_bytes_stream();
     let mut bytes = Vec::new();
@@ -116,6 +121,87 @@ async fn read_limited(body: poem::Body, limit: usize) -> Result<Vec<u8>, ApiErro
         bytes.extend_from_slice(&chunk);
     }
     Ok(bytes)
+}
+
+/// How long the rest of a body is read, at most, only to be discarded so that the answer reaches
+/// the client over a connection that stays usable.
+pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// `body`, as the endpoint will read it, and a handle on whatever the endpoint leaves unread.
+///
+/// hyper keeps a connection open after an answer only when the request's body has been read to
+/// its end; when it has not (an error answered before the body was read: 401, 415, …), hyper reads
+/// once more and, if the body has still not all arrived, closes the connection without having said
+/// `Connection: close` — and the client's next request on it fails. So the unread rest is handed
+/// back to be drained before the answer goes out.
+pub fn returnable(body: poem::Body) -> (poem::Body, Unread) {
+    let (back, unread) = oneshot::channel();
+    let stream = Returning {
+        inner: Some(Box::pin(body.into_bytes_stream())),
+        back: Some(back),
+    };
+    (poem::Body::from_bytes_stream(stream), Unread(unread))
+}
+
+/// What the endpoint left of a request body (see `returnable`).
+pub struct Unread(oneshot::Receiver<ByteStream>);
+
+impl Unread {
+    /// Reads and discards the rest of the body, up to `limit` bytes and for at most `within`;
+    /// whether it was read to its end (if not, the connection must be closed after the answer).
+    pub async fn drain(mut self, limit: usize, within: std::time::Duration) -> bool {
+        use futures::StreamExt as _;
+        // Nothing handed back: the endpoint read the body to its end (or still holds it).
+        let Ok(mut rest) = self.0.try_recv() else {
+            return true;
+        };
+        let mut drained = 0usize;
+        let drain = async {
+            while let Some(chunk) = rest.next().await {
+                match chunk {
+                    Ok(chunk) => drained += chunk.len(),
+                    Err(_) => return false,
+                }
+                if drained > limit {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(within, drain).await.unwrap_or(false)
+    }
+}
+
+/// A request body that, dropped before its end, hands the rest back to its `Unread`.
+struct Returning {
+    inner: Option<ByteStream>,
+    back: Option<oneshot::Sender<ByteStream>>,
+}
+
+impl Stream for Returning {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let next = inner.as_mut().poll_next(cx);
+        if let Poll::Ready(None) = next {
+            // Read to its end: nothing is left to hand back.
+            self.inner = None;
+        }
+        next
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        if let (Some(rest), Some(back)) = (self.inner.take(), self.back.take()) {
+            let _ = back.send(rest);
+        }
+    }
 }
 
 /// `application/json`, with or without parameters such as `charset=utf-8`.

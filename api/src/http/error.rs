@@ -8,6 +8,7 @@ use poem_openapi::Object;
 use poem_openapi::types::ToJSON;
 use uuid::Uuid;
 
+use crate::auth::AuthError;
 use crate::domain::FieldError;
 use crate::store::DbFailure;
 use crate::store::{Conflict, StoreError};
@@ -74,6 +75,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("precondition failed")]
     PreconditionFailed,
+    /// An events cursor older than the retention.
+    #[error("cursor expired")]
+    CursorExpired,
     #[error("too many failed logins")]
     TooManyAttempts { retry_after: u64 },
     /// The password-hashing queue is full.
@@ -102,6 +106,23 @@ pub enum ApiError {
         failure: Option<DbFailure>,
         detail: String,
     },
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Unauthenticated => Self::Unauthenticated,
+            AuthError::Forbidden(why) => Self::Forbidden(why.to_owned()),
+            AuthError::Hidden => Self::not_found(),
+            AuthError::Invalid { field, message } => Self::validation(field, message),
+            AuthError::TooManyAttempts { retry_after } => Self::TooManyAttempts { retry_after },
+            AuthError::Store(err) => err.into(),
+            AuthError::Internal(detail) => Self::Internal {
+                failure: None,
+                detail,
+            },
+        }
+    }
 }
 
 /// The database failure behind an error response, left on the response for the middleware that
@@ -134,6 +155,7 @@ impl ApiError {
             Self::Unauthenticated | Self::InvalidCredentials => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::CursorExpired => StatusCode::GONE,
             Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -156,6 +178,7 @@ impl ApiError {
             Self::InvalidCredentials => "invalid_credentials",
             Self::Forbidden(_) => "forbidden",
             Self::PreconditionFailed => "precondition_failed",
+            Self::CursorExpired => "cursor_expired",
             Self::TooManyAttempts { .. } => "too_many_attempts",
             Self::Busy => "busy",
             Self::Conflict(conflict) => conflict_code(conflict),
@@ -201,6 +224,10 @@ impl ApiError {
             Self::Forbidden(why) => why.clone(),
             Self::PreconditionFailed => {
                 "the resource has changed since the version named in If-Match".to_owned()
+            }
+            Self::CursorExpired => {
+                "events after this cursor were removed by the retention; start again from start=oldest"
+                    .to_owned()
             }
             Self::TooManyAttempts { retry_after } => {
                 format!("too many failed logins; retry in {retry_after} s")

@@ -56,6 +56,8 @@ failures! {
     LoginFailures => [400, 401, 403, 413, 415, 422, 429];
     /// Logging out.
     LogoutFailures => [401];
+    /// Reading the change feed, admins only.
+    EventFailures => [401, 403, 410, 422];
 }
 
 /// An `ApiError` as an operation's failure response, documented with the statuses `F` lists.
@@ -64,6 +66,12 @@ pub struct Failure<F>(pub ApiError, PhantomData<F>);
 impl<F> From<ApiError> for Failure<F> {
     fn from(err: ApiError) -> Self {
         Self(err, PhantomData)
+    }
+}
+
+impl<F> From<crate::auth::AuthError> for Failure<F> {
+    fn from(err: crate::auth::AuthError) -> Self {
+        Self(err.into(), PhantomData)
     }
 }
 
@@ -113,6 +121,7 @@ fn problem_response(status: u16) -> MetaResponse {
             "No, a malformed, unknown, expired or revoked bearer token (`unauthenticated`); for a login, a wrong email or password (`invalid_credentials`)"
         }
         403 => "The caller's role may not do this (`forbidden`)",
+        410 => "The cursor is older than the feed's retention (`cursor_expired`)",
         412 => "`If-Match` names a version that is no longer current (`precondition_failed`)",
         429 => {
             "Too many failed logins for this email or from this address (`too_many_attempts`); see `Retry-After`"

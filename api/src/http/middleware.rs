@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use poem::PathPattern;
 use poem::error::{MethodNotAllowedError, NotFoundError, ResponseError};
-use poem::http::{HeaderName, HeaderValue, StatusCode};
+use poem::http::{HeaderName, HeaderValue, StatusCode, header};
 use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::OperationId;
 use poem_openapi::error::{
@@ -17,6 +17,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::AppState;
+use super::body;
 use super::consistency;
 use super::error::{ApiError, FailureNote};
 use crate::domain::FieldError;
@@ -26,6 +27,16 @@ use crate::store::consistency as store_consistency;
 const REQUEST_ID: &str = "x-request-id";
 /// `REQUEST_ID`, parsed once at compile time rather than on every response.
 const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(REQUEST_ID);
+
+tokio::task_local! {
+    static DEADLINE: Instant;
+}
+
+/// When the current request's deadline passes (`None` outside a request): work that queues, such
+/// as password hashing, is refused at once rather than started when it cannot finish in time.
+pub fn deadline() -> Option<Instant> {
+    DEADLINE.try_with(|deadline| *deadline).ok()
+}
 
 /// Operation id → path template, from the OpenAPI document.
 pub type RouteTemplates = HashMap<String, String>;
@@ -41,6 +52,13 @@ pub async fn observe<E: Endpoint>(
         .filter(|id| is_acceptable_request_id(id))
         .map(str::to_owned)
         .unwrap_or_else(|| Uuid::now_v7().to_string());
+    // What the endpoint leaves unread of a body is drained before the answer goes out.
+    let mut request = request;
+    let unread = may_have_body(&request).then(|| {
+        let (readable, unread) = body::returnable(request.take_body());
+        request.set_body(readable);
+        unread
+    });
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let is_resource_route = path.starts_with("/v1/");
@@ -48,7 +66,7 @@ pub async fn observe<E: Endpoint>(
     // line (below) names the rest once.
     let span = tracing::info_span!("request", request_id = %request_id);
 
-    let positions = Arc::clone(&state.caches.positions);
+    let positions = Arc::clone(&state.positions);
     let scope = store_consistency::Scope::new(consistency::presented(
         request.header(consistency::HEADER),
         &positions,
@@ -58,7 +76,10 @@ pub async fn observe<E: Endpoint>(
         let started = Instant::now();
         let deadline = state.config.request_timeout;
         // The store reads the presented token from the request's scope (`store::consistency`).
-        let work = store_consistency::within(scope.clone(), next.call(request));
+        let work = DEADLINE.scope(
+            started + deadline,
+            store_consistency::within(scope.clone(), next.call(request)),
+        );
         let outcome = tokio::time::timeout(deadline, work).await;
         let response = match outcome {
             Ok(Ok(response)) => response.into_response(),
@@ -71,9 +92,19 @@ pub async fn observe<E: Endpoint>(
                 ApiError::RequestTimeout.as_response()
             }
         };
+        let mut response = response;
+        if let Some(unread) = unread
+            && !unread
+                .drain(state.config.max_body_bytes, body::DRAIN_TIME)
+                .await
+        {
+            // Closing without saying so would fail the client's next request on it.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let status = response.status();
         let route = route_of(&response, &templates);
-        let mut response = response;
         if let Some(note) = response.extensions().get::<FailureNote>().cloned() {
             report_failure(&state, &route, &note);
         }
@@ -116,6 +147,14 @@ impl std::fmt::Display for Millis {
         let micros = self.0.as_micros();
         write!(f, "{}.{:03}", micros / 1000, micros % 1000)
     }
+}
+
+/// Whether the request announces a body (a length above zero, or chunks).
+fn may_have_body(request: &Request) -> bool {
+    request.header(header::TRANSFER_ENCODING).is_some()
+        || request
+            .header(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.trim() != "0")
 }
 
 /// A client's id is echoed only when it is short, visible ASCII: it ends up in every log line.

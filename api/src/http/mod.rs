@@ -1,11 +1,13 @@
 //! The HTTP surface: one module per resource, the error mapping, the body extractor, paging, and
 //! the middleware every request passes through.
 
+pub mod bearer;
 pub mod body;
 pub mod conditional;
 mod consistency;
 mod enums;
 pub mod error;
+pub mod events;
 pub mod failures;
 mod middleware;
 pub mod ops;
@@ -37,9 +39,13 @@ pub struct AppState {
     pub products: Products,
     pub orders: Orders,
     pub sessions: Sessions,
+    /// The change feed.
+    pub events: crate::store::events::Events,
     /// Every password hash and verification, on a bounded queue.
     pub hasher: Hasher,
     pub caches: Caches,
+    /// With read replicas: the database positions this instance knows of (its answers' tokens).
+    pub positions: Arc<crate::store::consistency::Positions>,
     /// Serialized single-resource representations, by id and version (ids are UUIDv7, unique
     /// across resources).
     pub representations: conditional::Representations,
@@ -59,6 +65,8 @@ pub enum Tag {
     Products,
     /// Orders and their items.
     Orders,
+    /// The change feed: every committed change, in order.
+    Events,
     /// Health, readiness and metrics.
     Operations,
 }
@@ -68,6 +76,7 @@ type Apis = (
     users::UsersApi,
     products::ProductsApi,
     orders::OrdersApi,
+    events::EventsApi,
     ops::OpsApi,
 );
 
@@ -77,6 +86,7 @@ fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
         users::UsersApi(state.clone()),
         products::ProductsApi(state.clone()),
         orders::OrdersApi(state.clone()),
+        events::EventsApi(state.clone()),
         ops::OpsApi(state),
     );
     OpenApiService::new(apis, "Storefront", env!("CARGO_PKG_VERSION"))

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::bearer::BearerAuth;
 use super::body::{JsonBody, present};
 use super::conditional::{self, resource_responses};
 use super::enums::OrderStatusDto;
@@ -18,7 +19,7 @@ use super::failures::{Failure, NestedListFailures, PlaceFailures, ReadFailures, 
 use super::pagination::{Paging, page_of};
 use super::timestamp::Timestamp;
 use super::{AppState, Tag};
-use crate::auth::{BearerAuth, Caller, access};
+use crate::auth::{Caller, access};
 use crate::domain::model::{Idempotency, Order, OrderFilter, PlaceOrder, Placed};
 use crate::domain::{Bounds, IdempotencyKey, OrderLines, OrderStatus, Quantity, Range, Validator};
 

@@ -8,6 +8,7 @@ use poem_openapi::{Object, OpenApi};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::bearer::BearerAuth;
 use super::body::{JsonBody, present};
 use super::conditional::{self, resource_responses};
 use super::error::ApiError;
@@ -18,7 +19,7 @@ use super::pagination::{Paging, page_of};
 use super::timestamp::Timestamp;
 use super::users::Deleted;
 use super::{AppState, Tag};
-use crate::auth::{BearerAuth, access};
+use crate::auth::access;
 use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
 use crate::domain::{Bounds, Cents, ProductName, Range, Sku, Stock, Validator};
 

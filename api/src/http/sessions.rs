@@ -7,13 +7,15 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 
+use super::bearer::BearerAuth;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::failures::{Failure, LoginFailures, LogoutFailures};
+use super::middleware;
 use super::timestamp::Timestamp;
 use super::users::{Deleted, UserDto};
 use super::{AppState, Tag};
-use crate::auth::{self, BearerAuth, throttle};
+use crate::auth::{self, throttle};
 use crate::domain::model::User;
 use crate::domain::{Email, UserStatus};
 
@@ -89,7 +91,7 @@ impl SessionsApi {
             );
         }
         let token = auth::new_token()?;
-        let expires_at = auth::expiry(state);
+        let expires_at = auth::expiry(state.config.auth.session_ttl);
         state
             .sessions
             .create(auth::token_hash(&token), user.id, expires_at)
@@ -132,8 +134,11 @@ async fn authenticate(
     };
     let (user, hash) = match account {
         Some((user, hash)) => (Some(user), hash),
-        None => (None, state.hasher.dummy().await?),
+        None => (None, state.hasher.dummy(middleware::deadline()).await?),
     };
-    let verified = state.hasher.verify(&hash, password).await?;
+    let verified = state
+        .hasher
+        .verify(&hash, password, middleware::deadline())
+        .await?;
     Ok(user.filter(|_| verified))
 }

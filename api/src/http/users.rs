@@ -9,6 +9,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::bearer::{self, BearerAuth};
 use super::body::{JsonBody, present};
 use super::conditional::{self, resource_responses};
 use super::enums::{UserRoleDto, UserStatusDto};
@@ -16,10 +17,11 @@ use super::error::ApiError;
 use super::failures::{
     DeleteFailures, Failure, ListFailures, ReadFailures, SignUpFailures, UpdateFailures,
 };
+use super::middleware;
 use super::pagination::{Paging, page_of};
 use super::timestamp::Timestamp;
 use super::{AppState, Tag};
-use crate::auth::{self, BearerAuth, access};
+use crate::auth::access;
 use crate::domain::model::{NewUser, User, UserChanges, UserFilter};
 use crate::domain::{Bounds, Email, Password, Range, UserName, UserRole, UserStatus, Validator};
 
@@ -132,7 +134,7 @@ impl UsersApi {
         body: JsonBody<CreateUserRequest>,
     ) -> Result<UserCreated, Failure<SignUpFailures>> {
         let request = body.0;
-        let caller = auth::optional_caller(&self.0, raw).await?;
+        let caller = bearer::optional_caller(&self.0, raw).await?;
         access::create_user(
             caller.as_ref(),
             request.status.is_some() || request.role.is_some(),
@@ -144,7 +146,12 @@ impl UsersApi {
         let (name, email, password) = v
             .finish(|| Some((name?, email?, password?)))
             .map_err(ApiError::Validation)?;
-        let password = self.0.hasher.hash(password).await.map_err(ApiError::from)?;
+        let password = self
+            .0
+            .hasher
+            .hash(password, middleware::deadline())
+            .await
+            .map_err(ApiError::from)?;
         let user = self
             .0
             .users
@@ -244,7 +251,13 @@ impl UsersApi {
             self.check_current_password(id.0, &current).await?;
         }
         let password = match password {
-            Some(password) => Some(self.0.hasher.hash(password).await.map_err(ApiError::from)?),
+            Some(password) => Some(
+                self.0
+                    .hasher
+                    .hash(password, middleware::deadline())
+                    .await
+                    .map_err(ApiError::from)?,
+            ),
             None => None,
         };
         let changes = UserChanges {
@@ -296,7 +309,12 @@ impl UsersApi {
         let Some((_, hash)) = self.0.users.credentials(&email).await? else {
             return Err(ApiError::not_found());
         };
-        if self.0.hasher.verify(&hash, current).await? {
+        if self
+            .0
+            .hasher
+            .verify(&hash, current, middleware::deadline())
+            .await?
+        {
             Ok(())
         } else {
             Err(ApiError::validation(

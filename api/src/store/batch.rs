@@ -1,29 +1,24 @@
 //! Batched point reads (the DataLoader pattern): concurrent `load(key)` calls for different keys
 //! are answered by one `WHERE id IN (...)` query per batch instead of one query each.
 //!
-//! There is no timer. When no worker runs, a call starts one at once, so an idle service answers
-//! a lone request with no added latency. Calls that arrive while a worker is busy wait in the
-//! queue, and a worker that finishes takes them all (up to `max_batch` distinct keys) as its
-//! next batch. A further worker (up to `max_in_flight`) starts only once a quarter of a batch is
-//! waiting: a second query at once pays for its round trips only when it carries several reads,
-//! and it keeps reads moving when one batch is slow (a replica catching up). So batches grow
-//! when reads outpace the database, and this loader never holds more than `max_in_flight`
-//! connections.
-//!
-//! Workers are spawned rather than driven by a caller's future, because a caller whose future is
-//! dropped (client disconnect, request deadline) must not cancel the query others wait on. A
-//! worker decides to exit under the same lock enqueuers take, so nothing is ever left queued
-//! with no worker to take it. A panicking `load` fails only its own batch, with [`BatchAborted`].
+//! The calls are gathered by the store's one batching queue (`store::coalesce`): no timer, a lone
+//! call dispatched at once, calls that arrive while a query runs taken together by the next. A
+//! second query at once starts only when a quarter of a batch is waiting: it pays for its round
+//! trips only when it carries several reads, and it keeps reads moving when one batch is slow (a
+//! replica catching up). A batch asks for each key once, however many callers wait for it, and
+//! never holds more than `max_in_flight` connections. A panicking `load` fails only its own
+//! batch, with [`BatchAborted`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::hash::Hash;
-use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use tokio::sync::oneshot;
+
+use super::coalesce::{Abandoned, Coalescer, Reply, Waiter};
 
 /// Keys in one repository batch: 64 ids keep an `IN (…)` far below every backend's
 /// parameter limit and its plan a handful of index probes.
@@ -34,37 +29,23 @@ pub const MAX_KEYS: usize = 64;
 pub const MAX_IN_FLIGHT: usize = 2;
 
 /// The batch a caller was waiting in was lost (its `load` panicked), so there is no result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("batched load aborted")]
-pub struct BatchAborted;
+pub type BatchAborted = Abandoned;
 
-type Reply<V, E> = oneshot::Sender<Result<Option<V>, E>>;
-/// One entry per distinct key, with every caller waiting for it.
-type Batch<K, V, E> = Vec<(K, Vec<Reply<V, E>>)>;
 type LoadFn<K, V, E> = dyn Fn(Vec<K>) -> BoxFuture<'static, Result<HashMap<K, V>, E>> + Send + Sync;
 
+/// What a caller gets: the row, `None` when there is none, or the batch's error.
+type Loaded<V, E> = Result<Option<V>, E>;
+
 pub struct Batcher<K, V, E> {
-    inner: Arc<Inner<K, V, E>>,
+    queue: Coalescer<K, Loaded<V, E>>,
 }
 
 impl<K, V, E> Clone for Batcher<K, V, E> {
     fn clone(&self) -> Self {
         Self {
-            inner: Arc::clone(&self.inner),
+            queue: self.queue.clone(),
         }
     }
-}
-
-struct Inner<K, V, E> {
-    state: Mutex<State<K, V, E>>,
-    max_batch: usize,
-    max_in_flight: usize,
-    load: Box<LoadFn<K, V, E>>,
-}
-
-struct State<K, V, E> {
-    queue: VecDeque<(K, Reply<V, E>)>,
-    workers: usize,
 }
 
 impl<K, V, E> Batcher<K, V, E>
@@ -81,36 +62,60 @@ where
         F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<HashMap<K, V>, E>> + Send + 'static,
     {
-        Self {
-            inner: Arc::new(Inner {
-                state: Mutex::new(State {
-                    queue: VecDeque::new(),
-                    workers: 0,
-                }),
-                max_batch: max_batch.max(1),
-                max_in_flight: max_in_flight.max(1),
-                load: Box::new(move |keys| load(keys).boxed()),
-            }),
-        }
+        let load: Arc<LoadFn<K, V, E>> = Arc::new(move |keys| load(keys).boxed());
+        let backlog = (max_batch / 4).max(1);
+        let queue = Coalescer::with_backlog(max_batch, max_in_flight, backlog, move |waiters| {
+            answer(Arc::clone(&load), waiters)
+        });
+        Self { queue }
     }
 
     pub async fn load(&self, key: K) -> Result<Option<V>, E> {
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut state = self.inner.state();
-            state.queue.push_back((key, tx));
-            let backlog = state.queue.len() >= self.inner.extra_worker_backlog();
-            if state.workers == 0 || (state.workers < self.inner.max_in_flight && backlog) {
-                state.workers += 1;
-                tokio::spawn(Arc::clone(&self.inner).work());
-            }
-        }
-        rx.await.unwrap_or_else(|_| Err(BatchAborted.into()))
+        self.queue
+            .submit(key)
+            .await
+            .unwrap_or_else(|aborted| Err(aborted.into()))
     }
 
     #[cfg(test)]
     fn queued(&self) -> usize {
-        self.inner.state().queue.len()
+        self.queue.queued()
+    }
+}
+
+/// Loads the batch's keys, each once, and answers every caller waiting for it.
+async fn answer<K, V, E>(load: Arc<LoadFn<K, V, E>>, waiters: Vec<Waiter<K, Loaded<V, E>>>)
+where
+    K: Eq + Hash + Clone,
+    V: Clone,
+    E: Clone,
+{
+    let mut keys = Vec::new();
+    let mut callers: HashMap<K, Vec<Reply<Loaded<V, E>>>> = HashMap::new();
+    for waiter in waiters {
+        let (key, reply) = waiter.split();
+        match callers.entry(key) {
+            Entry::Occupied(mut waiting) => waiting.get_mut().push(reply),
+            Entry::Vacant(first) => {
+                keys.push(first.key().clone());
+                first.insert(vec![reply]);
+            }
+        }
+    }
+    match load(keys).await {
+        Ok(mut rows) => {
+            for (key, replies) in callers {
+                let row = rows.remove(&key);
+                for reply in replies {
+                    reply.answer(Ok(row.clone()));
+                }
+            }
+        }
+        Err(err) => {
+            for reply in callers.into_values().flatten() {
+                reply.answer(Err(err.clone()));
+            }
+        }
     }
 }
 
@@ -124,89 +129,9 @@ pub fn padded<K: Clone>(mut keys: Vec<K>) -> Vec<K> {
     keys
 }
 
-impl<K, V, E> Inner<K, V, E>
-where
-    K: Eq + Hash + Clone,
-    V: Clone,
-    E: Clone,
-{
-    /// Queued calls that justify another worker while one runs: a quarter batch.
-    fn extra_worker_backlog(&self) -> usize {
-        (self.max_batch / 4).max(1)
-    }
-
-    fn state(&self) -> MutexGuard<'_, State<K, V, E>> {
-        // The state is consistent between statements, so a panic elsewhere cannot corrupt it.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    async fn work(self: Arc<Self>) {
-        while let Some(batch) = self.take_batch() {
-            let keys = batch.len();
-            // Unwinding drops the senders not yet used, which is what wakes their waiters (with
-            // `BatchAborted`); the worker itself lives on, so its slot is never lost.
-            let outcome = AssertUnwindSafe(self.run(batch)).catch_unwind().await;
-            if outcome.is_err() {
-                tracing::error!(keys, "batched load panicked; failing its waiters");
-            }
-        }
-    }
-
-    async fn run(&self, batch: Batch<K, V, E>) {
-        let keys = batch.iter().map(|(key, _)| key.clone()).collect();
-        match (self.load)(keys).await {
-            Ok(mut rows) => {
-                for (key, waiters) in batch {
-                    let row = rows.remove(&key);
-                    for tx in waiters {
-                        // A closed channel is a caller that gave up; there is nobody to tell.
-                        let _ = tx.send(Ok(row.clone()));
-                    }
-                }
-            }
-            Err(e) => {
-                for tx in batch.into_iter().flat_map(|(_, waiters)| waiters) {
-                    let _ = tx.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-
-    /// The next batch, grouped by key, or `None` once the queue is empty, in which case this
-    /// worker has already been counted out under the lock that enqueuers take.
-    fn take_batch(&self) -> Option<Batch<K, V, E>> {
-        let mut state = self.state();
-        let mut batch: Batch<K, V, E> = Vec::new();
-        let mut index: HashMap<K, usize> = HashMap::new();
-        // Duplicates of a key already in a full batch still ride along: they cost nothing.
-        while let Some((key, _)) = state.queue.front() {
-            if batch.len() >= self.max_batch && !index.contains_key(key) {
-                break;
-            }
-            let Some((key, tx)) = state.queue.pop_front() else {
-                break;
-            };
-            if tx.is_closed() {
-                continue;
-            }
-            match index.get(&key) {
-                Some(&i) => batch[i].1.push(tx),
-                None => {
-                    index.insert(key.clone(), batch.len());
-                    batch.push((key, vec![tx]));
-                }
-            }
-        }
-        if batch.is_empty() {
-            state.workers -= 1;
-            return None;
-        }
-        Some(batch)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
     use std::time::Duration;
 
     use tokio::sync::{Notify, Semaphore};

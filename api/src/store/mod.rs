@@ -6,18 +6,27 @@
 //! share — paging, batching point reads, retrying contended transactions, page positions — sits
 //! beside them.
 
+pub mod allocation;
 pub mod batch;
 pub mod by_id;
+pub mod clock;
+pub mod coalesce;
+pub mod connection;
 pub mod consistency;
 pub mod error;
+pub mod events;
 pub mod failure;
+pub mod lifecycle;
 pub mod mongo;
 pub mod orders;
 pub mod page;
+pub mod peers;
 pub mod positions;
 pub mod retry;
 pub mod sql;
 
+pub use clock::now;
+pub use connection::{ConnectError, PoolStats};
 pub use error::{Cause, Conflict, Resource, StoreError};
 pub use failure::DbFailure;
 pub use orders::Orders;
@@ -25,39 +34,18 @@ pub use page::{CursorKey, PageOf, PageRequest, Total};
 
 use std::sync::Arc;
 
-use chrono::{DateTime, FixedOffset, SubsecRound, Utc};
+use chrono::{DateTime, FixedOffset};
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use crate::cache::{Cached, Caches};
+use crate::config::CacheConfig;
 use crate::domain::model::{
     Failures, NewProduct, NewUser, Product, ProductChanges, ProductFilter, SessionOwner, User,
     UserChanges, UserFilter,
 };
 use crate::domain::{Email, PasswordHash, UserName, UserRole, UserStatus};
 use crate::metrics::Metrics;
-
-/// The current time as stored: UTC, truncated to the microseconds every SQL backend keeps, so
-/// that a GET returns exactly the timestamp the create or PATCH answered. (MongoDB keeps
-/// milliseconds and truncates further, in `mongo::document`.)
-pub fn now() -> DateTime<FixedOffset> {
-    Utc::now().trunc_subsecs(6).fixed_offset()
-}
-
-/// Why start-up could not use the database. Rendered as the one line an operator reads.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("cannot reach the database at {url}: {reason}")]
-    Unreachable { url: String, reason: String },
-    #[error("cannot reach the database at {url}: no answer within {timeout_ms} ms")]
-    TimedOut { url: String, timeout_ms: u128 },
-}
-
-/// Connections in use and idle, for `/metrics`.
-pub struct PoolStats {
-    pub in_use: u32,
-    pub idle: u32,
-}
 
 /// The database the service runs on: a SeaORM pool (SQLite, PostgreSQL, MariaDB/MySQL) or a
 /// MongoDB client.
@@ -127,54 +115,65 @@ pub struct Repositories {
     pub products: Products,
     pub orders: Orders,
     pub sessions: Sessions,
+    pub events: events::EventLog,
 }
 
 impl Repositories {
-    /// `replicas`: PostgreSQL's read replicas, when configured (`sql::replicas`).
+    /// `replicas`: PostgreSQL's read replicas, when configured (`sql::replicas`). Every write
+    /// records its events into `feed`.
     pub fn new(
         engine: &Engine,
         caches: &Caches,
+        cache_config: &CacheConfig,
+        feed: &events::Feed,
         metrics: Arc<Metrics>,
         replicas: Option<Arc<sql::replicas::Replicas>>,
     ) -> Self {
         match engine {
             Engine::Sql(db) => {
                 let reads = sql::replicas::Reads::new(db.clone(), replicas);
-                let users = Users::Sql(sql::UserRepo::new(reads.clone(), caches.clone()));
-                let products = Products::Sql(sql::ProductRepo::new(reads.clone(), caches.clone()));
+                let users = Users::Sql(sql::UserRepo::new(
+                    reads.clone(),
+                    caches.clone(),
+                    feed.clone(),
+                    positions::ListingIndex::new("users", cache_config, metrics.clone()),
+                ));
+                let products = Products::Sql(sql::ProductRepo::new(
+                    reads.clone(),
+                    caches.clone(),
+                    feed.clone(),
+                ));
+                let sessions = sql::SessionRepo::new(&reads, caches.clone(), feed.clone());
                 let orders = orders::Engine::Sql(sql::OrderRepo::new(
                     reads,
                     caches.clone(),
+                    feed.clone(),
                     metrics.clone(),
                 ));
                 Self {
                     orders: Orders::new(orders, users.clone(), products.clone(), caches, metrics),
                     users,
                     products,
-                    sessions: Sessions::Sql(sql::SessionRepo::new(db.clone(), caches.clone())),
+                    sessions: Sessions::Sql(sessions),
+                    events: events::EventLog::Sql(sql::events::EventLog::new(db.clone())),
                 }
             }
             Engine::Mongo(m) => {
-                let products =
-                    mongo::ProductRepo::new(m.clone(), caches.products.clone(), metrics.clone());
-                let orders = mongo::OrderRepo::new(m.clone(), products.clone(), metrics.clone());
-                let users = mongo::UserRepo::new(
-                    m.clone(),
-                    caches.users.clone(),
-                    caches.sessions.clone(),
-                    metrics.clone(),
-                );
-                let users = Users::Mongo(users);
-                let products = Products::Mongo(products);
-                let orders = orders::Engine::Mongo(orders);
+                let writer = mongo::write::Writer {
+                    mongo: m.clone(),
+                    caches: caches.clone(),
+                    feed: feed.clone(),
+                    metrics: metrics.clone(),
+                };
+                let users = Users::Mongo(mongo::UserRepo::new(writer.clone()));
+                let products = Products::Mongo(mongo::ProductRepo::new(writer.clone()));
+                let orders = orders::Engine::Mongo(mongo::OrderRepo::new(writer.clone()));
                 Self {
                     orders: Orders::new(orders, users.clone(), products.clone(), caches, metrics),
                     users,
                     products,
-                    sessions: Sessions::Mongo(mongo::SessionRepo::new(
-                        m.clone(),
-                        caches.sessions.clone(),
-                    )),
+                    sessions: Sessions::Mongo(mongo::SessionRepo::new(writer.clone())),
+                    events: events::EventLog::Mongo(mongo::events::EventLog::new(m.clone())),
                 }
             }
         }

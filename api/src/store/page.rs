@@ -42,6 +42,15 @@ pub struct PageOf<T> {
 }
 
 impl<T> PageOf<T> {
+    /// Each item read as `U` by `read`; the first that cannot be fails the page.
+    pub fn try_map<U, E>(self, read: impl FnMut(&T) -> Result<U, E>) -> Result<PageOf<U>, E> {
+        Ok(PageOf {
+            items: self.items.iter().map(read).collect::<Result<_, _>>()?,
+            total: self.total,
+            next: self.next,
+        })
+    }
+
     pub fn map<U>(self, f: impl FnMut(T) -> U) -> PageOf<U> {
         PageOf {
             items: self.items.into_iter().map(f).collect(),

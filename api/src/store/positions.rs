@@ -8,7 +8,7 @@
 //! range like cursor mode's.
 //!
 //! Those positions hold only while the listing does not change, so they are kept per generation
-//! exactly like the entity cache's entries: every write to the table bumps the generation after
+//! of the table (`cache::EntityCache::table_generation`): every write to the table bumps it after
 //! it committed, and a lookup under a newer generation finds nothing. On a miss the request is
 //! answered the plain way (capped count and OFFSET) and a rebuild starts in the background, one
 //! per filter at a time and, after each, not again for four times as long as it took: under a
@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,7 +72,6 @@ pub struct ListingIndex {
     name: &'static str,
     /// `None` when caching is off (`CACHE_TTL_SECS=0`).
     sets: Option<moka::future::Cache<(String, u64), Arc<Anchors>>>,
-    generation: AtomicU64,
     builds: Arc<Mutex<HashMap<String, Slot>>>,
     /// This listing's series of the request counter, looked up once rather than per request.
     hits: IntCounter,
@@ -98,7 +96,6 @@ impl ListingIndex {
         Self {
             name,
             sets,
-            generation: AtomicU64::new(0),
             builds: Arc::new(Mutex::new(HashMap::new())),
             hits: metrics
                 .listing_index_requests
@@ -110,15 +107,10 @@ impl ListingIndex {
         }
     }
 
-    /// Forgets every position: call after a write to the table committed.
-    pub fn evict(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// The positions of the listing under `filter` if they are current, counted as a hit or miss.
-    pub async fn current(&self, filter: &str) -> Option<Arc<Anchors>> {
+    /// The positions of the listing under `filter` at the table's `generation`, counted as a
+    /// hit or miss.
+    pub async fn current(&self, filter: &str, generation: u64) -> Option<Arc<Anchors>> {
         let sets = self.sets.as_ref()?;
-        let generation = self.generation.load(Ordering::Acquire);
         let found = sets.get(&(filter.to_owned(), generation)).await;
         match found {
             Some(_) => self.hits.inc(),
@@ -128,8 +120,9 @@ impl ListingIndex {
     }
 
     /// Builds the positions for `filter` in the background, unless a build for it is running or
-    /// finished too recently (see the module comment).
-    pub fn refresh<F, E>(&self, filter: String, build: F)
+    /// finished too recently (see the module comment). `generation` is the table's, read before
+    /// the build's query starts, so the positions it finds are at least this new.
+    pub fn refresh<F, E>(&self, filter: String, generation: u64, build: F)
     where
         F: Future<Output = Result<Anchors, E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
@@ -151,8 +144,6 @@ impl ListingIndex {
                 _ => return,
             }
         }
-        // Read before the build's query starts, so the positions it finds are at least this new.
-        let generation = self.generation.load(Ordering::Acquire);
         let builds = Arc::clone(&self.builds);
         let metrics = Arc::clone(&self.metrics);
         let name = self.name;

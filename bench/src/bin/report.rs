@@ -979,6 +979,27 @@ service's, {c} concurrent tasks, no HTTP; same database, same {d} s):
     )
 }
 
+/// The profiles recorded for a target that was met (`BENCH_PROFILE=all`), under its heading.
+fn met_profiles<'a>(
+    run: &Run,
+    target: &'a Target,
+    outcome: &Outcome,
+    quoted: &mut Vec<&'a str>,
+) -> String {
+    let mut s = String::new();
+    for extra in &target.extras {
+        if let Extra::Profile(name) = extra
+            && !quoted.contains(name)
+            && run.file(&format!("profile-{name}-split.txt")).is_some()
+        {
+            quoted.push(name);
+            let _ = write!(s, "\n### {}: {}\n", target.what, outcome.shown);
+            s.push_str(&profile_excerpt(run, name));
+        }
+    }
+    s
+}
+
 /// A missed target's section. A note or profile shared by two targets (the flash sale's) is
 /// quoted under the first of them only.
 fn missed_section<'a>(
@@ -1399,6 +1420,7 @@ divided by (measured in the same run), the goal. Rows without a goal are there f
     );
     let targets = targets(run);
     let mut missed = String::new();
+    let mut met = String::new();
     let mut quoted: Vec<&str> = Vec::new();
     for target in &targets {
         let Some(outcome) = target.outcome(run) else {
@@ -1424,6 +1446,8 @@ divided by (measured in the same run), the goal. Rows without a goal are there f
         );
         if outcome.met == Some(false) {
             missed.push_str(&missed_section(run, target, &outcome, &mut quoted));
+        } else if outcome.met == Some(true) {
+            met.push_str(&met_profiles(run, target, &outcome, &mut quoted));
         }
     }
     s.push_str("\n## Missed targets\n");
@@ -1431,6 +1455,10 @@ divided by (measured in the same run), the goal. Rows without a goal are there f
         s.push_str("\nNone.\n");
     } else {
         s.push_str(&missed);
+    }
+    if !met.is_empty() {
+        s.push_str("\n## Profiles of targets met (`BENCH_PROFILE=all`)\n");
+        s.push_str(&met);
     }
     for note in ["general.md", "separate.md"] {
         let text = run.note(note);

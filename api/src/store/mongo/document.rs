@@ -7,7 +7,9 @@ use bson::{Binary, Bson, Document};
 use chrono::{DateTime, FixedOffset, SubsecRound, TimeZone, Utc};
 use uuid::Uuid;
 
-use crate::store::StoreError;
+use crate::store::error::StoreError;
+
+use super::Mongo;
 
 /// The current time as stored: UTC, truncated to the milliseconds a BSON date keeps, so that a
 /// GET returns exactly the timestamp the create or PATCH answered.
@@ -76,4 +78,26 @@ pub fn read_time(doc: &Document, field: &str) -> Result<DateTime<FixedOffset>, S
 /// A flag the service sets once and never clears (absent means false).
 pub fn read_flag(doc: &Document, field: &str) -> bool {
     doc.get_bool(field).unwrap_or(false)
+}
+
+/// The documents of `collection` among `ids`, each read by `read`, by id: the batched point read
+/// of every repository (a missing id is a missing entry).
+pub async fn load_by_ids<T>(
+    mongo: &Mongo,
+    collection: &str,
+    ids: Vec<Uuid>,
+    read: fn(&Document) -> Result<T, StoreError>,
+    id_of: fn(&T) -> Uuid,
+) -> Result<std::collections::HashMap<Uuid, T>, StoreError> {
+    use futures::TryStreamExt;
+    let docs: Vec<Document> = mongo
+        .collection(collection)
+        .find(bson::doc! {"_id": {"$in": self::ids(ids)}})
+        .max_time(mongo.max_time)
+        .await?
+        .try_collect()
+        .await?;
+    docs.iter()
+        .map(|doc| read(doc).map(|item| (id_of(&item), item)))
+        .collect()
 }

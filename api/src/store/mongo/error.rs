@@ -7,8 +7,8 @@
 use bson::Document;
 use mongodb::error::{Error, ErrorKind, TRANSIENT_TRANSACTION_ERROR, WriteFailure};
 
-use crate::store::DbFailure;
-use crate::store::{Cause, Conflict, StoreError};
+use crate::store::error::{Cause, Conflict, StoreError};
+use crate::store::failure::DbFailure;
 
 /// Server error codes (`src/mongo/base/error_codes.yml` in the server's source).
 mod code {

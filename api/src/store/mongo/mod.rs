@@ -4,6 +4,7 @@
 
 mod document;
 pub mod error;
+pub mod events;
 mod locks;
 mod orders;
 pub mod page;
@@ -12,6 +13,7 @@ pub mod schema;
 mod sessions;
 mod users;
 pub mod watch;
+pub(crate) mod write;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -25,8 +27,9 @@ use mongodb::event::command::CommandEvent;
 use mongodb::options::{ClientOptions, ReadConcern, WriteConcern};
 use mongodb::{Client, ClientSession, Collection, Database};
 
-use crate::config::{DatabaseConfig, mask_password};
-use crate::store::{ConnectError, StoreError};
+use crate::config::DatabaseConfig;
+use crate::store::connection::ConnectError;
+use crate::store::error::StoreError;
 
 pub use orders::OrderRepo;
 pub use products::ProductRepo;
@@ -49,6 +52,9 @@ pub struct Mongo {
     /// A client of its own for the change stream, so that its polling is neither counted as
     /// the service's queries nor shown in its pool gauges.
     watcher: Database,
+    /// A client of its own for background work (the change feed's sequencer and retention,
+    /// listener registrations), not counted as the service's queries either.
+    background: Database,
     pool: Arc<PoolGauge>,
     /// `DB_STATEMENT_TIMEOUT_MS`, sent as `maxTimeMS` with every read and find-and-modify, and
     /// as the transactions' `maxCommitTimeMS`.
@@ -85,10 +91,10 @@ impl Mongo {
         queries: prometheus::IntCounter,
     ) -> Result<Self, ConnectError> {
         let unreachable = |reason: String| ConnectError::Unreachable {
-            url: mask_password(&config.url),
+            url: config.url.masked(),
             reason,
         };
-        let mut options = ClientOptions::parse(&config.url)
+        let mut options = ClientOptions::parse(config.url.as_str())
             .await
             .map_err(|err| unreachable(error::describe(&err)))?;
         options.max_pool_size = Some(config.max_connections);
@@ -103,6 +109,8 @@ impl Mongo {
         let mut watch_options = options.clone();
         watch_options.max_pool_size = Some(1);
         watch_options.min_pool_size = None;
+        let mut background_options = watch_options.clone();
+        background_options.max_pool_size = Some(4);
         let pool = Arc::new(PoolGauge::default());
         let gauge = Arc::clone(&pool);
         options.cmap_event_handler =
@@ -120,10 +128,14 @@ impl Mongo {
         let watcher = Client::with_options(watch_options)
             .map_err(|err| unreachable(error::describe(&err)))?
             .database(db.name());
+        let background = Client::with_options(background_options)
+            .map_err(|err| unreachable(error::describe(&err)))?
+            .database(db.name());
         let mongo = Self {
             client,
             db,
             watcher,
+            background,
             pool,
             max_time: config.statement_timeout,
             max_connections: config.max_connections,
@@ -138,7 +150,7 @@ impl Mongo {
                 other => other.to_string(),
             })),
             Err(_) => Err(ConnectError::TimedOut {
-                url: mask_password(&config.url),
+                url: config.url.masked(),
                 timeout_ms: config.connect_timeout.as_millis(),
             }),
         }
@@ -151,11 +163,11 @@ impl Mongo {
     }
 
     /// Connections in use and idle, as the pool's events counted them.
-    pub fn pool_stats(&self) -> crate::store::PoolStats {
+    pub fn pool_stats(&self) -> crate::store::connection::PoolStats {
         let open = self.pool.open.load(Ordering::Acquire).max(0);
         let in_use = self.pool.checked_out.load(Ordering::Acquire).clamp(0, open);
         let clamp = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
-        crate::store::PoolStats {
+        crate::store::connection::PoolStats {
             in_use: clamp(in_use),
             idle: clamp(open - in_use),
         }
@@ -168,12 +180,18 @@ impl Mongo {
     /// Ends every connection; later operations fail.
     pub async fn close(&self) {
         self.client.clone().shutdown().immediate(true).await;
-        self.watcher
-            .client()
-            .clone()
-            .shutdown()
-            .immediate(true)
-            .await;
+        for other in [&self.watcher, &self.background] {
+            other.client().clone().shutdown().immediate(true).await;
+        }
+    }
+
+    /// The same database through the background client (see `background`).
+    pub(crate) fn background(&self) -> Self {
+        Self {
+            client: self.background.client().clone(),
+            db: self.background.clone(),
+            ..self.clone()
+        }
     }
 
     pub fn database(&self) -> &Database {

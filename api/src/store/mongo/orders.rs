@@ -21,16 +21,19 @@ use uuid::Uuid;
 use super::document::{self, read_flag, read_i32, read_i64, read_id, read_str, read_time};
 use super::error::is_duplicate_on;
 use super::locks::Stripes;
-use super::products::{ORDERED, ProductRepo, product_from};
+use super::products::{ORDERED, product_from};
 use super::schema::{IDEMPOTENCY_KEYS, ORDERS, PRODUCTS, USERS};
 use super::users::HAS_ORDERS;
-use super::{Mongo, page, settle};
+use super::write::{Writer, transaction};
+use super::{Mongo, page};
 use crate::domain::OrderStatus;
 use crate::domain::model::Product;
 use crate::domain::model::{Order, OrderFilter, OrderItem, PlaceOrder, Placed};
-use crate::metrics::Metrics;
-use crate::store::retry::{RetryPolicy, with_retry};
-use crate::store::{Conflict, PageOf, PageRequest, Resource, StoreError};
+use crate::store::allocation::{self, Priced};
+use crate::store::error::{Conflict, Resource, StoreError};
+use crate::store::events::{Change, Subject};
+use crate::store::page::{PageOf, PageRequest};
+use crate::store::retry::{RetryPolicy, Retryable};
 
 /// MongoDB aborts a conflicting transaction at once instead of making it wait, so conflicts
 /// between instances take more, shorter tries than SQL's deadlock retries: ten tries with delays
@@ -60,11 +63,22 @@ impl From<mongodb::error::Error> for Attempt {
     }
 }
 
+impl Retryable for Attempt {
+    fn is_contention(&self) -> bool {
+        matches!(self, Self::Failed(err) if err.is_contention())
+    }
+
+    fn exhausted(self, attempts: u32) -> Self {
+        match self {
+            Self::Failed(err) => Self::Failed(err.exhausted(attempts)),
+            taken => taken,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct OrderRepo {
-    mongo: Mongo,
-    products: ProductRepo,
-    metrics: Arc<Metrics>,
+    writer: Writer,
     locks: Arc<Stripes>,
 }
 
@@ -109,22 +123,15 @@ fn product_key(id: Uuid) -> String {
 }
 
 impl OrderRepo {
-    pub fn new(mongo: Mongo, products: ProductRepo, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(writer: Writer) -> Self {
         Self {
-            mongo,
-            products,
-            metrics,
+            writer,
             locks: Arc::new(Stripes::default()),
         }
     }
 
-    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, StoreError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, StoreError>>,
-    {
-        let retries = &self.metrics.transaction_retries;
-        with_retry(RETRY, |_| retries.inc(), attempt).await
+    fn mongo(&self) -> &Mongo {
+        &self.writer.mongo
     }
 
     /// Places an order in one transaction: claims the idempotency key, checks the user, takes
@@ -139,24 +146,17 @@ impl OrderRepo {
             keys.push(format!("key:{}", idempotency.key.as_str()));
         }
         let held = self.locks.lock(keys).await;
-        let placed = self
-            .retrying(|| async {
-                let mut session = self.mongo.begin().await?;
-                let outcome = self.place_in(&mut session, order_id, &request).await;
-                match settle(&mut session, outcome).await {
-                    Ok(order) => Ok(Some(order)),
-                    Err(Attempt::KeyTaken) => Ok(None),
-                    Err(Attempt::Failed(err)) => Err(err),
-                }
-            })
-            .await;
+        let placed = transaction!(self.writer, RETRY, |write| {
+            let order = self.place_in(write.session(), order_id, &request).await?;
+            write.record(Change::Created(Subject::Order(&order)));
+            Ok(order)
+        })
+        .await;
         drop(held);
-        match placed? {
-            Some(order) => {
-                self.products.evict(request.lines.product_ids()).await;
-                Ok(Placed::New(order))
-            }
-            None => self.replay(&request).await.map(Placed::Replayed),
+        match placed {
+            Ok(order) => Ok(Placed::New(order)),
+            Err(Attempt::KeyTaken) => self.replay(&request).await.map(Placed::Replayed),
+            Err(Attempt::Failed(err)) => Err(err),
         }
     }
 
@@ -171,27 +171,15 @@ impl OrderRepo {
         self.mark_user(session, request.user_id).await?;
         let products = self.read_products(session, request).await?;
 
-        let mut total: i64 = 0;
-        let mut items = Vec::new();
-        for line in request.lines.iter() {
-            let product = &products[&line.product_id];
-            if product.stock < line.quantity {
-                return Err(StoreError::Conflict(Conflict::InsufficientStock {
-                    product_id: line.product_id,
-                    requested: i64::from(line.quantity),
-                    available: i64::from(product.stock),
-                })
-                .into());
-            }
-            self.take_stock(session, line.product_id, line.quantity, now)
+        let stocked = allocation::stocked(
+            products
+                .values()
+                .map(|product| (product.id, product.stock, product.price_cents)),
+        );
+        let Priced { total, items } = allocation::decide(request, &stocked)?;
+        for item in &items {
+            self.take_stock(session, item.product_id, item.quantity, now)
                 .await?;
-            total =
-                total.saturating_add(product.price_cents.saturating_mul(i64::from(line.quantity)));
-            items.push(OrderItem {
-                product_id: line.product_id,
-                quantity: line.quantity,
-                unit_price_cents: product.price_cents,
-            });
         }
 
         let item_docs: Vec<Bson> = items
@@ -204,7 +192,7 @@ impl OrderRepo {
                 })
             })
             .collect();
-        self.mongo
+        self.mongo()
             .collection(ORDERS)
             .insert_one(doc! {
                 "_id": document::id(order_id),
@@ -243,7 +231,7 @@ impl OrderRepo {
             return Ok(());
         };
         let claim = self
-            .mongo
+            .mongo()
             .collection(IDEMPOTENCY_KEYS)
             .insert_one(doc! {
                 "_id": idempotency.key.as_str(),
@@ -263,11 +251,11 @@ impl OrderRepo {
     /// The user must exist; the first order also flags it, which is the write a concurrent
     /// delete of the user conflicts with.
     async fn mark_user(&self, session: &mut ClientSession, user_id: Uuid) -> Result<(), Attempt> {
-        let users = self.mongo.collection(USERS);
+        let users = self.mongo().collection(USERS);
         let user = users
             .find_one(doc! {"_id": document::id(user_id)})
             .projection(doc! {HAS_ORDERS: 1})
-            .max_time(self.mongo.max_time)
+            .max_time(self.mongo().max_time)
             .session(&mut *session)
             .await?
             .ok_or(StoreError::not_found(Resource::User, user_id))?;
@@ -291,10 +279,10 @@ impl OrderRepo {
         request: &PlaceOrder,
     ) -> Result<HashMap<Uuid, Product>, Attempt> {
         let mut cursor = self
-            .mongo
+            .mongo()
             .collection(PRODUCTS)
             .find(doc! {"_id": {"$in": document::ids(request.lines.product_ids())}})
-            .max_time(self.mongo.max_time)
+            .max_time(self.mongo().max_time)
             .session(&mut *session)
             .await?;
         let docs: Vec<Document> = cursor.stream(&mut *session).try_collect().await?;
@@ -302,11 +290,6 @@ impl OrderRepo {
         for doc in &docs {
             let product = product_from(doc)?;
             products.insert(product.id, product);
-        }
-        for line in request.lines.iter() {
-            if !products.contains_key(&line.product_id) {
-                return Err(StoreError::not_found(Resource::Product, line.product_id).into());
-            }
         }
         Ok(products)
     }
@@ -322,7 +305,7 @@ impl OrderRepo {
     ) -> Result<(), Attempt> {
         let quantity = i64::from(quantity);
         let taken = self
-            .mongo
+            .mongo()
             .collection(PRODUCTS)
             .update_one(
                 doc! {"_id": document::id(product_id), "stock": {"$gte": quantity}},
@@ -349,10 +332,10 @@ impl OrderRepo {
             return Err(StoreError::internal("idempotency conflict without a key"));
         };
         let claim = self
-            .mongo
+            .mongo()
             .collection(IDEMPOTENCY_KEYS)
             .find_one(doc! {"_id": idempotency.key.as_str()})
-            .max_time(self.mongo.max_time)
+            .max_time(self.mongo().max_time)
             .await?
             .ok_or_else(|| StoreError::internal("the idempotency key's claim is gone"))?;
         if read_str(&claim, "request_hash")? != idempotency.request_hash {
@@ -363,10 +346,10 @@ impl OrderRepo {
 
     pub async fn get(&self, id: Uuid) -> Result<Order, StoreError> {
         let doc = self
-            .mongo
+            .mongo()
             .collection(ORDERS)
             .find_one(doc! {"_id": document::id(id)})
-            .max_time(self.mongo.max_time)
+            .max_time(self.mongo().max_time)
             .await?
             .ok_or(StoreError::not_found(Resource::Order, id))?;
         order_from(&doc)
@@ -380,11 +363,11 @@ impl OrderRepo {
         request: PageRequest,
     ) -> Result<PageOf<Order>, StoreError> {
         let user = self
-            .mongo
+            .mongo()
             .collection(USERS)
             .find_one(doc! {"_id": document::id(user_id)})
             .projection(doc! {"_id": 1})
-            .max_time(self.mongo.max_time)
+            .max_time(self.mongo().max_time)
             .await?;
         if user.is_none() {
             return Err(StoreError::not_found(Resource::User, user_id));
@@ -392,21 +375,13 @@ impl OrderRepo {
         let mut query = doc! {"user_id": document::id(user_id)};
         page::set_if(&mut query, "status", filter.status.map(OrderStatus::as_str));
         let page = page::list(
-            &self.mongo.collection(ORDERS),
+            &self.mongo().collection(ORDERS),
             query,
             request,
-            self.mongo.max_time,
+            self.mongo().max_time,
         )
         .await?;
-        Ok(PageOf {
-            items: page
-                .items
-                .iter()
-                .map(order_from)
-                .collect::<Result<_, _>>()?,
-            total: page.total,
-            next: page.next,
-        })
+        page.try_map(order_from)
     }
 
     /// Moves an order along the transition table; cancelling gives the stock back in the same
@@ -432,20 +407,16 @@ impl OrderRepo {
             );
         }
         let held = self.locks.lock(keys).await;
-        let order = self
-            .retrying(|| async {
-                let mut session = self.mongo.begin().await?;
-                let outcome = self.transition_in(&mut session, id, to, expected).await;
-                settle(&mut session, outcome).await
-            })
-            .await;
+        let order = transaction!(self.writer, RETRY, |write| {
+            let order = self
+                .transition_in(write.session(), id, to, expected)
+                .await?;
+            write.record(Change::Updated(Subject::Order(&order)));
+            Ok(order)
+        })
+        .await;
         drop(held);
-        let order = order?;
-        if to == OrderStatus::Cancelled {
-            let restocked: Vec<Uuid> = order.items.iter().map(|item| item.product_id).collect();
-            self.products.evict(restocked).await;
-        }
-        Ok(order)
+        order
     }
 
     async fn transition_in(
@@ -455,10 +426,10 @@ impl OrderRepo {
         to: OrderStatus,
         expected: Option<&[i64]>,
     ) -> Result<Order, StoreError> {
-        let orders = self.mongo.collection(ORDERS);
+        let orders = self.mongo().collection(ORDERS);
         let current = orders
             .find_one(doc! {"_id": document::id(id)})
-            .max_time(self.mongo.max_time)
+            .max_time(self.mongo().max_time)
             .session(&mut *session)
             .await?
             .ok_or(StoreError::not_found(Resource::Order, id))?;
@@ -485,7 +456,7 @@ impl OrderRepo {
                 },
             )
             .return_document(ReturnDocument::After)
-            .max_time(self.mongo.max_time)
+            .max_time(self.mongo().max_time)
             .session(&mut *session)
             .await?
             .ok_or(StoreError::Contended {
@@ -493,7 +464,7 @@ impl OrderRepo {
                 source: None,
             })?;
         if to == OrderStatus::Cancelled {
-            let products = self.mongo.collection(PRODUCTS);
+            let products = self.mongo().collection(PRODUCTS);
             for item in &current.items {
                 products
                     .update_one(

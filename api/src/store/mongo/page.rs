@@ -10,8 +10,9 @@ use futures::TryStreamExt;
 use mongodb::Collection;
 
 use super::document;
+use crate::store::error::StoreError;
 use crate::store::page::EXACT_TOTAL_LIMIT;
-use crate::store::{CursorKey, PageOf, PageRequest, StoreError, Total};
+use crate::store::page::{CursorKey, PageOf, PageRequest, Total};
 
 fn newest_first() -> Document {
     doc! {"created_at": -1, "_id": -1}

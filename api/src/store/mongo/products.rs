@@ -1,24 +1,23 @@
 //! Products on MongoDB.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bson::{Document, doc};
-use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
 use uuid::Uuid;
 
 use super::document::{self, read_flag, read_i32, read_i64, read_id, read_str, read_time};
 use super::error::on_duplicate;
 use super::schema::PRODUCTS;
-use super::{Mongo, page, settle};
+use super::write::{Writer, transaction};
+use super::{Mongo, page};
 use crate::cache::Cached;
-use crate::cache::EntityCache;
 use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
-use crate::metrics::Metrics;
 use crate::store::by_id::{ById, Current};
-use crate::store::retry::{RetryPolicy, with_retry};
-use crate::store::{Conflict, PageOf, PageRequest, Resource, StoreError};
+use crate::store::error::{Conflict, Resource, StoreError};
+use crate::store::events::{Change, Subject};
+use crate::store::page::{PageOf, PageRequest};
+use crate::store::retry::RetryPolicy;
 
 /// Set by the first order that takes the product's stock, inside that order's transaction; never
 /// cleared.
@@ -37,41 +36,35 @@ pub fn product_from(doc: &Document) -> Result<Product, StoreError> {
     })
 }
 
-async fn load_products(mongo: Mongo, ids: Vec<Uuid>) -> Result<HashMap<Uuid, Product>, StoreError> {
-    let docs: Vec<Document> = mongo
-        .collection(PRODUCTS)
-        .find(doc! {"_id": {"$in": document::ids(ids)}})
-        .max_time(mongo.max_time)
-        .await?
-        .try_collect()
-        .await?;
-    docs.iter()
-        .map(|doc| product_from(doc).map(|product| (product.id, product)))
-        .collect()
-}
-
 #[derive(Clone)]
 pub struct ProductRepo {
-    mongo: Mongo,
-    cache: Arc<EntityCache<Product>>,
+    writer: Writer,
     by_id: ById<Product>,
-    metrics: Arc<Metrics>,
 }
 
 impl ProductRepo {
-    pub fn new(mongo: Mongo, cache: Arc<EntityCache<Product>>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(writer: Writer) -> Self {
         let by_id = {
-            let mongo = mongo.clone();
-            ById::current(cache.clone(), Resource::Product, move |ids| {
-                load_products(mongo.clone(), ids)
-            })
+            let mongo = writer.mongo.clone();
+            ById::current(
+                writer.caches.products.clone(),
+                Resource::Product,
+                move |ids| {
+                    let mongo = mongo.clone();
+                    async move {
+                        document::load_by_ids(&mongo, PRODUCTS, ids, product_from, |product| {
+                            product.id
+                        })
+                        .await
+                    }
+                },
+            )
         };
-        Self {
-            mongo,
-            cache,
-            by_id,
-            metrics,
-        }
+        Self { writer, by_id }
+    }
+
+    fn mongo(&self) -> &Mongo {
+        &self.writer.mongo
     }
 
     /// Read through the cache; misses for different ids at once share one query.
@@ -94,21 +87,13 @@ impl ProductRepo {
             None => Document::new(),
         };
         let page = page::list(
-            &self.mongo.collection(PRODUCTS),
+            &self.mongo().collection(PRODUCTS),
             query,
             request,
-            self.mongo.max_time,
+            self.mongo().max_time,
         )
         .await?;
-        Ok(PageOf {
-            items: page
-                .items
-                .iter()
-                .map(product_from)
-                .collect::<Result<_, _>>()?,
-            total: page.total,
-            next: page.next,
-        })
+        page.try_map(product_from)
     }
 
     pub async fn create(&self, new: NewProduct) -> Result<Product, StoreError> {
@@ -123,21 +108,26 @@ impl ProductRepo {
             updated_at: now,
             version: 1,
         };
-        self.mongo
-            .collection(PRODUCTS)
-            .insert_one(doc! {
-                "_id": document::id(product.id),
-                "sku": &product.sku,
-                "name": &product.name,
-                "price_cents": product.price_cents,
-                "stock": i64::from(product.stock),
-                "version": 1_i64,
-                "created_at": document::time(now),
-                "updated_at": document::time(now),
-            })
-            .await
-            .map_err(|err| on_duplicate(err, "sku", Conflict::SkuTaken))?;
-        self.cache.evict_listing();
+        transaction!(self.writer, RetryPolicy::default(), |write| {
+            self.mongo()
+                .collection(PRODUCTS)
+                .insert_one(doc! {
+                    "_id": document::id(product.id),
+                    "sku": &product.sku,
+                    "name": &product.name,
+                    "price_cents": product.price_cents,
+                    "stock": i64::from(product.stock),
+                    "version": 1_i64,
+                    "created_at": document::time(now),
+                    "updated_at": document::time(now),
+                })
+                .session(write.session())
+                .await
+                .map_err(|err| on_duplicate(err, "sku", Conflict::SkuTaken))?;
+            write.record(Change::Created(Subject::Product(&product)));
+            Ok::<_, StoreError>(())
+        })
+        .await?;
         Ok(product)
     }
 
@@ -169,67 +159,66 @@ impl ProductRepo {
             "stock",
             changes.stock.map(|stock| i64::from(stock.get())),
         );
-        let updated = self
-            .mongo
-            .collection(PRODUCTS)
-            .find_one_and_update(filter, doc! {"$set": set, "$inc": {"version": 1_i64}})
-            .return_document(ReturnDocument::After)
-            .max_time(self.mongo.max_time)
-            .await;
-        self.cache.evict(id).await;
-        match updated? {
-            Some(doc) => product_from(&doc),
-            // Either it is gone, or its version is not the one expected.
-            None => match self.by_id.load(id).await? {
-                Some(_) => Err(StoreError::PreconditionFailed),
-                None => Err(StoreError::not_found(Resource::Product, id)),
-            },
-        }
+        let update = doc! {"$set": set, "$inc": {"version": 1_i64}};
+        transaction!(self.writer, RetryPolicy::default(), |write| {
+            let products = self.mongo().collection(PRODUCTS);
+            let updated = products
+                .find_one_and_update(filter.clone(), update.clone())
+                .return_document(ReturnDocument::After)
+                .max_time(self.mongo().max_time)
+                .session(write.session())
+                .await?;
+            let Some(updated) = updated else {
+                // Either it is gone, or its version is not the one expected.
+                let exists = products
+                    .find_one(doc! {"_id": document::id(id)})
+                    .projection(doc! {"_id": 1})
+                    .session(write.session())
+                    .await?
+                    .is_some();
+                return Err(if exists {
+                    StoreError::PreconditionFailed
+                } else {
+                    StoreError::not_found(Resource::Product, id)
+                });
+            };
+            let product = product_from(&updated)?;
+            write.record(Change::Updated(Subject::Product(&product)));
+            Ok(product)
+        })
+        .await
     }
 
     /// A product that was ever ordered stays. The check and the delete run in one transaction
     /// that conflicts with any order taking the product's stock meanwhile.
     pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
-        let retries = &self.metrics.transaction_retries;
-        let outcome = with_retry(
-            RetryPolicy::default(),
-            |_| retries.inc(),
-            || async {
-                let mut session = self.mongo.begin().await?;
-                let products = self.mongo.collection(PRODUCTS);
-                let attempt = async {
-                    let product = products
-                        .find_one(doc! {"_id": document::id(id)})
-                        .max_time(self.mongo.max_time)
-                        .session(&mut session)
-                        .await?
-                        .ok_or(StoreError::not_found(Resource::Product, id))?;
-                    let version = read_i64(&product, "version")?;
-                    if expected.is_some_and(|versions| !versions.contains(&version)) {
-                        return Err(StoreError::PreconditionFailed);
-                    }
-                    if read_flag(&product, ORDERED) {
-                        return Err(StoreError::Conflict(Conflict::ProductHasOrders));
-                    }
-                    products
-                        .delete_one(doc! {"_id": document::id(id)})
-                        .session(&mut session)
-                        .await?;
-                    Ok(())
-                }
-                .await;
-                settle(&mut session, attempt).await
-            },
-        )
-        .await;
-        self.cache.evict(id).await;
-        outcome
-    }
-
-    /// Drops cached copies of products whose stock a transaction changed (after it committed).
-    pub async fn evict(&self, ids: impl IntoIterator<Item = Uuid>) {
-        for id in ids {
-            self.cache.evict(id).await;
-        }
+        transaction!(self.writer, RetryPolicy::default(), |write| {
+            let products = self.mongo().collection(PRODUCTS);
+            let product = products
+                .find_one(doc! {"_id": document::id(id)})
+                .max_time(self.mongo().max_time)
+                .session(write.session())
+                .await?
+                .ok_or(StoreError::not_found(Resource::Product, id))?;
+            let version = read_i64(&product, "version")?;
+            if expected.is_some_and(|versions| !versions.contains(&version)) {
+                return Err(StoreError::PreconditionFailed);
+            }
+            if read_flag(&product, ORDERED) {
+                return Err(StoreError::Conflict(Conflict::ProductHasOrders));
+            }
+            products
+                .delete_one(doc! {"_id": document::id(id)})
+                .session(write.session())
+                .await?;
+            write.record(Change::Deleted {
+                resource: Resource::Product,
+                id,
+                version: version + 1,
+                at: document::now(),
+            });
+            Ok::<_, StoreError>(())
+        })
+        .await
     }
 }

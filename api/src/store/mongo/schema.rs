@@ -25,6 +25,16 @@ pub const ORDERS: &str = "orders";
 pub const IDEMPOTENCY_KEYS: &str = "idempotency_keys";
 pub const SESSIONS: &str = "sessions";
 pub const LOGIN_FAILURES: &str = "login_failures";
+pub const EVENTS: &str = "events";
+/// Counters outside any transaction: `{_id: "events", seq}` orders the feed's writes.
+pub const COUNTERS: &str = "counters";
+/// The feed's publishers: `{_id: <name>, holder, lease_until, published_position}`.
+pub const EVENT_RELAYS: &str = "event_relays";
+/// Instances watching the change stream: `{_id: <listener name>, expires_at}`, renewed while
+/// they watch, so that a revocation knows how many acknowledgements to wait for.
+pub const LISTENERS: &str = "listeners";
+/// `{key, listener, at}`: a listener has evicted the session `key` (its cache key).
+pub const SESSION_ACKS: &str = "session_acks";
 /// One document per applied migration: `{_id: version, name, applied_at}`.
 pub const MIGRATIONS: &str = "schema_migrations";
 /// At most one document, `{_id: "lock", owner, expires_at}`, while an instance migrates.
@@ -79,6 +89,16 @@ const MIGRATIONS_LIST: &[Migration] = &[
         version: 6,
         name: "create_login_failures",
         apply: |db| Box::pin(create_login_failures(db)),
+    },
+    Migration {
+        version: 7,
+        name: "create_events",
+        apply: |db| Box::pin(create_events(db)),
+    },
+    Migration {
+        version: 8,
+        name: "create_listeners",
+        apply: |db| Box::pin(create_listeners(db)),
     },
 ];
 
@@ -436,6 +456,77 @@ async fn create_login_failures(db: &Database) -> mongodb::error::Result<()> {
             doc! {"subject": 1, "failed_at": 1},
             "login_failures_subject_failed_at",
         )])
+        .await
+        .map(drop)
+}
+
+/// The change feed's outbox (see `store::events`): `seq` is taken from `counters` before the
+/// event is inserted in its write's transaction; `position` is given later, by the sequencer, to
+/// committed events only.
+async fn create_events(db: &Database) -> mongodb::error::Result<()> {
+    let schema = required(
+        &[
+            "_id",
+            "seq",
+            "type",
+            "resource_id",
+            "version",
+            "occurred_at",
+            "data",
+        ],
+        doc! {
+            "_id": {"bsonType": "binData"},
+            "seq": {"bsonType": "long"},
+            "position": {"bsonType": ["long", "null"]},
+            "type": {"bsonType": "string"},
+            "resource_id": {"bsonType": "binData"},
+            "version": {"bsonType": "long"},
+            "occurred_at": {"bsonType": "date"},
+            "data": {"bsonType": "string"},
+        },
+    );
+    collection(db, EVENTS, schema).await?;
+    // Unique among sequenced events only: two sequencers can never hand out one position twice.
+    let position = IndexModel::builder()
+        .keys(doc! {"position": 1})
+        .options(
+            IndexOptions::builder()
+                .name("events_position".to_owned())
+                .unique(true)
+                .partial_filter_expression(doc! {"position": {"$type": "long"}})
+                .build(),
+        )
+        .build();
+    db.collection::<Document>(EVENTS)
+        .create_indexes([
+            position,
+            index(doc! {"seq": 1}, "events_seq"),
+            index(doc! {"occurred_at": 1}, "events_occurred_at"),
+        ])
+        .await?;
+    // The counter exists before any writer needs it: concurrent first upserts could collide.
+    db.collection::<Document>(COUNTERS)
+        .update_one(doc! {"_id": EVENTS}, doc! {"$setOnInsert": {"seq": 0_i64}})
+        .upsert(true)
+        .await
+        .map(drop)
+}
+
+/// Who watches the change stream, and their acknowledgements of evicted sessions; both expire by
+/// themselves (a listener that died stops renewing; an acknowledgement is read within seconds).
+async fn create_listeners(db: &Database) -> mongodb::error::Result<()> {
+    db.collection::<Document>(LISTENERS)
+        .create_indexes([expiring(
+            doc! {"expires_at": 1},
+            "listeners_expires_at",
+            Duration::ZERO,
+        )])
+        .await?;
+    db.collection::<Document>(SESSION_ACKS)
+        .create_indexes([
+            expiring(doc! {"at": 1}, "session_acks_at", Duration::from_secs(300)),
+            index(doc! {"key": 1}, "session_acks_key"),
+        ])
         .await
         .map(drop)
 }

@@ -13,21 +13,29 @@ use uuid::Uuid;
 use super::Mongo;
 use super::document::{self, read_id, read_str, read_time};
 use super::schema::{LOGIN_FAILURES, SESSIONS, USERS};
+use super::write::{Writer, transaction};
 use crate::cache::EntityCache;
+use crate::cache::Topic;
 use crate::domain::UserRole;
 use crate::domain::model::{Failures, Session, SessionOwner, cache_key};
-use crate::store::StoreError;
-use crate::store::{Resource, StoreError as Error};
+use crate::store::error::StoreError;
+use crate::store::error::{Resource, StoreError as Error};
+use crate::store::retry::RetryPolicy;
 
 #[derive(Clone)]
 pub struct SessionRepo {
     mongo: Mongo,
     cache: Arc<EntityCache<Session>>,
+    writer: Writer,
 }
 
 impl SessionRepo {
-    pub fn new(mongo: Mongo, cache: Arc<EntityCache<Session>>) -> Self {
-        Self { mongo, cache }
+    pub(crate) fn new(writer: Writer) -> Self {
+        Self {
+            mongo: writer.mongo.clone(),
+            cache: writer.caches.sessions.clone(),
+            writer,
+        }
     }
 
     pub async fn create(
@@ -106,13 +114,19 @@ impl SessionRepo {
         })
     }
 
+    /// Revokes one session (logout): evicted here at once, and answered only once every other
+    /// instance has evicted it too (see `write`).
     pub async fn revoke(&self, token_hash: &str) -> Result<(), StoreError> {
-        self.mongo
-            .collection(SESSIONS)
-            .delete_one(doc! {"_id": token_hash})
-            .await?;
-        self.cache.evict(cache_key(token_hash)).await;
-        Ok(())
+        transaction!(self.writer, RetryPolicy::default(), |write| {
+            self.mongo
+                .collection(SESSIONS)
+                .delete_one(doc! {"_id": token_hash})
+                .session(write.session())
+                .await?;
+            write.changed(Topic::Sessions, [cache_key(token_hash)]);
+            Ok::<_, StoreError>(())
+        })
+        .await
     }
 
     /// Failed logins per subject since `since`.

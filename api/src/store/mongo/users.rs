@@ -1,6 +1,5 @@
 //! Users on MongoDB. The password hash is stored and never read back out of this module.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bson::{Document, doc};
@@ -11,16 +10,17 @@ use uuid::Uuid;
 use super::document::{self, read_flag, read_i64, read_id, read_str, read_time};
 use super::error::on_duplicate;
 use super::schema::{SESSIONS, USERS};
-use super::{Mongo, page, settle};
-use crate::cache::Cached;
-use crate::cache::EntityCache;
+use super::write::{Write, Writer, transaction};
+use super::{Mongo, page};
+use crate::cache::{Cached, Topic};
+use crate::domain::model::cache_key;
 use crate::domain::model::{NewUser, User, UserChanges, UserFilter};
-use crate::domain::model::{Session, cache_key};
 use crate::domain::{Email, PasswordHash, UserRole, UserStatus};
-use crate::metrics::Metrics;
 use crate::store::by_id::{ById, Current};
-use crate::store::retry::{RetryPolicy, with_retry};
-use crate::store::{Conflict, PageOf, PageRequest, Resource, StoreError};
+use crate::store::error::{Conflict, Resource, StoreError};
+use crate::store::events::{Change, Subject};
+use crate::store::page::{PageOf, PageRequest};
+use crate::store::retry::RetryPolicy;
 
 /// Set by the first order placed for the user, inside that order's transaction; never cleared.
 pub const HAS_ORDERS: &str = "has_orders";
@@ -44,48 +44,26 @@ fn user_from(doc: &Document) -> Result<User, StoreError> {
     })
 }
 
-async fn load_users(mongo: Mongo, ids: Vec<Uuid>) -> Result<HashMap<Uuid, User>, StoreError> {
-    let docs: Vec<Document> = mongo
-        .collection(USERS)
-        .find(doc! {"_id": {"$in": document::ids(ids)}})
-        .max_time(mongo.max_time)
-        .await?
-        .try_collect()
-        .await?;
-    docs.iter()
-        .map(|doc| user_from(doc).map(|user| (user.id, user)))
-        .collect()
-}
-
 #[derive(Clone)]
 pub struct UserRepo {
-    mongo: Mongo,
-    cache: Arc<EntityCache<User>>,
-    sessions: Arc<EntityCache<Session>>,
+    writer: Writer,
     by_id: ById<User>,
-    metrics: Arc<Metrics>,
 }
 
 impl UserRepo {
-    pub fn new(
-        mongo: Mongo,
-        cache: Arc<EntityCache<User>>,
-        sessions: Arc<EntityCache<Session>>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub(crate) fn new(writer: Writer) -> Self {
         let by_id = {
-            let mongo = mongo.clone();
-            ById::current(cache.clone(), Resource::User, move |ids| {
-                load_users(mongo.clone(), ids)
+            let mongo = writer.mongo.clone();
+            ById::current(writer.caches.users.clone(), Resource::User, move |ids| {
+                let mongo = mongo.clone();
+                async move { document::load_by_ids(&mongo, USERS, ids, user_from, |user| user.id).await }
             })
         };
-        Self {
-            mongo,
-            cache,
-            sessions,
-            by_id,
-            metrics,
-        }
+        Self { writer, by_id }
+    }
+
+    fn mongo(&self) -> &Mongo {
+        &self.writer.mongo
     }
 
     /// Read through the cache; misses for different ids at once share one query.
@@ -98,10 +76,10 @@ impl UserRepo {
     }
 
     pub async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
-        self.mongo
+        self.mongo()
             .collection(USERS)
             .find_one(doc! {"email": email.as_str()})
-            .max_time(self.mongo.max_time)
+            .max_time(self.mongo().max_time)
             .await?
             .as_ref()
             .map(user_from)
@@ -114,10 +92,10 @@ impl UserRepo {
         email: &Email,
     ) -> Result<Option<(User, PasswordHash)>, StoreError> {
         let Some(doc) = self
-            .mongo
+            .mongo()
             .collection(USERS)
             .find_one(doc! {"email": email.as_str()})
-            .max_time(self.mongo.max_time)
+            .max_time(self.mongo().max_time)
             .await?
         else {
             return Ok(None);
@@ -139,17 +117,13 @@ impl UserRepo {
             filter.email.as_deref().map(Email::normalize_for_lookup),
         );
         let page = page::list(
-            &self.mongo.collection(USERS),
+            &self.mongo().collection(USERS),
             query,
             request,
-            self.mongo.max_time,
+            self.mongo().max_time,
         )
         .await?;
-        Ok(PageOf {
-            items: page.items.iter().map(user_from).collect::<Result<_, _>>()?,
-            total: page.total,
-            next: page.next,
-        })
+        page.try_map(user_from)
     }
 
     pub async fn create(&self, new: NewUser) -> Result<User, StoreError> {
@@ -164,22 +138,28 @@ impl UserRepo {
             created_at: now,
             updated_at: now,
         };
-        self.mongo
-            .collection(USERS)
-            .insert_one(doc! {
-                "_id": document::id(user.id),
-                "name": &user.name,
-                "email": &user.email,
-                "password_hash": new.password.into_string(),
-                "status": user.status.as_str(),
-                "role": user.role.as_str(),
-                "version": 1_i64,
-                "created_at": document::time(now),
-                "updated_at": document::time(now),
-            })
-            .await
-            .map_err(|err| on_duplicate(err, "email", Conflict::EmailTaken))?;
-        self.cache.evict_listing();
+        let password_hash = new.password.into_string();
+        transaction!(self.writer, RetryPolicy::default(), |write| {
+            self.mongo()
+                .collection(USERS)
+                .insert_one(doc! {
+                    "_id": document::id(user.id),
+                    "name": &user.name,
+                    "email": &user.email,
+                    "password_hash": &password_hash,
+                    "status": user.status.as_str(),
+                    "role": user.role.as_str(),
+                    "version": 1_i64,
+                    "created_at": document::time(now),
+                    "updated_at": document::time(now),
+                })
+                .session(write.session())
+                .await
+                .map_err(|err| on_duplicate(err, "email", Conflict::EmailTaken))?;
+            write.record(Change::Created(Subject::User(&user)));
+            Ok::<_, StoreError>(())
+        })
+        .await?;
         Ok(user)
     }
 
@@ -193,8 +173,7 @@ impl UserRepo {
         changes: UserChanges,
         expected: Option<&[i64]>,
     ) -> Result<User, StoreError> {
-        let revokes =
-            changes.password.is_some() || changes.status.is_some() || changes.role.is_some();
+        let revokes = changes.revokes_sessions();
         let keep = changes.keep_session.clone();
         let mut set = doc! {"updated_at": document::time(document::now())};
         page::set_if(
@@ -215,84 +194,66 @@ impl UserRepo {
             filter.insert("version", doc! {"$in": versions});
         }
         let update = doc! {"$set": set, "$inc": {"version": 1_i64}};
-        let retries = &self.metrics.transaction_retries;
-        let outcome = with_retry(
-            RetryPolicy::default(),
-            |_| retries.inc(),
-            || async {
-                let mut session = self.mongo.begin().await?;
-                let users = self.mongo.collection(USERS);
-                let attempt = async {
-                    let updated = users
-                        .find_one_and_update(filter.clone(), update.clone())
-                        .return_document(ReturnDocument::After)
-                        .max_time(self.mongo.max_time)
-                        .session(&mut session)
-                        .await?;
-                    let Some(updated) = updated else {
-                        let exists = users
-                            .find_one(doc! {"_id": document::id(id)})
-                            .projection(doc! {"_id": 1})
-                            .session(&mut session)
-                            .await?
-                            .is_some();
-                        return Err(if exists {
-                            StoreError::PreconditionFailed
-                        } else {
-                            StoreError::not_found(Resource::User, id)
-                        });
-                    };
-                    let revoked = if revokes {
-                        self.revoke_sessions(&mut session, id, keep.as_deref())
-                            .await?
-                    } else {
-                        Vec::new()
-                    };
-                    Ok((user_from(&updated)?, revoked))
-                }
-                .await;
-                settle(&mut session, attempt).await
-            },
-        )
-        .await;
-        // Whatever the outcome, a cached copy may be stale now.
-        self.cache.evict(id).await;
-        let (user, revoked) = outcome?;
-        self.forget_sessions(&revoked).await;
-        Ok(user)
+        transaction!(self.writer, RetryPolicy::default(), |write| {
+            let users = self.mongo().collection(USERS);
+            let updated = users
+                .find_one_and_update(filter.clone(), update.clone())
+                .return_document(ReturnDocument::After)
+                .max_time(self.mongo().max_time)
+                .session(write.session())
+                .await
+                .map_err(|err| on_duplicate(err, "email", Conflict::EmailTaken))?;
+            let Some(updated) = updated else {
+                let exists = users
+                    .find_one(doc! {"_id": document::id(id)})
+                    .projection(doc! {"_id": 1})
+                    .session(write.session())
+                    .await?
+                    .is_some();
+                return Err(if exists {
+                    StoreError::PreconditionFailed
+                } else {
+                    StoreError::not_found(Resource::User, id)
+                });
+            };
+            if revokes {
+                self.revoke_sessions(&mut write, id, keep.as_deref())
+                    .await?;
+            }
+            let user = user_from(&updated)?;
+            write.record(Change::Updated(Subject::User(&user)));
+            Ok(user)
+        })
+        .await
     }
 
-    /// Deletes `user_id`'s sessions but `keep` inside the transaction; their hashes, to be
-    /// evicted once it has committed.
+    /// Deletes `user_id`'s sessions but `keep` inside the transaction, to be evicted once it has
+    /// committed.
     async fn revoke_sessions(
         &self,
-        session: &mut mongodb::ClientSession,
+        write: &mut Write<'_>,
         user_id: Uuid,
         keep: Option<&str>,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<(), StoreError> {
         let mut filter = doc! {"user_id": document::id(user_id)};
         if let Some(keep) = keep {
             filter.insert("_id", doc! {"$ne": keep});
         }
-        let sessions = self.mongo.collection(SESSIONS);
+        let sessions = self.mongo().collection(SESSIONS);
+        let session = write.session();
         let mut cursor = sessions
             .find(filter.clone())
             .projection(doc! {"_id": 1})
             .session(&mut *session)
             .await?;
         let found: Vec<Document> = cursor.stream(&mut *session).try_collect().await?;
-        let hashes = found
-            .iter()
-            .filter_map(|doc| doc.get_str("_id").ok().map(str::to_owned))
-            .collect();
         sessions.delete_many(filter).session(&mut *session).await?;
-        Ok(hashes)
-    }
-
-    async fn forget_sessions(&self, hashes: &[String]) {
-        for hash in hashes {
-            self.sessions.evict(cache_key(hash)).await;
-        }
+        let keys: Vec<Uuid> = found
+            .iter()
+            .filter_map(|doc| doc.get_str("_id").ok().map(cache_key))
+            .collect();
+        write.changed(Topic::Sessions, keys);
+        Ok(())
     }
 
     /// Orders are records: a user who has any, even cancelled ones, stays; their sessions end
@@ -300,40 +261,34 @@ impl UserRepo {
     /// placed for the user meanwhile (placing one writes the user's document), so neither can
     /// miss the other.
     pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
-        let retries = &self.metrics.transaction_retries;
-        let outcome = with_retry(
-            RetryPolicy::default(),
-            |_| retries.inc(),
-            || async {
-                let mut session = self.mongo.begin().await?;
-                let users = self.mongo.collection(USERS);
-                let attempt = async {
-                    let user = users
-                        .find_one(doc! {"_id": document::id(id)})
-                        .max_time(self.mongo.max_time)
-                        .session(&mut session)
-                        .await?
-                        .ok_or(StoreError::not_found(Resource::User, id))?;
-                    let version = read_i64(&user, "version")?;
-                    if expected.is_some_and(|versions| !versions.contains(&version)) {
-                        return Err(StoreError::PreconditionFailed);
-                    }
-                    if read_flag(&user, HAS_ORDERS) {
-                        return Err(StoreError::Conflict(Conflict::UserHasOrders));
-                    }
-                    users
-                        .delete_one(doc! {"_id": document::id(id)})
-                        .session(&mut session)
-                        .await?;
-                    self.revoke_sessions(&mut session, id, None).await
-                }
-                .await;
-                settle(&mut session, attempt).await
-            },
-        )
-        .await;
-        self.cache.evict(id).await;
-        self.forget_sessions(&outcome?).await;
-        Ok(())
+        transaction!(self.writer, RetryPolicy::default(), |write| {
+            let users = self.mongo().collection(USERS);
+            let user = users
+                .find_one(doc! {"_id": document::id(id)})
+                .max_time(self.mongo().max_time)
+                .session(write.session())
+                .await?
+                .ok_or(StoreError::not_found(Resource::User, id))?;
+            let version = read_i64(&user, "version")?;
+            if expected.is_some_and(|versions| !versions.contains(&version)) {
+                return Err(StoreError::PreconditionFailed);
+            }
+            if read_flag(&user, HAS_ORDERS) {
+                return Err(StoreError::Conflict(Conflict::UserHasOrders));
+            }
+            users
+                .delete_one(doc! {"_id": document::id(id)})
+                .session(write.session())
+                .await?;
+            self.revoke_sessions(&mut write, id, None).await?;
+            write.record(Change::Deleted {
+                resource: Resource::User,
+                id,
+                version: version + 1,
+                at: document::now(),
+            });
+            Ok::<_, StoreError>(())
+        })
+        .await
     }
 }

@@ -66,6 +66,7 @@ fn classify_postgres(sqlstate: &str) -> DbFailure {
         // admin_shutdown (pg_terminate_backend), crash_shutdown, cannot_connect_now,
         // too_many_connections, and the whole connection-exception class
         "57P01" | "57P02" | "57P03" | "53300" => DbFailure::Unavailable,
+        "25006" => DbFailure::Unavailable,
         code if code.starts_with("08") => DbFailure::Unavailable,
         _ => DbFailure::Other,
     }

@@ -14,15 +14,43 @@ use crate::store::positions::{Anchors, BLOCK, ListingIndex};
 
 /// The columns a table is listed by.
 #[derive(Clone, Copy)]
-pub struct ListOrder<C> {
-    pub created_at: C,
-    pub id: C,
+struct ListOrder<C> {
+    created_at: C,
+    id: C,
 }
+
+/// A table listed newest first, by `(created_at, id)`: its two columns, and a row's cursor key.
+pub trait NewestFirst: EntityTrait {
+    const CREATED_AT: Self::Column;
+    const ID: Self::Column;
+
+    fn key(row: &Self::Model) -> CursorKey;
+}
+
+macro_rules! newest_first {
+    ($($table:ident),+) => {$(
+        impl NewestFirst for entity::$table::Entity {
+            const CREATED_AT: Self::Column = entity::$table::Column::CreatedAt;
+            const ID: Self::Column = entity::$table::Column::Id;
+
+            fn key(row: &entity::$table::Model) -> CursorKey {
+                CursorKey {
+                    created_at: row.created_at,
+                    id: row.id,
+                }
+            }
+        }
+    )+};
+}
+
+newest_first!(users, products, orders);
 
 /// A listing whose page positions are recorded: page mode then reads a keyset range instead of
 /// walking an OFFSET.
 pub struct Indexed<'a> {
     pub index: &'a ListingIndex,
+    /// The table's generation now (`cache::EntityCache::table_generation`).
+    pub generation: u64,
     /// Names the filter applied: each filter has positions of its own.
     pub filter: String,
 }
@@ -31,15 +59,18 @@ pub struct Indexed<'a> {
 pub async fn list<E, M>(
     db: &DatabaseConnection,
     query: Select<E>,
-    order: ListOrder<E::Column>,
-    key: impl Fn(&M) -> CursorKey,
     request: PageRequest,
     indexed: Option<Indexed<'_>>,
 ) -> Result<PageOf<M>, DbErr>
 where
-    E: EntityTrait<Model = M>,
+    E: NewestFirst<Model = M>,
     M: FromQueryResult + Send + Sync,
 {
+    let order = ListOrder {
+        created_at: E::CREATED_AT,
+        id: E::ID,
+    };
+    let key = E::key;
     let ordered = query
         .clone()
         .order_by_desc(order.created_at)
@@ -62,7 +93,10 @@ where
         PageRequest::Offset { page, per_page } => {
             let offset = (page - 1).saturating_mul(per_page);
             if let Some(indexed) = &indexed
-                && let Some(anchors) = indexed.index.current(&indexed.filter).await
+                && let Some(anchors) = indexed
+                    .index
+                    .current(&indexed.filter, indexed.generation)
+                    .await
             {
                 return anchored_page(db, ordered, &order, key, &anchors, offset, per_page).await;
             }
@@ -74,7 +108,9 @@ where
             {
                 let db = db.clone();
                 let build = async move { anchors(&db, query, order).await };
-                indexed.index.refresh(indexed.filter, build);
+                indexed
+                    .index
+                    .refresh(indexed.filter, indexed.generation, build);
             }
             // Past the end (including pages whose offset no database could represent).
             if offset >= total.items && !total.is_estimate || offset > i64::MAX as u64 {

@@ -1,11 +1,12 @@
 //! The SQL engine: SQLite, PostgreSQL and MariaDB/MySQL through SeaORM. Everything SeaORM-specific
 //! lives here — the pool (`pool`), entities and queries (one repository per aggregate), the one
-//! write path (`write`) and the queue that coalesces concurrent writes into one of them
-//! (`coalesce`), listing (`listing`), the classification of database errors (`failure`,
-//! `error`) and PostgreSQL's cross-instance cache invalidation (`notify`).
+//! write path (`write`), concurrent orders placed in one transaction (`orders::batch`, on the
+//! store's `coalesce` queue), listing (`listing`), the classification of database errors
+//! (`failure`, `error`) and PostgreSQL's cross-instance cache invalidation (`notify`).
 
-pub mod coalesce;
+pub mod commit_outcome;
 pub mod error;
+pub mod events;
 pub mod failure;
 pub mod listing;
 pub mod notify;

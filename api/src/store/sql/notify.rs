@@ -19,8 +19,13 @@
 //! is at or past the write; a position written into the message itself would be read inside the
 //! transaction, before its commit, and could not be.
 //!
+//! The same channel carries the change feed's wake-ups: each sequencing round, on whichever
+//! instance, sends the position it reached inside its own transaction, and every instance wakes
+//! its waiting feed readers when it hears it.
+//!
 //! On SQLite and MariaDB/MySQL there is no such channel: run a single instance there.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -28,7 +33,9 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use uuid::Uuid;
 
 use super::replicas;
-use crate::cache::{Caches, Topic};
+use crate::cache::Topic;
+use crate::store::consistency::Positions;
+use crate::store::peers::{Backoff, Peers};
 
 pub const CHANNEL: &str = "storefront_cache";
 
@@ -54,12 +61,29 @@ pub async fn announce<C: ConnectionTrait>(
     Ok(())
 }
 
-/// What a listener evicts into, and whose messages it skips.
-#[derive(Clone)]
-pub struct Evictor {
-    pub caches: Caches,
+/// Tells every instance's waiting feed readers that positions up to `position` are given — call
+/// inside the sequencing transaction, so it is heard only once they are readable. A no-op on
+/// backends without NOTIFY.
+pub async fn announce_sequenced<C: ConnectionTrait>(conn: &C, position: i64) -> Result<(), DbErr> {
+    if conn.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let statement = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_notify($1, $2)",
+        [CHANNEL.into(), format!("{SEQUENCED}{position}").into()],
+    );
+    conn.execute_raw(statement).await.map(drop)
+}
+
+/// The prefix of a message that says up to which position the change feed is given.
+const SEQUENCED: &str = "events:";
+
+/// What a listener evicts into and wakes (`Peers`), and whose messages it skips.
+struct Evictor {
+    peers: Peers,
     /// This instance's pool `application_name`: messages it sent itself are skipped.
-    pub sender: String,
+    sender: String,
 }
 
 /// What one message on the channel asks of a listener.
@@ -72,12 +96,21 @@ enum Heard {
 
 impl Evictor {
     async fn evict(&self, payload: &str) -> Heard {
+        if let Some(position) = payload.strip_prefix(SEQUENCED) {
+            if let Ok(position) = position.parse() {
+                self.peers.feed.sequenced(position);
+            }
+            return Heard::Done;
+        }
         if let Some(ack) = payload.strip_prefix("ack:") {
             // `ack:<key>:<listener>`: another instance (or this one) has evicted a session.
             if let Some((id, listener)) = ack.split_once(':')
                 && let Ok(id) = Uuid::parse_str(id)
             {
-                self.caches.sessions.acknowledge(id, listener.to_owned());
+                self.peers
+                    .caches
+                    .sessions
+                    .acknowledge(id, listener.to_owned());
             }
             return Heard::Done;
         }
@@ -95,34 +128,43 @@ impl Evictor {
             // The writer evicted these itself once it had committed.
             Some(Topic::Users | Topic::Products) if own => {}
             Some(Topic::Sessions) => {
-                self.caches.evict(Topic::Sessions, id).await;
+                self.peers.caches.evict(Topic::Sessions, id).await;
                 return Heard::SessionEvicted(id);
             }
-            Some(topic) => self.caches.evict(topic, id).await,
+            Some(topic) => self.peers.caches.evict(topic, id).await,
             None => {}
         }
         Heard::Done
     }
 }
 
-/// Listens for other instances' invalidations until the task is aborted. `name` becomes the
-/// connection's `application_name`, so operators (and tests) can tell it apart. The first LISTEN
-/// is made before this returns, so a new instance caches from its first request.
+/// Listens for other instances' invalidations and feed sequencing until the task is aborted, as
+/// `peers.name`, which becomes the connection's `application_name` so that operators (and
+/// tests) can tell it apart; `sender` is this instance's pool's. The first LISTEN is made before
+/// this returns, so a new instance caches from its first request.
 pub async fn start_listener(
     url: String,
-    name: String,
-    evictor: Evictor,
+    peers: Peers,
+    sender: String,
 ) -> tokio::task::JoinHandle<()> {
-    let caches = evictor.caches.clone();
+    let name = peers.name.clone();
+    // Floors are raised for what this instance's caches refill; with caching off the listener only
+    // wakes the feed's readers, and a read without a token may be as stale as its replica.
+    let positions = peers
+        .caches
+        .users
+        .is_enabled()
+        .then(|| Arc::clone(&peers.positions));
     // Until a LISTEN succeeds this instance hears nobody.
-    caches.suspend();
+    peers.deaf();
     let mut first = Some(listen(&url, &name).await);
     if let Some(Ok(listener)) = first.as_mut() {
-        catch_up(listener, &caches).await;
-        caches.resume();
+        catch_up(listener, positions.as_deref()).await;
+        peers.listening();
     }
+    let evictor = Evictor { peers, sender };
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::default();
         loop {
             let attempt = match first.take() {
                 Some(attempt) => attempt,
@@ -130,13 +172,14 @@ pub async fn start_listener(
             };
             match attempt {
                 Ok(mut listener) => {
-                    catch_up(&mut listener, &caches).await;
-                    caches.resume();
-                    backoff = Duration::from_millis(50);
+                    catch_up(&mut listener, positions.as_deref()).await;
+                    evictor.peers.listening();
+                    backoff.reset();
                     tracing::info!(channel = CHANNEL, "listening for cache invalidations");
                     while let Ok(Some(notification)) = listener.try_recv().await {
-                        if !notification.payload().starts_with("ack:") {
-                            catch_up(&mut listener, &caches).await;
+                        let payload = notification.payload();
+                        if !payload.starts_with("ack:") && !payload.starts_with(SEQUENCED) {
+                            catch_up(&mut listener, positions.as_deref()).await;
                         }
                         if let Heard::SessionEvicted(id) =
                             evictor.evict(notification.payload()).await
@@ -146,7 +189,7 @@ pub async fn start_listener(
                         }
                     }
                     // The connection dropped: whatever was sent meanwhile is lost.
-                    caches.suspend();
+                    evictor.peers.deaf();
                     tracing::warn!(
                         "lost the cache invalidation channel; cache off until it is back"
                     );
@@ -155,20 +198,18 @@ pub async fn start_listener(
                     tracing::warn!(error = %err, "cannot listen for cache invalidations; retrying");
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff.wait().await;
         }
     })
 }
 
-/// With replicas: what this instance reads from now on must be at or past the primary's position
+/// With replicas and caching on: what this instance reads from now on must be at or past the primary's position
 /// (every write heard so far, or missed while not listening, has committed by then). Call before
 /// evicting.
-async fn catch_up(listener: &mut PgListener, caches: &Caches) {
-    let positions = &caches.positions;
-    if !positions.is_enabled() {
+async fn catch_up(listener: &mut PgListener, positions: Option<&Positions>) {
+    let Some(positions) = positions.filter(|positions| positions.is_enabled()) else {
         return;
-    }
+    };
     let position = sea_orm::sqlx::query_scalar::<_, i64>(replicas::PRIMARY_POSITION)
         .fetch_one(&mut *listener)
         .await;

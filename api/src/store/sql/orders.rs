@@ -10,19 +10,21 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::coalesce::Coalescer;
 use super::error::OnViolation;
 use super::failure::classify;
-use super::listing::{self, ListOrder};
+use super::listing;
 use super::replicas::Reads;
-use super::write::Write;
-use crate::cache::{Caches, Topic};
+use super::write::Writer;
+use crate::cache::Caches;
 use crate::domain::model::{Idempotency, Order, OrderFilter, OrderItem, PlaceOrder, Placed};
 use crate::domain::{OrderLines, OrderStatus};
 use crate::metrics::Metrics;
+use crate::store::allocation;
+use crate::store::coalesce::Coalescer;
 use crate::store::error::{Conflict, Resource, StoreError};
+use crate::store::events::{Change, Feed, Subject};
 use crate::store::failure::DbFailure;
-use crate::store::page::{CursorKey, PageOf, PageRequest};
+use crate::store::page::{PageOf, PageRequest};
 use crate::store::retry::{RetryPolicy, with_retry};
 
 mod batch;
@@ -78,7 +80,7 @@ impl From<sea_orm::DbErr> for Attempt {
 struct Placer {
     /// The primary, for writes.
     db: DatabaseConnection,
-    caches: Caches,
+    writer: Writer,
     metrics: Arc<Metrics>,
     retry: RetryPolicy,
 }
@@ -99,10 +101,10 @@ impl OrderRepo {
         &self.placer.db
     }
 
-    pub fn new(reads: Reads, caches: Caches, metrics: Arc<Metrics>) -> Self {
+    pub fn new(reads: Reads, caches: Caches, feed: Feed, metrics: Arc<Metrics>) -> Self {
         let placer = Placer {
             db: reads.primary().clone(),
-            caches,
+            writer: Writer::new(&reads, caches, feed),
             metrics,
             retry: RetryPolicy::default(),
         };
@@ -171,13 +173,10 @@ impl OrderRepo {
         let placer = &self.placer;
         placer
             .retrying(|| async {
-                let mut write = Write::begin(&placer.db, &placer.caches).await?;
+                let mut write = placer.writer.begin().await?;
                 let outcome = transition_in(write.txn(), id, to, expected).await;
-                if let Ok(order) = &outcome
-                    && to == OrderStatus::Cancelled
-                {
-                    let restocked = order.items.iter().map(|item| item.product_id);
-                    write.changed(Topic::Products, restocked);
+                if let Ok(order) = &outcome {
+                    write.record(Change::Updated(Subject::Order(order)));
                 }
                 write.finish(outcome).await
             })
@@ -219,10 +218,10 @@ impl Placer {
     }
 
     async fn place_once(&self, order_id: Uuid, request: &PlaceOrder) -> Result<Order, Attempt> {
-        let mut write = Write::begin(&self.db, &self.caches).await?;
+        let mut write = self.writer.begin().await?;
         let outcome = place_in(write.txn(), order_id, request).await;
-        if outcome.is_ok() {
-            write.changed(Topic::Products, request.lines.product_ids());
+        if let Ok(order) = &outcome {
+            write.record(Change::Created(Subject::Order(order)));
         }
         write.finish(outcome).await
     }
@@ -272,15 +271,7 @@ async fn orders_of_on(
     if let Some(status) = filter.status {
         query = query.filter(orders::Column::Status.eq(status.as_str()));
     }
-    let order = ListOrder {
-        created_at: orders::Column::CreatedAt,
-        id: orders::Column::Id,
-    };
-    let key = |row: &orders::Model| CursorKey {
-        created_at: row.created_at,
-        id: row.id,
-    };
-    let page = listing::list(db, query, order, key, request, None).await?;
+    let page = listing::list(db, query, request, None).await?;
     let ids: Vec<Uuid> = page.items.iter().map(|order| order.id).collect();
     let mut items = items_of(db, &ids).await?;
     let orders = page
@@ -314,13 +305,31 @@ async fn place_in(
     order_id: Uuid,
     request: &PlaceOrder,
 ) -> Result<Order, Attempt> {
-    let now = crate::store::now();
+    let now = crate::store::clock::now();
     if let Some(idempotency) = &request.idempotency {
         claim_key(txn, order_id, idempotency, now).await?;
     }
     check_user(txn, request.user_id).await?;
     let products = read_products(txn, &request.lines).await?;
-    let (total, items) = price_lines(order_id, &request.lines, &products)?;
+    let stocked = allocation::stocked(
+        products
+            .values()
+            .map(|product| (product.id, product.stock, product.price_cents)),
+    );
+    // A line the stock just read cannot cover is refused here, before any lock is taken (that
+    // stock was committed during this request, so the answer is one the database really gave).
+    let priced = allocation::decide(request, &stocked)?;
+    let total = priced.total;
+    let items: Vec<order_items::Model> = priced
+        .items
+        .iter()
+        .map(|item| order_items::Model {
+            order_id,
+            product_id: item.product_id,
+            quantity: item.quantity,
+            unit_price_cents: item.unit_price_cents,
+        })
+        .collect();
     let order = insert_order(txn, order_id, request.user_id, total, now).await?;
     take_stock(txn, &request.lines, &products, now).await?;
     insert_items(txn, &items).await?;
@@ -368,8 +377,8 @@ async fn check_user(txn: &DatabaseTransaction, user_id: Uuid) -> Result<(), Atte
     }
 }
 
-/// The products of the order, as committed now, without locking them. Every product must exist
-/// before any stock question is asked.
+/// The products of the order, as committed now, without locking them (a missing one is refused
+/// by `allocation::decide`).
 #[tracing::instrument(level = "debug", skip_all, fields(products = lines.iter().count()))]
 async fn read_products(
     txn: &DatabaseTransaction,
@@ -382,38 +391,7 @@ async fn read_products(
         .into_iter()
         .map(|product| (product.id, product))
         .collect();
-    for line in lines.iter() {
-        if !found.contains_key(&line.product_id) {
-            return Err(StoreError::not_found(Resource::Product, line.product_id).into());
-        }
-    }
     Ok(found)
-}
-
-/// The order's total and items at the prices just read; a line the stock read cannot cover is
-/// refused here, before any lock is taken (that stock was committed during this request, so the
-/// answer is one the database really gave).
-fn price_lines(
-    order_id: Uuid,
-    lines: &OrderLines,
-    products: &HashMap<Uuid, products::Model>,
-) -> Result<(i64, Vec<order_items::Model>), Attempt> {
-    let mut total: i64 = 0;
-    let mut items = Vec::new();
-    for line in lines.iter() {
-        let product = &products[&line.product_id];
-        if product.stock < line.quantity {
-            return Err(insufficient(line.product_id, line.quantity, product.stock).into());
-        }
-        total = total.saturating_add(product.price_cents.saturating_mul(i64::from(line.quantity)));
-        items.push(order_items::Model {
-            order_id,
-            product_id: line.product_id,
-            quantity: line.quantity,
-            unit_price_cents: product.price_cents,
-        });
-    }
-    Ok((total, items))
 }
 
 fn insufficient(product_id: Uuid, requested: i32, available: i32) -> StoreError {
@@ -554,7 +532,7 @@ async fn transition_in(
             to: to.as_str(),
         }));
     }
-    let now = crate::store::now();
+    let now = crate::store::clock::now();
     let order_version = order.version;
     let mut row: orders::ActiveModel = order.into();
     row.status = Set(to.as_str().to_owned());

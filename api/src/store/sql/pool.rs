@@ -7,8 +7,10 @@ use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::{self, Connection as _};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
-use crate::config::{DatabaseConfig, mask_password};
-use crate::store::{Cause, ConnectError, DbFailure, PoolStats, StoreError};
+use crate::config::{DatabaseConfig, DatabaseKind, DatabaseUrl};
+use crate::store::connection::{ConnectError, PoolStats};
+use crate::store::error::{Cause, StoreError};
+use crate::store::failure::DbFailure;
 
 /// How long a pooled connection may sit idle and still be handed out without a ping first:
 /// HikariCP's `aliveBypassWindowMs` default, the same trade.
@@ -20,26 +22,37 @@ pub const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 pub async fn probe(config: &DatabaseConfig) -> Result<(), ConnectError> {
     let url = &config.url;
     let attempt = async {
-        if url.starts_with("postgres") {
-            let options = pooler_safe(url.parse()?, behind_pooler(config));
-            sqlx::PgConnection::connect_with(&options)
-                .await?
-                .close()
-                .await
-        } else if url.starts_with("mysql") {
-            sqlx::MySqlConnection::connect(url).await?.close().await
-        } else {
-            sqlx::SqliteConnection::connect(url).await?.close().await
+        match url.kind() {
+            DatabaseKind::Postgres => {
+                let options = pooler_safe(url.as_str().parse()?, behind_pooler(config));
+                sqlx::PgConnection::connect_with(&options)
+                    .await?
+                    .close()
+                    .await
+            }
+            DatabaseKind::MySql => {
+                sqlx::MySqlConnection::connect(url.as_str())
+                    .await?
+                    .close()
+                    .await
+            }
+            DatabaseKind::Sqlite => {
+                sqlx::SqliteConnection::connect(url.as_str())
+                    .await?
+                    .close()
+                    .await
+            }
+            DatabaseKind::Mongo => Err(sqlx::Error::Configuration("not a SQL database URL".into())),
         }
     };
     match tokio::time::timeout(config.connect_timeout, attempt).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(ConnectError::Unreachable {
-            url: mask_password(url),
+            url: url.masked(),
             reason: err.to_string(),
         }),
         Err(_) => Err(ConnectError::TimedOut {
-            url: mask_password(url),
+            url: url.masked(),
             timeout_ms: config.connect_timeout.as_millis(),
         }),
     }
@@ -48,7 +61,7 @@ pub async fn probe(config: &DatabaseConfig) -> Result<(), ConnectError> {
 /// Builds the pool and makes one round trip through it.
 pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, ConnectError> {
     probe(config).await?;
-    let mut options = ConnectOptions::new(config.url.clone());
+    let mut options = ConnectOptions::new(config.url.as_str());
     options
         .max_connections(config.max_connections)
         .min_connections(config.min_connections)
@@ -81,13 +94,13 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Conn
             .busy_timeout(Duration::from_secs(5))
     });
     let unreachable = |err: DbErr| ConnectError::Unreachable {
-        url: mask_password(&config.url),
+        url: config.url.masked(),
         reason: err.to_string(),
     };
     let db = tokio::time::timeout(config.connect_timeout, connect_through_locks(options))
         .await
         .map_err(|_| ConnectError::TimedOut {
-            url: mask_password(&config.url),
+            url: config.url.masked(),
             timeout_ms: config.connect_timeout.as_millis(),
         })?
         .map_err(unreachable)?;
@@ -133,10 +146,10 @@ fn pooler_safe(options: PgConnectOptions, behind_pooler: bool) -> PgConnectOptio
 
 /// A small pool straight to the database, bypassing any pooler: for migrations.
 pub async fn connect_direct(
-    url: &str,
+    url: &DatabaseUrl,
     config: &DatabaseConfig,
 ) -> Result<DatabaseConnection, ConnectError> {
-    let mut options = ConnectOptions::new(url.to_owned());
+    let mut options = ConnectOptions::new(url.as_str());
     options
         .max_connections(2)
         .min_connections(0)
@@ -146,7 +159,7 @@ pub async fn connect_direct(
     let db = Database::connect(options)
         .await
         .map_err(|err| ConnectError::Unreachable {
-            url: mask_password(url),
+            url: url.masked(),
             reason: err.to_string(),
         })?;
     Ok(db)
@@ -156,9 +169,12 @@ pub async fn connect_direct(
 /// `SET` would stay behind on whichever server connection ran it. It becomes this role's default
 /// in this database instead, which PostgreSQL applies to every session the pooler opens from now
 /// on. Run over the direct connection, before the pool connects through the pooler.
-pub async fn apply_statement_timeout(direct_url: &str, timeout: Duration) -> Result<(), DbErr> {
+pub async fn apply_statement_timeout(
+    direct_url: &DatabaseUrl,
+    timeout: Duration,
+) -> Result<(), DbErr> {
     let millis = timeout.as_millis();
-    let conn = Database::connect(direct_url).await?;
+    let conn = Database::connect(direct_url.as_str()).await?;
     let sql = format!(
         "DO $$ BEGIN EXECUTE format('ALTER ROLE CURRENT_USER IN DATABASE %I \
          SET statement_timeout = %L', current_database(), '{millis}ms'); END $$"

@@ -5,19 +5,21 @@ use entity::products;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QuerySelect,
 };
 use uuid::Uuid;
 
 use super::error::OnViolation;
-use super::listing::{self, ListOrder};
+use super::listing;
 use super::replicas::Reads;
-use super::write::Write;
+use super::write::Writer;
 use crate::cache::Cached;
-use crate::cache::{Caches, Topic};
+use crate::cache::Caches;
 use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
 use crate::store::by_id::{ById, Key};
 use crate::store::error::{Conflict, Resource, StoreError};
-use crate::store::page::{CursorKey, PageOf, PageRequest};
+use crate::store::events::{Change, Feed, Subject};
+use crate::store::page::{PageOf, PageRequest};
 
 impl From<products::Model> for Product {
     fn from(row: products::Model) -> Self {
@@ -52,8 +54,8 @@ pub struct ProductRepo {
     /// The primary, for writes.
     db: DatabaseConnection,
     reads: Reads,
-    caches: Caches,
     by_id: ById<Product>,
+    writer: Writer,
 }
 
 impl ProductRepo {
@@ -62,18 +64,20 @@ impl ProductRepo {
         &self.db
     }
 
-    pub fn new(reads: Reads, caches: Caches) -> Self {
+    pub fn new(reads: Reads, caches: Caches, feed: Feed) -> Self {
+        let by_products = caches.products.clone();
+        let writer = Writer::new(&reads, caches, feed);
         let by_id = {
             let reads = reads.clone();
-            ById::new(caches.products.clone(), Resource::Product, move |keys| {
+            ById::new(by_products, Resource::Product, move |keys| {
                 load_products(reads.clone(), keys)
             })
         };
         Self {
             db: reads.primary().clone(),
             reads,
-            caches,
             by_id,
+            writer,
         }
     }
 
@@ -97,27 +101,19 @@ impl ProductRepo {
             Some(false) => query = query.filter(products::Column::Stock.eq(0)),
             None => {}
         }
-        let order = ListOrder {
-            created_at: products::Column::CreatedAt,
-            id: products::Column::Id,
-        };
-        let key = |row: &products::Model| CursorKey {
-            created_at: row.created_at,
-            id: row.id,
-        };
         let page = self
             .reads
             .read_current(|db| {
                 let query = query.clone();
-                async move { Ok(listing::list(&db, query, order, key, request, None).await?) }
+                async move { Ok(listing::list(&db, query, request, None).await?) }
             })
             .await?;
         Ok(page.map(Product::from))
     }
 
     pub async fn create(&self, new: NewProduct) -> Result<Product, StoreError> {
-        let now = crate::store::now();
-        let mut write = Write::begin(&self.db, &self.caches).await?;
+        let now = crate::store::clock::now();
+        let mut write = self.writer.begin().await?;
         let row = products::ActiveModel {
             id: Set(Uuid::now_v7()),
             sku: Set(new.sku.into_string()),
@@ -130,9 +126,10 @@ impl ProductRepo {
         }
         .insert(write.txn())
         .await?;
-        write.changed(Topic::Products, [row.id]);
+        let product = Product::from(row);
+        write.record(Change::Created(Subject::Product(&product)));
         write.commit().await?;
-        Ok(row.into())
+        Ok(product)
     }
 
     /// Changes the fields sent; `version` goes up with every write. With `expected`, only when
@@ -147,7 +144,7 @@ impl ProductRepo {
         let mut update = products::Entity::update_many()
             .col_expr(
                 products::Column::UpdatedAt,
-                Expr::value(crate::store::now()),
+                Expr::value(crate::store::clock::now()),
             )
             .col_expr(
                 products::Column::Version,
@@ -166,7 +163,7 @@ impl ProductRepo {
         if let Some(versions) = expected {
             update = update.filter(products::Column::Version.is_in(versions.iter().copied()));
         }
-        let mut write = Write::begin(&self.db, &self.caches).await?;
+        let mut write = self.writer.begin().await?;
         let written = update.exec(write.txn()).await?;
         let Some(updated) = products::Entity::find_by_id(id).one(write.txn()).await? else {
             return Err(StoreError::not_found(Resource::Product, id));
@@ -174,35 +171,37 @@ impl ProductRepo {
         if written.rows_affected == 0 {
             return Err(StoreError::PreconditionFailed);
         }
-        write.changed(Topic::Products, [id]);
+        let product = Product::from(updated);
+        write.record(Change::Updated(Subject::Product(&product)));
         write.commit().await?;
-        Ok(updated.into())
+        Ok(product)
     }
 
     /// A product that was ever ordered stays: its order items refer to it.
     #[tracing::instrument(level = "debug", skip_all, fields(%id))]
     pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
-        let mut delete = products::Entity::delete_many().filter(products::Column::Id.eq(id));
-        if let Some(versions) = expected {
-            delete = delete.filter(products::Column::Version.is_in(versions.iter().copied()));
+        let mut write = self.writer.begin().await?;
+        // Locked until the delete commits: the version read is the one deleted.
+        let Some(current) = products::Entity::find_by_id(id)
+            .lock_exclusive()
+            .one(write.txn())
+            .await?
+        else {
+            return Err(StoreError::not_found(Resource::Product, id));
+        };
+        if expected.is_some_and(|versions| !versions.contains(&current.version)) {
+            return Err(StoreError::PreconditionFailed);
         }
-        let mut write = Write::begin(&self.db, &self.caches).await?;
-        let result = delete
+        products::Entity::delete_by_id(id)
             .exec(write.txn())
             .await
             .on_foreign_key(Conflict::ProductHasOrders)?;
-        if result.rows_affected == 0 {
-            let exists = products::Entity::find_by_id(id)
-                .one(write.txn())
-                .await?
-                .is_some();
-            return Err(if exists {
-                StoreError::PreconditionFailed
-            } else {
-                StoreError::not_found(Resource::Product, id)
-            });
-        }
-        write.changed(Topic::Products, [id]);
+        write.record(Change::Deleted {
+            resource: Resource::Product,
+            id,
+            version: current.version + 1,
+            at: crate::store::clock::now(),
+        });
         write.commit().await
     }
 }

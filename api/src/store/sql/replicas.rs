@@ -26,8 +26,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::cache::Caches;
-use crate::config::{DatabaseConfig, mask_password};
+use crate::config::DatabaseConfig;
 use crate::metrics::Metrics;
 use crate::store::batch;
 use crate::store::by_id::{Freshness, Key};
@@ -68,6 +67,11 @@ impl Freshness for Reads {
 impl Reads {
     pub fn new(primary: DatabaseConnection, replicas: Option<Arc<Replicas>>) -> Self {
         Self { primary, replicas }
+    }
+
+    /// With replicas, the positions this instance's reads must be served from.
+    pub fn positions(&self) -> Option<Arc<Positions>> {
+        self.replicas.as_ref().map(|replicas| replicas.positions())
     }
 
     /// The primary's pool: writes, and reads that must see the latest state.
@@ -171,12 +175,17 @@ pub struct Replicas {
 }
 
 impl Replicas {
+    /// The positions this instance's reads must be served from, raised by its commits and by the
+    /// writes it hears of.
+    pub fn positions(&self) -> Arc<Positions> {
+        Arc::clone(&self.positions)
+    }
+
     /// Pools for `config.replica_urls`, opened lazily: a replica that is down at start-up is
     /// only skipped. `None` without replicas or off PostgreSQL.
     pub fn new(
         primary: &DatabaseConnection,
         config: &DatabaseConfig,
-        caches: &Caches,
         metrics: &Metrics,
     ) -> Option<Arc<Self>> {
         if config.replica_urls.is_empty() || primary.get_database_backend() != DbBackend::Postgres {
@@ -185,8 +194,8 @@ impl Replicas {
         let mut members = Vec::new();
         for (index, url) in config.replica_urls.iter().enumerate() {
             let label = index.to_string();
-            let name = mask_password(url);
-            let options: PgConnectOptions = match url.parse() {
+            let name = url.masked();
+            let options: PgConnectOptions = match url.as_str().parse() {
                 Ok(options) => options,
                 Err(_) => {
                     tracing::warn!(replica = %name, "cannot parse a replica URL; it is skipped");
@@ -227,11 +236,12 @@ impl Replicas {
                 up: metrics.replica_up.with_label_values(&[&label]),
             });
         }
-        caches.positions.enable();
+        let positions = Arc::new(Positions::default());
+        positions.enable();
         Some(Arc::new(Self {
             primary: primary.clone(),
             members,
-            positions: Arc::clone(&caches.positions),
+            positions,
             wait: config.replica_wait,
             max_lag: config.replica_max_lag,
             patience: config.connect_timeout.max(PROBE_TIMEOUT),

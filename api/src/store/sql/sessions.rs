@@ -10,11 +10,13 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::write::Write;
+use super::replicas::Reads;
+use super::write::{Write, Writer};
 use crate::cache::{Caches, Topic};
 use crate::domain::UserRole;
 use crate::domain::model::{Failures, Session, SessionOwner, cache_key};
 use crate::store::error::{Resource, StoreError};
+use crate::store::events::Feed;
 use crate::store::retry::{RetryPolicy, with_retry};
 
 /// Deletes the sessions `hashes` as part of `write`, which evicts them everywhere on commit.
@@ -52,6 +54,7 @@ pub async fn hashes_of<C: ConnectionTrait>(
 pub struct SessionRepo {
     db: DatabaseConnection,
     caches: Caches,
+    writer: Writer,
 }
 
 impl SessionRepo {
@@ -60,8 +63,13 @@ impl SessionRepo {
         &self.db
     }
 
-    pub fn new(db: DatabaseConnection, caches: Caches) -> Self {
-        Self { db, caches }
+    /// `feed` only for `Writer`: sessions record no events.
+    pub fn new(reads: &Reads, caches: Caches, feed: Feed) -> Self {
+        Self {
+            db: reads.primary().clone(),
+            writer: Writer::new(reads, caches.clone(), feed),
+            caches,
+        }
     }
 
     /// Records a new session. Expired ones are purged on the way (an indexed range delete).
@@ -72,7 +80,7 @@ impl SessionRepo {
         user_id: Uuid,
         expires_at: DateTime<FixedOffset>,
     ) -> Result<(), StoreError> {
-        let now = crate::store::now();
+        let now = crate::store::clock::now();
         sessions::Entity::delete_many()
             .filter(sessions::Column::ExpiresAt.lt(now))
             .exec(&self.db)
@@ -127,7 +135,7 @@ impl SessionRepo {
     /// Revokes one session (logout), here at once and on other instances by announcement.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn revoke(&self, token_hash: &str) -> Result<(), StoreError> {
-        let mut write = Write::begin(&self.db, &self.caches).await?;
+        let mut write = self.writer.begin().await?;
         revoke_in(&mut write, vec![token_hash.to_owned()]).await?;
         write.commit().await
     }
@@ -164,7 +172,7 @@ impl SessionRepo {
         subjects: &[String],
         forget_before: DateTime<FixedOffset>,
     ) -> Result<Vec<Uuid>, StoreError> {
-        let now = crate::store::now();
+        let now = crate::store::clock::now();
         let ids: Vec<Uuid> = subjects.iter().map(|_| Uuid::now_v7()).collect();
         // Concurrent attempts' purges and inserts meet in the `failed_at` index, where MariaDB's
         // next-key locks make them deadlock now and then; both statements are safe to repeat.

@@ -5,21 +5,24 @@ use entity::users;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QuerySelect,
 };
 use uuid::Uuid;
 
 use super::error::OnViolation;
-use super::listing::{self, Indexed, ListOrder};
+use super::listing::{self, Indexed};
 use super::replicas::Reads;
 use super::sessions;
-use super::write::Write;
+use super::write::Writer;
 use crate::cache::Cached;
-use crate::cache::{Caches, Topic};
+use crate::cache::Caches;
 use crate::domain::model::{NewUser, User, UserChanges, UserFilter};
 use crate::domain::{Email, PasswordHash, UserRole, UserStatus};
 use crate::store::by_id::{ById, Key};
 use crate::store::error::{Conflict, Resource, StoreError};
-use crate::store::page::{CursorKey, PageOf, PageRequest};
+use crate::store::events::{Change, Feed, Subject};
+use crate::store::page::{PageOf, PageRequest};
+use crate::store::positions::ListingIndex;
 
 impl User {
     fn from_row(row: users::Model) -> Result<Self, StoreError> {
@@ -58,6 +61,9 @@ pub struct UserRepo {
     reads: Reads,
     caches: Caches,
     by_id: ById<User>,
+    writer: Writer,
+    /// Where the listing's deep pages start.
+    listing: Arc<ListingIndex>,
 }
 
 impl UserRepo {
@@ -66,7 +72,8 @@ impl UserRepo {
         &self.db
     }
 
-    pub fn new(reads: Reads, caches: Caches) -> Self {
+    pub fn new(reads: Reads, caches: Caches, feed: Feed, listing: ListingIndex) -> Self {
+        let writer = Writer::new(&reads, caches.clone(), feed);
         let by_id = {
             let reads = reads.clone();
             ById::new(caches.users.clone(), Resource::User, move |keys| {
@@ -78,6 +85,8 @@ impl UserRepo {
             reads,
             caches,
             by_id,
+            writer,
+            listing: Arc::new(listing),
         }
     }
 
@@ -139,23 +148,20 @@ impl UserRepo {
                 query = query.filter(users::Column::Email.eq(email));
             }
         }
-        let order = ListOrder {
-            created_at: users::Column::CreatedAt,
-            id: users::Column::Id,
-        };
-        let key = |row: &users::Model| CursorKey {
-            created_at: row.created_at,
-            id: row.id,
-        };
         let page = self
             .reads
             .read_current(|db| {
                 let query = query.clone();
-                let indexed = self.caches.users.listing().map(|index| Indexed {
-                    index,
-                    filter: filter_key.clone(),
-                });
-                async move { Ok(listing::list(&db, query, order, key, request, indexed).await?) }
+                let indexed = self
+                    .caches
+                    .users
+                    .table_generation()
+                    .map(|generation| Indexed {
+                        index: &self.listing,
+                        generation,
+                        filter: filter_key.clone(),
+                    });
+                async move { Ok(listing::list(&db, query, request, indexed).await?) }
             })
             .await?;
         let items = page
@@ -171,8 +177,8 @@ impl UserRepo {
     }
 
     pub async fn create(&self, new: NewUser) -> Result<User, StoreError> {
-        let now = crate::store::now();
-        let mut write = Write::begin(&self.db, &self.caches).await?;
+        let now = crate::store::clock::now();
+        let mut write = self.writer.begin().await?;
         let row = users::ActiveModel {
             id: Set(Uuid::now_v7()),
             name: Set(new.name.into_string()),
@@ -186,9 +192,10 @@ impl UserRepo {
         }
         .insert(write.txn())
         .await?;
-        write.changed(Topic::Users, [row.id]);
+        let user = User::from_row(row)?;
+        write.record(Change::Created(Subject::User(&user)));
         write.commit().await?;
-        User::from_row(row)
+        Ok(user)
     }
 
     /// Changes the fields sent; `updated_at` moves and `version` goes up whenever any is (at
@@ -204,7 +211,10 @@ impl UserRepo {
         let revokes = changes.revokes_sessions();
         let keep = changes.keep_session.clone();
         let mut update = users::Entity::update_many()
-            .col_expr(users::Column::UpdatedAt, Expr::value(crate::store::now()))
+            .col_expr(
+                users::Column::UpdatedAt,
+                Expr::value(crate::store::clock::now()),
+            )
             .col_expr(
                 users::Column::Version,
                 Expr::col(users::Column::Version).add(1),
@@ -231,7 +241,7 @@ impl UserRepo {
         if let Some(versions) = expected {
             update = update.filter(users::Column::Version.is_in(versions.iter().copied()));
         }
-        let mut write = Write::begin(&self.db, &self.caches).await?;
+        let mut write = self.writer.begin().await?;
         let written = update.exec(write.txn()).await?;
         let Some(row) = users::Entity::find_by_id(id).one(write.txn()).await? else {
             return Err(StoreError::not_found(Resource::User, id));
@@ -243,38 +253,40 @@ impl UserRepo {
             let revoked = sessions::hashes_of(write.txn(), id, keep.as_deref()).await?;
             sessions::revoke_in(&mut write, revoked).await?;
         }
-        write.changed(Topic::Users, [id]);
+        let user = User::from_row(row)?;
+        write.record(Change::Updated(Subject::User(&user)));
         write.commit().await?;
-        User::from_row(row)
+        Ok(user)
     }
 
     /// Orders are records: a user who has any, even cancelled ones, stays. Their sessions end
     /// with them.
     #[tracing::instrument(level = "debug", skip_all, fields(%id))]
     pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
-        let mut write = Write::begin(&self.db, &self.caches).await?;
-        let mut delete = users::Entity::delete_many().filter(users::Column::Id.eq(id));
-        if let Some(versions) = expected {
-            delete = delete.filter(users::Column::Version.is_in(versions.iter().copied()));
+        let mut write = self.writer.begin().await?;
+        // Locked until the delete commits: the version read is the one deleted.
+        let Some(current) = users::Entity::find_by_id(id)
+            .lock_exclusive()
+            .one(write.txn())
+            .await?
+        else {
+            return Err(StoreError::not_found(Resource::User, id));
+        };
+        if expected.is_some_and(|versions| !versions.contains(&current.version)) {
+            return Err(StoreError::PreconditionFailed);
         }
         let revoked = sessions::hashes_of(write.txn(), id, None).await?;
-        let result = delete
+        users::Entity::delete_by_id(id)
             .exec(write.txn())
             .await
             .on_foreign_key(Conflict::UserHasOrders)?;
-        if result.rows_affected == 0 {
-            let exists = users::Entity::find_by_id(id)
-                .one(write.txn())
-                .await?
-                .is_some();
-            return Err(if exists {
-                StoreError::PreconditionFailed
-            } else {
-                StoreError::not_found(Resource::User, id)
-            });
-        }
         sessions::revoke_in(&mut write, revoked).await?;
-        write.changed(Topic::Users, [id]);
+        write.record(Change::Deleted {
+            resource: Resource::User,
+            id,
+            version: current.version + 1,
+            at: crate::store::clock::now(),
+        });
         write.commit().await
     }
 }

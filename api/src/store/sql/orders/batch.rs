@@ -2,14 +2,19 @@
 //! `OrderRepo::place`.
 //!
 //! On a few hot products (a flash sale) orders serialise on those rows' locks, each waiting for
-//! the one before it to commit. A batch pays that wait once: it checks its users in one query,
-//! locks every product involved once, in ascending id order (so batches never wait on each other
-//! in opposite orders; on SQLite the IMMEDIATE transaction already serialises), and then decides
-//! each order in Rust, in arrival order, as the single-order path would have decided it at its
-//! turn: an unknown user, then an unknown product, then a line the remaining stock cannot cover,
-//! lines in order, each refusing that order alone, which takes nothing. One guarded update per
-//! product then takes the batch's total, and the accepted orders and their items are written by
-//! multi-row inserts.
+//! the one before it to commit. A batch pays that wait once, and holds the locks as briefly as it
+//! can: it checks its users in one query, reads every product involved once (without locking),
+//! and decides each order in Rust, in arrival order, as the single-order path would have decided
+//! it at its turn: an unknown user, then an unknown product, then a line the remaining stock
+//! cannot cover, lines in order, each refusing that order alone, which takes nothing. It writes
+//! the accepted orders and their events, and only then takes the stock: one guarded update per
+//! product, in ascending id order (so batches never wait on each other in opposite orders; on
+//! SQLite the IMMEDIATE transaction already serialises), each locking its row until COMMIT. The
+//! guards (stock still enough, price unchanged) are checked against the row's latest version
+//! once its lock is held; when one fails, another write moved the product after it was read,
+//! and the batch is rolled back and tried again from the read, as contention is everywhere.
+//! The items, which reference the products, are inserted last (on MariaDB the foreign-key check
+//! takes a shared lock on the product row, which must not come before the update's own).
 //!
 //! The batch is only a faster way to the same answers: when its transaction fails for anything
 //! but contention (which is retried as everywhere), it is rolled back and each of its orders is
@@ -22,19 +27,19 @@ use entity::{order_items, orders, products, users};
 use futures::future::join_all;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
 };
 use uuid::Uuid;
 
-use super::{OrderQueue, Placer, order_from_rows};
-use crate::cache::Topic;
+use super::{OrderQueue, Placer, items_of, order_from_rows};
 use crate::domain::OrderStatus;
-use crate::domain::model::{Order, OrderItem, PlaceOrder, Placed};
+use crate::domain::model::{Order, PlaceOrder, Placed};
+use crate::store::allocation::{Priced, Stocked, allocate};
 use crate::store::batch::padded;
+use crate::store::coalesce::{Coalescer, Waiter};
 use crate::store::consistency::{self, Presented, Scope};
-use crate::store::error::{Conflict, Resource, StoreError};
-use crate::store::sql::coalesce::{Coalescer, Waiter};
+use crate::store::error::StoreError;
+use crate::store::events::{Change, Subject};
 use crate::store::sql::write::Write;
 
 /// Orders in one batch: enough that a flash sale's buyers (tens to hundreds at once) commit in a
@@ -90,14 +95,30 @@ async fn place_batch(placer: Placer, batch: Vec<Waiter<PlaceOrder, Answer>>) {
                 error = %err,
                 "a batch of orders could not commit; placing each on its own"
             );
+            let mut committed = match placer.committed_anyway(&orders, &err).await {
+                Ok(committed) => committed,
+                Err(unknown) => {
+                    for reply in replies {
+                        reply.answer(Answer {
+                            placed: Err(unknown.clone()),
+                            position_unknown: false,
+                        });
+                    }
+                    return;
+                }
+            };
             let alone = orders
                 .iter()
                 .zip(replies)
                 .map(|((order_id, request), reply)| {
                     let placer = &placer;
+                    let found = committed.remove(order_id);
                     async move {
-                        let (placed, position_unknown) =
-                            in_own_scope(placer.place_alone(*order_id, request)).await;
+                        // Its commit's position was never read: the answer says so.
+                        let (placed, position_unknown) = match found {
+                            Some(order) => (Ok(Placed::New(order)), true),
+                            None => in_own_scope(placer.place_alone(*order_id, request)).await,
+                        };
                         reply.answer(Answer {
                             placed,
                             position_unknown,
@@ -106,6 +127,48 @@ async fn place_batch(placer: Placer, batch: Vec<Waiter<PlaceOrder, Answer>>) {
                 });
             join_all(alone).await;
         }
+    }
+}
+
+impl Placer {
+    /// The orders of a batch that committed although its COMMIT failed: when the connection was
+    /// lost after COMMIT was sent and the outcome could not be settled (`write::finish`, after a
+    /// failover), the orders' own ids, made by the service, tell. Placing such an order again
+    /// would fail on its id; answering it failed would make its client place it twice. When the
+    /// primary cannot be asked either, the batch's error stands for every order (a 503 to retry).
+    async fn committed_anyway(
+        &self,
+        orders: &[(Uuid, PlaceOrder)],
+        err: &StoreError,
+    ) -> Result<HashMap<Uuid, Order>, StoreError> {
+        if !matches!(err, StoreError::Unavailable { .. }) {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<Uuid> = orders.iter().map(|(id, _)| *id).collect();
+        let found = orders::Entity::find()
+            .filter(orders::Column::Id.is_in(padded(ids)))
+            .all(&self.db)
+            .await
+            .map_err(|_| err.clone())?;
+        if found.is_empty() {
+            return Ok(HashMap::new());
+        }
+        tracing::warn!(
+            orders = found.len(),
+            "a batch's COMMIT failed but its orders are there; they are answered as placed"
+        );
+        let found_ids: Vec<Uuid> = found.iter().map(|order| order.id).collect();
+        let mut items = items_of(&self.db, &found_ids)
+            .await
+            .map_err(|_| err.clone())?;
+        found
+            .into_iter()
+            .map(|order| {
+                let id = order.id;
+                let items = items.remove(&id).unwrap_or_default();
+                order_from_rows(order, items).map(|order| (id, order))
+            })
+            .collect()
     }
 }
 
@@ -125,28 +188,19 @@ impl Placer {
         &self,
         orders: &[(Uuid, PlaceOrder)],
     ) -> Result<Vec<Result<Order, StoreError>>, StoreError> {
-        let mut write = Write::begin(&self.db, &self.caches).await?;
-        let outcome = place_in(write.txn(), orders).await;
-        if let Ok(placed) = &outcome {
-            write.changed(Topic::Products, placed.changed.iter().copied());
-        }
-        write.finish(outcome).await.map(|placed| placed.outcomes)
+        let mut write = self.writer.begin().await?;
+        let outcome = place_in(&mut write, orders).await;
+        write.finish(outcome).await
     }
 }
 
-/// What a committed batch answers, and the products whose stock it took.
-struct BatchPlaced {
-    outcomes: Vec<Result<Order, StoreError>>,
-    changed: Vec<Uuid>,
-}
-
 async fn place_in(
-    txn: &DatabaseTransaction,
+    write: &mut Write<'_>,
     orders: &[(Uuid, PlaceOrder)],
-) -> Result<BatchPlaced, StoreError> {
-    let now = crate::store::now();
-    let users = existing_users(txn, orders).await?;
-    let products = lock_products(txn, orders, &users).await?;
+) -> Result<Vec<Result<Order, StoreError>>, StoreError> {
+    let now = crate::store::clock::now();
+    let users = existing_users(write.txn(), orders).await?;
+    let products = read_products(write.txn(), orders, &users).await?;
     let allocation = allocate(orders.iter().map(|(_, request)| request), &users, &products);
 
     let decided: Vec<Result<Rows, StoreError>> = orders
@@ -156,23 +210,27 @@ async fn place_in(
             decision.map(|priced| rows_of(*order_id, request.user_id, priced, now))
         })
         .collect();
+    let outcomes: Vec<Result<Order, StoreError>> = decided
+        .iter()
+        .map(|rows| {
+            let (order, items) = rows.clone()?;
+            order_from_rows(order, items)
+        })
+        .collect();
     let accepted: Vec<&Rows> = decided
         .iter()
         .filter_map(|rows| rows.as_ref().ok())
         .collect();
     if !accepted.is_empty() {
-        insert_orders(txn, &accepted).await?;
-        take_stock(txn, &allocation.taken, &products, now).await?;
-        insert_items(txn, &accepted).await?;
+        insert_orders(write.txn(), &accepted).await?;
+        for order in outcomes.iter().flatten() {
+            write.record(Change::Created(Subject::Order(order)));
+        }
+        write.insert_events().await?;
+        take_stock(write.txn(), &allocation.taken, &products, now).await?;
+        insert_items(write.txn(), &accepted).await?;
     }
-    let outcomes = decided
-        .into_iter()
-        .map(|rows| rows.and_then(|(order, items)| order_from_rows(order, items)))
-        .collect();
-    Ok(BatchPlaced {
-        outcomes,
-        changed: allocation.taken.into_keys().collect(),
-    })
+    Ok(outcomes)
 }
 
 /// Which of the batch's users exist, in one query.
@@ -192,17 +250,10 @@ async fn existing_users(
     Ok(found.into_iter().collect())
 }
 
-/// A product as its lock shows it: what an order may take and pay.
-#[derive(Clone, Copy, Debug)]
-struct Stocked {
-    stock: i32,
-    price_cents: i64,
-}
-
-/// Locks the products of every order whose user exists, once, in ascending id order, and reads
-/// them as committed now (a locking read sees the latest version on every backend).
+/// Reads the products of every order whose user exists, once. Nothing is locked here: the
+/// stock is taken by guarded updates at the end (`take_stock`).
 #[tracing::instrument(level = "debug", skip_all)]
-async fn lock_products(
+async fn read_products(
     txn: &DatabaseTransaction,
     orders: &[(Uuid, PlaceOrder)],
     users: &HashSet<Uuid>,
@@ -215,7 +266,7 @@ async fn lock_products(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let mut query = products::Entity::find()
+    let rows = products::Entity::find()
         .select_only()
         .columns([
             products::Column::Id,
@@ -223,87 +274,13 @@ async fn lock_products(
             products::Column::PriceCents,
         ])
         .filter(products::Column::Id.is_in(padded(ids.into_iter().collect())))
-        .order_by_asc(products::Column::Id);
-    if txn.get_database_backend() != DbBackend::Sqlite {
-        query = query.lock_exclusive();
-    }
-    let rows = query.into_tuple::<(Uuid, i32, i64)>().all(txn).await?;
+        .into_tuple::<(Uuid, i32, i64)>()
+        .all(txn)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|(id, stock, price_cents)| (id, Stocked { stock, price_cents }))
         .collect())
-}
-
-/// An accepted order's total and items, at the prices under the lock.
-#[derive(Debug, PartialEq)]
-struct Priced {
-    total: i64,
-    items: Vec<OrderItem>,
-}
-
-/// Each order's fate, in the order given, and the units taken from each product in all.
-#[derive(Debug)]
-struct Allocation {
-    decisions: Vec<Result<Priced, StoreError>>,
-    /// Ascending product id: the order the stock updates run in.
-    taken: BTreeMap<Uuid, i64>,
-}
-
-/// Decides the orders one after another, in arrival order, each against the stock the ones
-/// before it left: all of an order's lines or none of them. An order is refused for its unknown
-/// user, else for its first unknown product, else for its first line short of stock (naming what
-/// is left at its turn) — the single-order path's precedence.
-fn allocate<'a>(
-    orders: impl IntoIterator<Item = &'a PlaceOrder>,
-    users: &HashSet<Uuid>,
-    products: &HashMap<Uuid, Stocked>,
-) -> Allocation {
-    let mut left: HashMap<Uuid, i64> = products
-        .iter()
-        .map(|(id, product)| (*id, i64::from(product.stock)))
-        .collect();
-    let mut taken: BTreeMap<Uuid, i64> = BTreeMap::new();
-    let decisions = orders
-        .into_iter()
-        .map(|order| {
-            if !users.contains(&order.user_id) {
-                return Err(StoreError::not_found(Resource::User, order.user_id));
-            }
-            let mut lines = Vec::new();
-            for line in order.lines.iter() {
-                let Some(product) = products.get(&line.product_id) else {
-                    return Err(StoreError::not_found(Resource::Product, line.product_id));
-                };
-                lines.push((line, product));
-            }
-            for (line, _) in &lines {
-                let available = left.get(&line.product_id).copied().unwrap_or(0);
-                let requested = i64::from(line.quantity);
-                if available < requested {
-                    return Err(StoreError::Conflict(Conflict::InsufficientStock {
-                        product_id: line.product_id,
-                        requested,
-                        available,
-                    }));
-                }
-            }
-            let mut total: i64 = 0;
-            let mut items = Vec::with_capacity(lines.len());
-            for (line, product) in lines {
-                let requested = i64::from(line.quantity);
-                *left.entry(line.product_id).or_default() -= requested;
-                *taken.entry(line.product_id).or_default() += requested;
-                total = total.saturating_add(product.price_cents.saturating_mul(requested));
-                items.push(OrderItem {
-                    product_id: line.product_id,
-                    quantity: line.quantity,
-                    unit_price_cents: product.price_cents,
-                });
-            }
-            Ok(Priced { total, items })
-        })
-        .collect();
-    Allocation { decisions, taken }
 }
 
 /// The rows an accepted order is written as: the order and its items.
@@ -349,10 +326,10 @@ async fn insert_orders(txn: &DatabaseTransaction, accepted: &[&Rows]) -> Result<
     Ok(())
 }
 
-/// One update per product for the batch's total, in ascending id. The rows are locked and were
-/// allocated from, so each update takes exactly what was allocated; the guards (stock, price)
-/// only make sure that, whatever happened, stock never goes below zero and nobody pays a price
-/// the product no longer has. An update that takes nothing fails the batch.
+/// One update per product for the batch's total, in ascending id, each locking its row until
+/// COMMIT. The guards (stock, price) are checked on the row's latest version once the lock is
+/// held: a product another write changed since it was read fails the batch as contention, which
+/// is tried again from the read.
 #[tracing::instrument(level = "debug", skip_all, fields(products = taken.len()))]
 async fn take_stock(
     txn: &DatabaseTransaction,
@@ -387,9 +364,10 @@ async fn take_stock(
             .exec(txn)
             .await?;
         if updated.rows_affected != 1 {
-            return Err(StoreError::internal(format!(
-                "product {product_id} changed under the batch's lock"
-            )));
+            return Err(StoreError::Contended {
+                attempts: 1,
+                source: None,
+            });
         }
     }
     Ok(())
@@ -410,132 +388,4 @@ async fn insert_items(txn: &DatabaseTransaction, accepted: &[&Rows]) -> Result<(
             .await?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{OrderLines, Quantity};
-
-    fn id(n: u128) -> Uuid {
-        Uuid::from_u128(n)
-    }
-
-    fn order(user: u128, lines: &[(u128, i32)]) -> PlaceOrder {
-        let q = |n: i32| Quantity::parse(i64::from(n)).expect("a valid quantity");
-        PlaceOrder {
-            user_id: id(user),
-            lines: OrderLines::merge(lines.iter().map(|&(product, n)| (id(product), q(n)))),
-            idempotency: None,
-        }
-    }
-
-    fn stocked(products: &[(u128, i32, i64)]) -> HashMap<Uuid, Stocked> {
-        products
-            .iter()
-            .map(|&(product, stock, price_cents)| (id(product), Stocked { stock, price_cents }))
-            .collect()
-    }
-
-    fn short(product: u128, requested: i64, available: i64) -> String {
-        let conflict = Conflict::InsufficientStock {
-            product_id: id(product),
-            requested,
-            available,
-        };
-        format!("{:?}", StoreError::Conflict(conflict))
-    }
-
-    fn outcome(decision: &Result<Priced, StoreError>) -> Result<i64, String> {
-        decision
-            .as_ref()
-            .map(|priced| priced.total)
-            .map_err(|err| format!("{err:?}"))
-    }
-
-    #[test]
-    fn orders_are_decided_whole_in_arrival_order() {
-        let users = HashSet::from([id(1)]);
-        let products = stocked(&[(10, 3, 100), (20, 1, 1000)]);
-        let orders = [
-            order(1, &[(10, 2)]),
-            // Short of product 10 at its turn, though 20 would fit: takes nothing.
-            order(1, &[(10, 2), (20, 1)]),
-            order(1, &[(20, 1), (10, 1)]),
-            order(1, &[(10, 1)]),
-        ];
-        let allocation = allocate(&orders, &users, &products);
-        let got: Vec<_> = allocation.decisions.iter().map(outcome).collect();
-        assert_eq!(
-            got,
-            vec![
-                Ok(200),
-                Err(short(10, 2, 1)),
-                Ok(1100),
-                Err(short(10, 1, 0))
-            ]
-        );
-        assert_eq!(allocation.taken, BTreeMap::from([(id(10), 3), (id(20), 1)]));
-    }
-
-    #[test]
-    fn an_unknown_user_comes_before_an_unknown_product_before_stock() {
-        let users = HashSet::from([id(1)]);
-        let products = stocked(&[(10, 0, 100)]);
-        let orders = [
-            order(2, &[(99, 1)]),
-            order(1, &[(10, 5), (99, 1)]),
-            order(1, &[(10, 5)]),
-        ];
-        let allocation = allocate(&orders, &users, &products);
-        let got: Vec<_> = allocation.decisions.iter().map(outcome).collect();
-        assert_eq!(
-            got,
-            vec![
-                Err(format!(
-                    "{:?}",
-                    StoreError::not_found(Resource::User, id(2))
-                )),
-                Err(format!(
-                    "{:?}",
-                    StoreError::not_found(Resource::Product, id(99))
-                )),
-                Err(short(10, 5, 0)),
-            ]
-        );
-        assert!(allocation.taken.is_empty());
-    }
-
-    #[test]
-    fn the_first_line_short_of_stock_is_named_in_line_order() {
-        let users = HashSet::from([id(1)]);
-        let products = stocked(&[(10, 1, 100), (20, 1, 100)]);
-        let allocation = allocate(&[order(1, &[(20, 2), (10, 2)])], &users, &products);
-        let got: Vec<_> = allocation.decisions.iter().map(outcome).collect();
-        assert_eq!(got, vec![Err(short(10, 2, 1))]);
-    }
-
-    #[test]
-    fn items_carry_the_locked_price() {
-        let users = HashSet::from([id(1)]);
-        let products = stocked(&[(10, 9, 250), (20, 9, 1000)]);
-        let allocation = allocate(&[order(1, &[(20, 1), (10, 2)])], &users, &products);
-        let priced = allocation.decisions[0].as_ref().expect("accepted");
-        assert_eq!(priced.total, 1500);
-        assert_eq!(
-            priced.items,
-            vec![
-                OrderItem {
-                    product_id: id(10),
-                    quantity: 2,
-                    unit_price_cents: 250
-                },
-                OrderItem {
-                    product_id: id(20),
-                    quantity: 1,
-                    unit_price_cents: 1000
-                },
-            ]
-        );
-    }
 }

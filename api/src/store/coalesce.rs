@@ -1,17 +1,19 @@
-//! Coalescing concurrent writes into one transaction (group commit): concurrent `submit(item)`
-//! calls join a queue, and a worker takes up to `max_batch` of them, in arrival order, as one
-//! batch that a single transaction handles. On a few hot rows (a flash sale) every transaction
-//! waits for the one before it to commit; a batch pays that wait, and the commit, once for all
-//! of its items instead of once each.
+//! The one queue that gathers concurrent calls into batches: concurrent `submit(item)` calls join
+//! a queue, and a worker takes up to `max_batch` of them, in arrival order, as one batch that one
+//! handler call answers. It serves two things: orders placed in one transaction (group commit:
+//! on a few hot rows every transaction waits for the one before it to commit, and a batch pays
+//! that wait, and the commit, once for all of its orders), and point reads answered by one
+//! `WHERE id IN (…)` (`store::batch`).
 //!
-//! It works the way `store::batch` batches point reads: no timer. While fewer than
-//! `max_in_flight` workers run, a call starts one at once, so a lone request waits for nothing;
-//! calls that arrive while every worker is busy queue up, and the next worker to finish takes
-//! them all as its next batch. So batches grow only while writes outpace the database.
+//! There is no timer. When no worker runs, a call starts one at once, so a lone request waits for
+//! nothing; calls that arrive while a worker is busy queue up, and the next worker to finish
+//! takes them all as its next batch. A further worker (up to `max_in_flight`) starts once
+//! `backlog` calls wait. So batches grow only while calls outpace the database, and a queue never
+//! holds more than `max_in_flight` connections.
 //!
 //! Workers are spawned rather than driven by a caller's future, because a caller whose future is
-//! dropped (client disconnect, request deadline) must not cancel the transaction others wait on.
-//! A caller that has gone before its batch is taken is skipped. A worker decides to exit under
+//! dropped (client disconnect, request deadline) must not cancel the work others wait on. A
+//! caller that has gone before its batch is taken is skipped. A worker decides to exit under
 //! the same lock enqueuers take, so nothing is ever left queued with no worker to take it. A
 //! panicking batch fails only its own callers, with [`Abandoned`].
 
@@ -26,7 +28,7 @@ use tokio::sync::oneshot;
 
 /// The batch a caller was waiting in was lost (its handler panicked), so there is no answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("coalesced write abandoned")]
+#[error("batch abandoned")]
 pub struct Abandoned;
 
 /// One queued item and the caller waiting for its answer.
@@ -79,6 +81,8 @@ struct Inner<T, R> {
     state: Mutex<State<T, R>>,
     max_batch: usize,
     max_in_flight: usize,
+    /// Queued calls that justify another worker while one runs.
+    backlog: usize,
     handle: Box<HandleFn<T, R>>,
 }
 
@@ -100,6 +104,21 @@ where
         F: Fn(Vec<Waiter<T, R>>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        Self::with_backlog(max_batch, max_in_flight, 1, handle)
+    }
+
+    /// As `new`, but while a worker runs another starts only once `backlog` calls wait: a second
+    /// batch at once pays for its round trips only when it carries several calls.
+    pub fn with_backlog<F, Fut>(
+        max_batch: usize,
+        max_in_flight: usize,
+        backlog: usize,
+        handle: F,
+    ) -> Self
+    where
+        F: Fn(Vec<Waiter<T, R>>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
@@ -108,6 +127,7 @@ where
                 }),
                 max_batch: max_batch.max(1),
                 max_in_flight: max_in_flight.max(1),
+                backlog: backlog.max(1),
                 handle: Box::new(move |batch| handle(batch).boxed()),
             }),
         }
@@ -119,7 +139,8 @@ where
         {
             let mut state = self.inner.state();
             state.queue.push_back(Waiter { item, reply });
-            if state.workers < self.inner.max_in_flight {
+            let backlog = state.queue.len() >= self.inner.backlog;
+            if state.workers == 0 || (state.workers < self.inner.max_in_flight && backlog) {
                 state.workers += 1;
                 tokio::spawn(Arc::clone(&self.inner).work());
             }
@@ -128,7 +149,7 @@ where
     }
 
     #[cfg(test)]
-    fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.inner.state().queue.len()
     }
 }
