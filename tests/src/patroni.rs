@@ -30,6 +30,13 @@ const RETRY_TIMEOUT: u32 = 4;
 /// How long the cluster may take to come up, and a new leader to take over.
 const COME_UP: Duration = Duration::from_secs(90);
 
+/// How many new clusters `Cluster::start` tries before it fails the test.
+const ATTEMPTS: u32 = 3;
+
+/// How many clusters may be starting at once, across the tests of one process.
+const STARTING_AT_ONCE: usize = 2;
+static STARTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(STARTING_AT_ONCE);
+
 const SUPERUSER_PASSWORD: &str = "postgres";
 
 /// Why no cluster could be made (the test is then skipped, or fails when required).
@@ -121,6 +128,13 @@ fn newest_pg_bin() -> Option<PathBuf> {
 impl Cluster {
     /// A new cluster with a leader, a synchronous standby and HAProxy routing to both; `None`
     /// (skipped, or a failure under `REQUIRE_ALL_BACKENDS=1`) when a program is missing.
+    ///
+    /// At most `STARTING_AT_ONCE` clusters start at a time, as bootstrap and base backup are the
+    /// heaviest part of a cluster's life. A cluster that has not settled (one leader, the other
+    /// node its synchronous standby, HAProxy routing to both) within `COME_UP` is printed with
+    /// its logs, torn down, and started afresh, up to `ATTEMPTS` times: a loaded machine can
+    /// leave a new Patroni cluster stuck in its bootstrap, which is Patroni's start-up and not
+    /// what a test asks about.
     pub async fn start() -> Option<Self> {
         let programs = match Programs::find() {
             Ok(programs) => programs,
@@ -129,6 +143,33 @@ impl Cluster {
                 return None;
             }
         };
+        let _turn = STARTING
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        for attempt in 1..=ATTEMPTS {
+            let cluster = Self::launch(&programs).await;
+            match cluster.settle(COME_UP).await {
+                Ok(()) => return Some(cluster),
+                Err(missing) if attempt < ATTEMPTS => {
+                    eprintln!(
+                        "a new Patroni cluster did not settle in {COME_UP:?} (no {missing}); \
+                         starting another{}",
+                        cluster.logs()
+                    );
+                }
+                Err(missing) => panic!(
+                    "{ATTEMPTS} Patroni clusters in turn did not settle in {COME_UP:?}; the last \
+                     had no {missing}{}",
+                    cluster.logs()
+                ),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Starts etcd, both Patroni nodes and HAProxy, in a directory of their own.
+    async fn launch(programs: &Programs) -> Self {
         let dir =
             std::env::temp_dir().join(format!("sf-patroni-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(dir.join("pids")).expect("make the cluster's directory");
@@ -199,21 +240,33 @@ impl Cluster {
             "haproxy",
         );
         *cluster.haproxy.lock().unwrap_or_else(|e| e.into_inner()) = Some(haproxy);
+        cluster
+    }
 
-        let leader = cluster.wait_for_any_leader(COME_UP).await;
-        let standby = cluster.other(leader);
-        cluster
-            .wait_until(COME_UP, "the standby to become synchronous", || {
-                cluster.answers(standby, "/sync")
-            })
-            .await;
-        cluster
-            .wait_until(COME_UP, "HAProxy to route to both nodes", || async {
-                cluster.in_recovery(cluster.primary_port).await == Some(false)
-                    && cluster.in_recovery(cluster.standby_port).await == Some(true)
-            })
-            .await;
-        Some(cluster)
+    /// Waits until one node leads, the other is its synchronous standby, and HAProxy routes to
+    /// both, asking afresh each time which node leads; after `within`, names what is missing.
+    async fn settle(&self, within: Duration) -> Result<(), &'static str> {
+        let started = Instant::now();
+        loop {
+            let missing = match self.leader().await {
+                None => "leader",
+                Some(leader) if !self.answers(self.other(leader), "/sync").await => {
+                    "synchronous standby"
+                }
+                Some(_) => {
+                    let routed = self.in_recovery(self.primary_port).await == Some(false)
+                        && self.in_recovery(self.standby_port).await == Some(true);
+                    if routed {
+                        return Ok(());
+                    }
+                    "HAProxy route to both nodes"
+                }
+            };
+            if started.elapsed() > within {
+                return Err(missing);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// The superuser's URL of `database` through `port`.
@@ -363,19 +416,6 @@ impl Cluster {
                 .is_ok_and(|reply| reply.status().is_success())
         })
         .await;
-    }
-
-    async fn wait_for_any_leader(&self, within: Duration) -> &Node {
-        let started = Instant::now();
-        loop {
-            if let Some(leader) = self.leader().await {
-                return leader;
-            }
-            if started.elapsed() > within {
-                panic!("no Patroni node became the leader{}", self.logs());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
     }
 
     /// Polls `done` every 50 ms; panics with the cluster's logs after `within`.
