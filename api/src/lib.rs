@@ -9,5 +9,6 @@ pub mod http;
 pub mod metrics;
 pub mod relay;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -9,15 +9,16 @@ use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpListener};
 
 use crate::cache::Caches;
+use crate::cache::versioned::Versioned;
 use crate::config::{Config, DatabaseUrl};
 use crate::domain::Hasher;
-use crate::http::{self, AppState};
+use crate::http;
 use crate::metrics::Metrics;
+use crate::state::AppState;
 use crate::store::events::{self, Events, Feed};
-use crate::store::peers::Peers;
-use crate::store::sql::replicas::Replicas;
-use crate::store::sql::{notify, pool};
-use crate::store::{DbFailure, Engine, Repositories};
+use crate::store::peers::{self, Peers};
+use crate::store::sql::pool;
+use crate::store::{DbFailure, Engine, ReadReplicas, Repositories};
 
 /// Why the service could not start; each renders as one line for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -38,13 +39,9 @@ impl AppState {
     /// The one place the parts meet: caches, the engine's repositories, the hasher.
     pub fn new(config: Config, db: Engine, metrics: Arc<Metrics>) -> Self {
         let caches = Caches::new(&config.cache, &metrics);
-        let representations = http::conditional::Representations::new(&config.cache);
-        let replicas = db
-            .sql()
-            .and_then(|primary| Replicas::new(primary, &config.database, &metrics));
-        let positions = replicas
-            .as_ref()
-            .map_or_else(Default::default, |replicas| replicas.positions());
+        let representations = Versioned::new(&config.cache);
+        let replicas = ReadReplicas::new(&db, &config.database, &metrics);
+        let positions = replicas.positions();
         let feed = Feed::new(http::events::render, config.events.record);
         let Repositories {
             users,
@@ -58,7 +55,7 @@ impl AppState {
             &config.cache,
             &feed,
             metrics.clone(),
-            replicas.clone(),
+            &replicas,
         );
         let hasher = Hasher::new(config.auth.hash_queue_limit);
         Self {
@@ -75,11 +72,7 @@ impl AppState {
             positions,
             representations,
             replicas,
-            listener_name: format!(
-                "{}{}",
-                notify::LISTENER_PREFIX,
-                uuid::Uuid::now_v7().simple()
-            ),
+            listener_name: peers::listener_name(),
         }
     }
 }
@@ -136,10 +129,7 @@ impl Application {
             .unwrap_or(addr);
         let state = Arc::new(AppState::new(config, db, metrics));
         ensure_admin(&state).await?;
-        let replica_checks = match &state.replicas {
-            Some(replicas) => Some(replicas.start_health_checks().await),
-            None => None,
-        };
+        let replica_checks = state.replicas.start_health_checks().await;
         let listener = listen_to_peers(&state).await;
         let feed_tasks = start_feed(&state);
         Ok(Self {
@@ -180,9 +170,7 @@ impl Application {
         }
         tracing::info!("shutting down: closing the database pool");
         let closed = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            if let Some(replicas) = &self.state.replicas {
-                replicas.close().await;
-            }
+            self.state.replicas.close().await;
             self.state.db.close_by_ref().await
         })
         .await;
@@ -340,14 +328,4 @@ pub async fn shutdown_signal() {
         () = interrupt => tracing::info!("SIGINT received"),
         () = terminate => tracing::info!("SIGTERM received"),
     }
-}
-
-/// The OpenAPI document as YAML, generated without a database (for `api openapi`).
-pub async fn openapi_yaml() -> Result<String, StartupError> {
-    let config = Config::from_vars([("DATABASE_URL".to_owned(), "sqlite::memory:".to_owned())])?;
-    let metrics = Arc::new(Metrics::new());
-    let db = Engine::connect(&config.database, metrics.db_queries.clone()).await?;
-    Ok(http::openapi_yaml(Arc::new(AppState::new(
-        config, db, metrics,
-    ))))
 }

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::config::Config;
-use api::http::AppState;
 use api::startup::Application;
+use api::state::AppState;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend};
 use serde_json::Value;
 use tokio::sync::{Mutex, oneshot};

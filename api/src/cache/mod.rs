@@ -24,6 +24,8 @@ use crate::config::CacheConfig;
 use crate::domain::model::{Product, Session, SessionOwner, User};
 use crate::metrics::Metrics;
 
+pub mod versioned;
+
 const STRIPES: usize = 4096;
 
 /// A cached value, and its serialized representation and entity tag (as the header value it is

@@ -6,9 +6,9 @@ use poem::Request;
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
 
-use super::AppState;
 use super::error::ApiError;
 use crate::auth::{self, Caller};
+use crate::state::AppState;
 
 /// `Authorization: Bearer <token>` from `POST /v1/sessions`.
 #[derive(SecurityScheme)]

@@ -15,49 +15,19 @@ use poem_openapi::types::{ToHeader, Type};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::config::CacheConfig;
+use crate::cache::versioned::Versioned;
 
-/// Serialized representations by resource id and version. A version names exactly one
-/// representation (every write moves it), so an entry can never be stale, and reading a
-/// resource nobody has changed costs a lookup instead of building and serializing a document.
-pub struct Representations {
-    /// `None` when caching is off (`CACHE_TTL_SECS=0`).
-    bodies: Option<moka::future::Cache<(Uuid, i64), Bytes, foldhash::fast::RandomState>>,
-}
-
-impl Representations {
-    pub fn new(config: &CacheConfig) -> Self {
-        // No time to live: an entry can never be stale, and without one moka keeps no
-        // write-order queue, which is most of what a small entry costs.
-        let bodies = (!config.ttl.is_zero()).then(|| {
-            moka::future::Cache::builder()
-                .max_capacity(config.max_entries)
-                .build_with_hasher(foldhash::fast::RandomState::default())
-        });
-        Self { bodies }
-    }
-
-    /// The JSON of the resource `id` at `version`, rendered by `dto` unless already known.
-    pub async fn render<T: Serialize>(
-        &self,
-        id: Uuid,
-        version: i64,
-        dto: impl FnOnce() -> T,
-    ) -> Representation<T> {
-        let render = || json_bytes(&dto());
-        let bytes = match &self.bodies {
-            Some(bodies) => match bodies.get(&(id, version)).await {
-                Some(bytes) => bytes,
-                None => {
-                    let bytes = render();
-                    bodies.insert((id, version), bytes.clone()).await;
-                    bytes
-                }
-            },
-            None => render(),
-        };
-        Representation(bytes, PhantomData)
-    }
+/// The JSON of the resource `id` at `version`, rendered by `dto` unless `kept` has it: a
+/// version names exactly one representation, so reading a resource nobody has changed costs a
+/// look-up instead of building and serializing a document.
+pub async fn render<T: Serialize>(
+    kept: &Versioned,
+    id: Uuid,
+    version: i64,
+    dto: impl FnOnce() -> T,
+) -> Representation<T> {
+    let bytes = kept.get_or_make(id, version, || json_bytes(&dto())).await;
+    Representation(bytes, PhantomData)
 }
 
 /// `value` as `Json<T>` would send it. `Json<T>` goes through `ToJSON`, which builds a
@@ -223,9 +193,9 @@ macro_rules! resource_responses {
 
         impl $read {
             /// 304 when `if_none_match` names `version`, else the representation of `id` at
-            /// `version` (serialized once per version, see `Representations`).
+            /// `version` (serialized once per version, see `render`).
             pub async fn of(
-                representations: &$crate::http::conditional::Representations,
+                representations: &$crate::cache::versioned::Versioned,
                 id: uuid::Uuid,
                 version: i64,
                 if_none_match: Option<&str>,
@@ -235,7 +205,10 @@ macro_rules! resource_responses {
                 if $crate::http::conditional::none_match(if_none_match, version) {
                     Self::NotModified(tag)
                 } else {
-                    Self::Ok(representations.render(id, version, dto).await, tag)
+                    Self::Ok(
+                        $crate::http::conditional::render(representations, id, version, dto).await,
+                        tag,
+                    )
                 }
             }
 

@@ -1,6 +1,8 @@
 //! `/v1/events`: the change feed, read by cursor (see `store::events`).
 
 use std::sync::Arc;
+
+use poem::web::Data;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -10,6 +12,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 use uuid::Uuid;
 
+use super::Tag;
 use super::bearer::BearerAuth;
 use super::error::ApiError;
 use super::failures::{EventFailures, Failure};
@@ -17,9 +20,9 @@ use super::orders::OrderDto;
 use super::products::ProductDto;
 use super::timestamp::Timestamp;
 use super::users::UserDto;
-use super::{AppState, Tag};
 use crate::auth::access;
 use crate::domain::FieldError;
+use crate::state::AppState;
 use crate::store::events::{Event, EventType, Read, ReadError, Subject};
 
 pub const DEFAULT_LIMIT: u64 = 100;
@@ -164,7 +167,7 @@ fn parse_types(types: &str) -> Result<Vec<EventType>, String> {
         .collect()
 }
 
-pub struct EventsApi(pub Arc<AppState>);
+pub struct EventsApi;
 
 #[OpenApi(tag = "Tag::Events")]
 impl EventsApi {
@@ -174,8 +177,11 @@ impl EventsApi {
     /// `next_cursor` (pass it as `after`) and no event is skipped or repeated, however writes
     /// interleave. With `wait`, an answer that would be empty is held until an event arrives.
     #[oai(path = "/v1/events", method = "get", operation_id = "listEvents")]
+    // One argument a query parameter, each documented where it is declared.
+    #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
+        state: Data<&Arc<AppState>>,
         auth: BearerAuth,
         /// A `next_cursor` from an earlier answer: the events after it.
         after: Query<Option<String>>,
@@ -219,7 +225,7 @@ impl EventsApi {
         if !errors.is_empty() {
             return Err(ApiError::Validation(errors).into());
         }
-        let events = &self.0.events;
+        let events = &state.events;
         if start.0 == Some(Start::Latest) {
             let latest = events.latest().await?;
             return Ok(Json(EventPage {
@@ -228,7 +234,7 @@ impl EventsApi {
             }));
         }
         // A held answer must still come back within the request deadline.
-        let deadline = self.0.config.request_timeout;
+        let deadline = state.config.request_timeout;
         let wait = Duration::from_secs(wait.0.unwrap_or(0).min(MAX_WAIT_SECS))
             .min(deadline.saturating_sub(Duration::from_secs(1)));
         let read = Read {

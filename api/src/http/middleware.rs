@@ -16,11 +16,11 @@ use poem_openapi::error::{
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::AppState;
 use super::body;
 use super::consistency;
 use super::error::{ApiError, FailureNote};
 use crate::domain::FieldError;
+use crate::state::AppState;
 use crate::store::DbFailure;
 use crate::store::consistency as store_consistency;
 

@@ -24,36 +24,7 @@ use std::sync::Arc;
 use poem::{Endpoint, EndpointExt, Route, get};
 use poem_openapi::{OpenApiService, Tags};
 
-use crate::cache::Caches;
-use crate::config::Config;
-use crate::domain::Hasher;
-use crate::metrics::Metrics;
-use crate::store::{Engine, Orders, Products, Sessions, Users};
-
-/// Everything a request handler may use.
-pub struct AppState {
-    pub config: Config,
-    pub db: Engine,
-    pub metrics: Arc<Metrics>,
-    pub users: Users,
-    pub products: Products,
-    pub orders: Orders,
-    pub sessions: Sessions,
-    /// The change feed.
-    pub events: crate::store::events::Events,
-    /// Every password hash and verification, on a bounded queue.
-    pub hasher: Hasher,
-    pub caches: Caches,
-    /// With read replicas: the database positions this instance knows of (its answers' tokens).
-    pub positions: Arc<crate::store::consistency::Positions>,
-    /// Serialized single-resource representations, by id and version (ids are UUIDv7, unique
-    /// across resources).
-    pub representations: conditional::Representations,
-    /// PostgreSQL's read replicas, when configured.
-    pub replicas: Option<Arc<crate::store::sql::replicas::Replicas>>,
-    /// The `application_name` of this instance's cache-invalidation listener (PostgreSQL).
-    pub listener_name: String,
-}
+use crate::state::AppState;
 
 #[derive(Tags)]
 pub enum Tag {
@@ -80,14 +51,16 @@ type Apis = (
     ops::OpsApi,
 );
 
-fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
+/// The operations, which take the application's state from each request (`app` gives it to
+/// every one): the document is the same without any state, and needs no database.
+fn service() -> OpenApiService<Apis, ()> {
     let apis = (
-        sessions::SessionsApi(state.clone()),
-        users::UsersApi(state.clone()),
-        products::ProductsApi(state.clone()),
-        orders::OrdersApi(state.clone()),
-        events::EventsApi(state.clone()),
-        ops::OpsApi(state),
+        sessions::SessionsApi,
+        users::UsersApi,
+        products::ProductsApi,
+        orders::OrdersApi,
+        events::EventsApi,
+        ops::OpsApi,
     );
     OpenApiService::new(apis, "Storefront", env!("CARGO_PKG_VERSION"))
         .summary("Users, products and orders")
@@ -95,18 +68,18 @@ fn service(state: Arc<AppState>) -> OpenApiService<Apis, ()> {
 }
 
 /// The OpenAPI document the server serves, as JSON.
-pub fn openapi_json(state: Arc<AppState>) -> serde_json::Value {
-    spec::finish(&service(state).spec())
+pub fn openapi_json() -> serde_json::Value {
+    spec::finish(&service().spec())
 }
 
 /// The OpenAPI document as YAML, exactly as `openapi.yaml` is checked in.
-pub fn openapi_yaml(state: Arc<AppState>) -> String {
-    spec::to_yaml(&openapi_json(state))
+pub fn openapi_yaml() -> String {
+    spec::to_yaml(&openapi_json())
 }
 
 /// The whole application: API routes, documents, Swagger UI and the middleware.
 pub fn app(state: Arc<AppState>) -> impl Endpoint + 'static {
-    let service = service(state.clone());
+    let service = service();
     let document = spec::finish(&service.spec());
     let json = Arc::new(document.to_string());
     let yaml = Arc::new(spec::to_yaml(&document));

@@ -2,10 +2,13 @@
 
 use std::sync::Arc;
 
+use poem::web::Data;
+
 use poem_openapi::payload::PlainText;
 use poem_openapi::{ApiResponse, OpenApi};
 
-use super::{AppState, Tag};
+use super::Tag;
+use crate::state::AppState;
 
 #[derive(ApiResponse)]
 pub enum Readiness {
@@ -17,7 +20,7 @@ pub enum Readiness {
     NotReady(PlainText<String>),
 }
 
-pub struct OpsApi(pub Arc<AppState>);
+pub struct OpsApi;
 
 #[OpenApi(tag = "Tag::Operations")]
 impl OpsApi {
@@ -33,8 +36,8 @@ impl OpsApi {
     ///
     /// 200 when a database round trip succeeds, else 503.
     #[oai(path = "/ready", method = "get", operation_id = "ready")]
-    async fn ready(&self) -> Readiness {
-        match self.0.db.ping().await {
+    async fn ready(&self, state: Data<&Arc<AppState>>) -> Readiness {
+        match state.db.ping().await {
             Ok(()) => Readiness::Ready(PlainText("ready".to_owned())),
             Err(err) => {
                 tracing::warn!(
@@ -48,8 +51,7 @@ impl OpsApi {
 
     /// Prometheus metrics
     #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
-    async fn metrics(&self) -> PlainText<String> {
-        let state = &self.0;
+    async fn metrics(&self, state: Data<&Arc<AppState>>) -> PlainText<String> {
         let pool = state.db.pool_stats();
         let metrics = &state.metrics;
         metrics

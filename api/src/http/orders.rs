@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use poem::web::Data;
+
 use poem::Request;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -10,6 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::Tag;
 use super::bearer::BearerAuth;
 use super::body::{JsonBody, present};
 use super::conditional::{self, resource_responses};
@@ -18,10 +21,10 @@ use super::error::ApiError;
 use super::failures::{Failure, NestedListFailures, PlaceFailures, ReadFailures, UpdateFailures};
 use super::pagination::{Paging, page_of};
 use super::timestamp::Timestamp;
-use super::{AppState, Tag};
 use crate::auth::{Caller, access};
 use crate::domain::model::{Idempotency, Order, OrderFilter, PlaceOrder, Placed};
 use crate::domain::{Bounds, IdempotencyKey, OrderLines, OrderStatus, Quantity, Range, Validator};
+use crate::state::AppState;
 
 // `Serialize` writes exactly what `ToJSON` does (`conditional::json_bytes`).
 #[derive(Object, serde::Serialize)]
@@ -117,7 +120,7 @@ resource_responses!(OrderRead, OrderWritten, OrderPlaced, OrderDto);
 
 const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
-pub struct OrdersApi(pub Arc<AppState>);
+pub struct OrdersApi;
 
 #[OpenApi(tag = "Tag::Orders")]
 impl OrdersApi {
@@ -128,6 +131,7 @@ impl OrdersApi {
     #[oai(path = "/v1/orders", method = "post", operation_id = "placeOrder")]
     async fn place(
         &self,
+        state: Data<&Arc<AppState>>,
         auth: BearerAuth,
         /// Makes retries safe: the same key with the same body answers the first order again
         /// (kept at least 24 hours); with a different body, 409. 1–255 visible ASCII characters.
@@ -168,8 +172,7 @@ impl OrdersApi {
             key,
             request_hash: fingerprint(user_id, &request),
         });
-        let placed = self
-            .0
+        let placed = state
             .orders
             .place(PlaceOrder {
                 user_id,
@@ -189,15 +192,16 @@ impl OrdersApi {
     #[oai(path = "/v1/orders/:id", method = "get", operation_id = "getOrder")]
     async fn get(
         &self,
+        state: Data<&Arc<AppState>>,
         auth: BearerAuth,
         id: Path<Uuid>,
         /// Answers 304 when it names the current `ETag`.
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> Result<OrderRead, Failure<ReadFailures>> {
-        let order = self.visible_order(&auth.0, id.0).await?;
+        let order = self.visible_order(&state, &auth.0, id.0).await?;
         let (id, version) = (order.id, order.version);
-        let representations = &self.0.representations;
+        let representations = &state.representations;
         let inm = if_none_match.0.as_deref();
         Ok(OrderRead::of(representations, id, version, inm, || order.into()).await)
     }
@@ -213,6 +217,7 @@ impl OrdersApi {
     )]
     async fn update(
         &self,
+        state: Data<&Arc<AppState>>,
         auth: BearerAuth,
         id: Path<Uuid>,
         /// Applies the change only if it names the current `ETag` (else 412).
@@ -221,11 +226,10 @@ impl OrdersApi {
         body: JsonBody<UpdateOrderRequest>,
     ) -> Result<OrderWritten, Failure<UpdateFailures>> {
         let to = OrderStatus::from(body.0.status);
-        let current = self.0.orders.get(id.0).await?;
+        let current = state.orders.get(id.0).await?;
         access::change_order(&auth.0, current.user_id, to)?;
         let expected = conditional::if_match(if_match.0.as_deref());
-        let order = self
-            .0
+        let order = state
             .orders
             .transition(id.0, to, expected.as_deref())
             .await?;
@@ -241,6 +245,7 @@ impl OrdersApi {
     )]
     async fn list_for_user(
         &self,
+        state: Data<&Arc<AppState>>,
         auth: BearerAuth,
         id: Path<Uuid>,
         // `page`, `per_page` and `cursor`, declared in the document by `spec`.
@@ -253,15 +258,20 @@ impl OrdersApi {
         let filter = OrderFilter {
             status: status.0.map(Into::into),
         };
-        let orders = self.0.orders.list_for_user(id.0, filter, request).await?;
+        let orders = state.orders.list_for_user(id.0, filter, request).await?;
         Ok(Json(OrderPage::of("orders", request, orders)))
     }
 }
 
 impl OrdersApi {
     /// The order, if the caller may see it; otherwise 404, as if it did not exist.
-    async fn visible_order(&self, caller: &Caller, id: Uuid) -> Result<Order, ApiError> {
-        let order = self.0.orders.get(id).await?;
+    async fn visible_order(
+        &self,
+        state: &AppState,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<Order, ApiError> {
+        let order = state.orders.get(id).await?;
         access::see_order(caller, order.user_id)?;
         Ok(order)
     }

@@ -2,12 +2,15 @@
 
 use std::sync::Arc;
 
+use poem::web::Data;
+
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::Tag;
 use super::bearer::BearerAuth;
 use super::body::{JsonBody, present};
 use super::conditional::{self, resource_responses};
@@ -18,10 +21,10 @@ use super::failures::{
 use super::pagination::{Paging, page_of};
 use super::timestamp::Timestamp;
 use super::users::Deleted;
-use super::{AppState, Tag};
 use crate::auth::access;
 use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
 use crate::domain::{Bounds, Cents, ProductName, Range, Sku, Stock, Validator};
+use crate::state::AppState;
 
 // `Serialize` writes exactly what `ToJSON` does (`conditional::json_bytes`).
 #[derive(Object, serde::Serialize)]
@@ -99,7 +102,7 @@ pub const BOUNDS: &[(&str, &str, Range)] = &[
 
 resource_responses!(ProductRead, ProductWritten, ProductCreated, ProductDto);
 
-pub struct ProductsApi(pub Arc<AppState>);
+pub struct ProductsApi;
 
 #[OpenApi(tag = "Tag::Products")]
 impl ProductsApi {
@@ -107,6 +110,7 @@ impl ProductsApi {
     #[oai(path = "/v1/products", method = "post", operation_id = "createProduct")]
     async fn create(
         &self,
+        state: Data<&Arc<AppState>>,
         auth: BearerAuth,
         body: JsonBody<CreateProductRequest>,
     ) -> Result<ProductCreated, Failure<CreateFailures>> {
@@ -127,7 +131,7 @@ impl ProductsApi {
                 })
             })
             .map_err(ApiError::Validation)?;
-        let product = self.0.products.create(new).await?;
+        let product = state.products.create(new).await?;
         let location = format!("/v1/products/{}", product.id);
         let tag = conditional::etag(product.version);
         Ok(ProductCreated::Created(Json(product.into()), location, tag))
@@ -137,12 +141,13 @@ impl ProductsApi {
     #[oai(path = "/v1/products/:id", method = "get", operation_id = "getProduct")]
     async fn get(
         &self,
+        state: Data<&Arc<AppState>>,
         id: Path<Uuid>,
         /// Answers 304 when it names the current `ETag`.
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> Result<ProductRead, Failure<PublicReadFailures>> {
-        let product = self.0.products.get_cached(id.0).await?;
+        let product = state.products.get_cached(id.0).await?;
         let inm = if_none_match.0.as_deref();
         let dto = |product: &Product| product.clone().into();
         Ok(ProductRead::of_cached(&product, product.version, inm, dto))
@@ -154,6 +159,7 @@ impl ProductsApi {
     #[oai(path = "/v1/products", method = "get", operation_id = "listProducts")]
     async fn list(
         &self,
+        state: Data<&Arc<AppState>>,
         // `page`, `per_page` and `cursor`, declared in the document by `spec`.
         paging: Paging,
         /// `true`: only products in stock; `false`: only those out of stock.
@@ -163,7 +169,7 @@ impl ProductsApi {
         let filter = ProductFilter {
             in_stock: in_stock.0,
         };
-        let products = self.0.products.list(filter, request).await?;
+        let products = state.products.list(filter, request).await?;
         Ok(Json(ProductPage::of("products", request, products)))
     }
 
@@ -177,6 +183,7 @@ impl ProductsApi {
     )]
     async fn update(
         &self,
+        state: Data<&Arc<AppState>>,
         auth: BearerAuth,
         id: Path<Uuid>,
         /// Applies the change only if it names the current `ETag` (else 412).
@@ -203,8 +210,7 @@ impl ProductsApi {
             })
             .map_err(ApiError::Validation)?;
         let expected = conditional::if_match(if_match.0.as_deref());
-        let product = self
-            .0
+        let product = state
             .products
             .update(id.0, changes, expected.as_deref())
             .await?;
@@ -222,6 +228,7 @@ impl ProductsApi {
     )]
     async fn delete(
         &self,
+        state: Data<&Arc<AppState>>,
         auth: BearerAuth,
         id: Path<Uuid>,
         /// Deletes only if it names the current `ETag` (else 412).
@@ -230,7 +237,7 @@ impl ProductsApi {
     ) -> Result<Deleted, Failure<DeleteFailures>> {
         access::manage_products(&auth.0)?;
         let expected = conditional::if_match(if_match.0.as_deref());
-        self.0.products.delete(id.0, expected.as_deref()).await?;
+        state.products.delete(id.0, expected.as_deref()).await?;
         Ok(Deleted::NoContent)
     }
 }

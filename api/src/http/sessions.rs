@@ -2,11 +2,14 @@
 
 use std::sync::Arc;
 
+use poem::web::Data;
+
 use poem::Request;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 
+use super::Tag;
 use super::bearer::BearerAuth;
 use super::body::JsonBody;
 use super::error::ApiError;
@@ -14,10 +17,10 @@ use super::failures::{Failure, LoginFailures, LogoutFailures};
 use super::middleware;
 use super::timestamp::Timestamp;
 use super::users::{Deleted, UserDto};
-use super::{AppState, Tag};
 use crate::auth::{self, throttle};
 use crate::domain::model::User;
 use crate::domain::{Email, UserStatus};
+use crate::state::AppState;
 
 #[derive(Object, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +55,7 @@ pub enum LoggedIn {
     ),
 }
 
-pub struct SessionsApi(pub Arc<AppState>);
+pub struct SessionsApi;
 
 #[OpenApi(tag = "Tag::Sessions")]
 impl SessionsApi {
@@ -63,10 +66,11 @@ impl SessionsApi {
     #[oai(path = "/v1/sessions", method = "post", operation_id = "login")]
     async fn login(
         &self,
+        state: Data<&Arc<AppState>>,
         raw: &Request,
         body: JsonBody<LoginRequest>,
     ) -> Result<LoggedIn, Failure<LoginFailures>> {
-        let state = &self.0;
+        let state = &state;
         let request = body.0;
         let config = &state.config.auth;
         let email = Email::normalize_for_lookup(&request.email);
@@ -115,8 +119,12 @@ impl SessionsApi {
         method = "delete",
         operation_id = "logout"
     )]
-    async fn logout(&self, auth: BearerAuth) -> Result<Deleted, Failure<LogoutFailures>> {
-        self.0.sessions.revoke(&auth.0.token_hash).await?;
+    async fn logout(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+    ) -> Result<Deleted, Failure<LogoutFailures>> {
+        state.sessions.revoke(&auth.0.token_hash).await?;
         Ok(Deleted::NoContent)
     }
 }

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use poem::web::Data;
+
 use poem::Request;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -9,6 +11,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::Tag;
 use super::bearer::{self, BearerAuth};
 use super::body::{JsonBody, present};
 use super::conditional::{self, resource_responses};
@@ -20,10 +23,10 @@ use super::failures::{
 use super::middleware;
 use super::pagination::{Paging, page_of};
 use super::timestamp::Timestamp;
-use super::{AppState, Tag};
 use crate::auth::access;
 use crate::domain::model::{NewUser, User, UserChanges, UserFilter};
 use crate::domain::{Bounds, Email, Password, Range, UserName, UserRole, UserStatus, Validator};
+use crate::state::AppState;
 
 /// A user. The password is never returned.
 // `Serialize` writes exactly what `ToJSON` does (`conditional::json_bytes`).
@@ -120,7 +123,7 @@ pub enum Deleted {
     NoContent,
 }
 
-pub struct UsersApi(pub Arc<AppState>);
+pub struct UsersApi;
 
 #[OpenApi(tag = "Tag::Users")]
 impl UsersApi {
@@ -130,11 +133,12 @@ impl UsersApi {
     #[oai(path = "/v1/users", method = "post", operation_id = "createUser")]
     async fn create(
         &self,
+        state: Data<&Arc<AppState>>,
         raw: &Request,
         body: JsonBody<CreateUserRequest>,
     ) -> Result<UserCreated, Failure<SignUpFailures>> {
         let request = body.0;
-        let caller = bearer::optional_caller(&self.0, raw).await?;
+        let caller = bearer::optional_caller(&state, raw).await?;
         access::create_user(
             caller.as_ref(),
             request.status.is_some() || request.role.is_some(),
@@ -146,14 +150,12 @@ impl UsersApi {
         let (name, email, password) = v
             .finish(|| Some((name?, email?, password?)))
             .map_err(ApiError::Validation)?;
-        let password = self
-            .0
+        let password = state
             .hasher
             .hash(password, middleware::deadline())
             .await
             .map_err(ApiError::from)?;
-        let user = self
-            .0
+        let user = state
             .users
             .create(NewUser {
                 name,
@@ -174,6 +176,7 @@ impl UsersApi {
     #[oai(path = "/v1/users/:id", method = "get", operation_id = "getUser")]
     async fn get(
         &self,
+        state: Data<&Arc<AppState>>,
         auth: BearerAuth,
         id: Path<Uuid>,
         /// Answers 304 when it names the current `ETag`.
@@ -181,7 +184,7 @@ impl UsersApi {
         if_none_match: Header<Option<String>>,
     ) -> Result<UserRead, Failure<ReadFailures>> {
         access::see_user(&auth.0, id.0)?;
-        let user = self.0.users.get_cached(id.0).await?;
+        let user = state.users.get_cached(id.0).await?;
         let inm = if_none_match.0.as_deref();
         let dto = |user: &User| user.clone().into();
         Ok(UserRead::of_cached(&user, user.version, inm, dto))
@@ -193,6 +196,7 @@ impl UsersApi {
     #[oai(path = "/v1/users", method = "get", operation_id = "listUsers")]
     async fn list(
         &self,
+        state: Data<&Arc<AppState>>,
         auth: BearerAuth,
         // `page`, `per_page` and `cursor`, declared in the document by `spec`.
         paging: Paging,
@@ -207,7 +211,7 @@ impl UsersApi {
             status: status.0.map(Into::into),
             email: email.0,
         };
-        let users = self.0.users.list(filter, request).await?;
+        let users = state.users.list(filter, request).await?;
         Ok(Json(UserPage::of("users", request, users)))
     }
 
@@ -220,6 +224,7 @@ impl UsersApi {
     #[oai(path = "/v1/users/:id", method = "patch", operation_id = "updateUser")]
     async fn update(
         &self,
+        state: Data<&Arc<AppState>>,
         auth: BearerAuth,
         id: Path<Uuid>,
         /// Applies the change only if it names the current `ETag` (else 412).
@@ -248,11 +253,11 @@ impl UsersApi {
             .map_err(ApiError::Validation)?;
         if rules.needs_current_password {
             let current = request.current_password.unwrap_or_default();
-            self.check_current_password(id.0, &current).await?;
+            self.check_current_password(&state, id.0, &current).await?;
         }
         let password = match password {
             Some(password) => Some(
-                self.0
+                state
                     .hasher
                     .hash(password, middleware::deadline())
                     .await
@@ -269,8 +274,7 @@ impl UsersApi {
             keep_session: rules.keep_session,
         };
         let expected = conditional::if_match(if_match.0.as_deref());
-        let user = self
-            .0
+        let user = state
             .users
             .update(id.0, changes, expected.as_deref())
             .await?;
@@ -285,6 +289,7 @@ impl UsersApi {
     #[oai(path = "/v1/users/:id", method = "delete", operation_id = "deleteUser")]
     async fn delete(
         &self,
+        state: Data<&Arc<AppState>>,
         auth: BearerAuth,
         id: Path<Uuid>,
         /// Deletes only if it names the current `ETag` (else 412).
@@ -293,24 +298,28 @@ impl UsersApi {
     ) -> Result<Deleted, Failure<DeleteFailures>> {
         access::see_user(&auth.0, id.0)?;
         let expected = conditional::if_match(if_match.0.as_deref());
-        self.0.users.delete(id.0, expected.as_deref()).await?;
+        state.users.delete(id.0, expected.as_deref()).await?;
         Ok(Deleted::NoContent)
     }
 }
 
 impl UsersApi {
     /// A wrong or missing `current_password` is a 422 naming it (API.md, Users).
-    async fn check_current_password(&self, id: Uuid, current: &str) -> Result<(), ApiError> {
-        let user = self.0.users.get(id).await?;
+    async fn check_current_password(
+        &self,
+        state: &AppState,
+        id: Uuid,
+        current: &str,
+    ) -> Result<(), ApiError> {
+        let user = state.users.get(id).await?;
         let email = Email::parse(&user.email).map_err(|why| ApiError::Internal {
             failure: None,
             detail: why,
         })?;
-        let Some((_, hash)) = self.0.users.credentials(&email).await? else {
+        let Some((_, hash)) = state.users.credentials(&email).await? else {
             return Err(ApiError::not_found());
         };
-        if self
-            .0
+        if state
             .hasher
             .verify(&hash, current, middleware::deadline())
             .await?

@@ -2,14 +2,17 @@
 //! reporting migrations, hearing the other instances. Each engine answers these itself, so
 //! start-up and the migration command never branch on which one runs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use tokio::task::JoinHandle;
 
+use super::consistency::Positions;
 use super::peers::Peers;
 use super::{ConnectError, Engine, mongo, sql};
 use crate::config::{DatabaseConfig, DatabaseKind};
+use crate::metrics::Metrics;
 
 /// One migration, and whether the database has it (`migrate status`).
 pub struct MigrationState {
@@ -125,5 +128,46 @@ impl Engine {
             }
             Self::Sql(_) => None,
         }
+    }
+}
+
+/// The read replicas `DATABASE_REPLICA_URLS` names: PostgreSQL's streaming standbys, where reads
+/// outside write transactions go (`sql::replicas`). None on the other engines.
+#[derive(Clone, Default)]
+pub struct ReadReplicas(Option<Arc<sql::replicas::Replicas>>);
+
+impl ReadReplicas {
+    /// Pools for the configured replicas, opened lazily (a replica down at start-up is skipped).
+    pub fn new(engine: &Engine, config: &DatabaseConfig, metrics: &Metrics) -> Self {
+        let replicas = match engine {
+            Engine::Sql(primary) => sql::replicas::Replicas::new(primary, config, metrics),
+            Engine::Mongo(_) => None,
+        };
+        Self(replicas)
+    }
+
+    /// The database positions this instance's reads must be served from (its answers' tokens).
+    pub fn positions(&self) -> Arc<Positions> {
+        self.0
+            .as_ref()
+            .map_or_else(Default::default, |replicas| replicas.positions())
+    }
+
+    /// Starts sampling the replicas' lag and health, when there are any.
+    pub async fn start_health_checks(&self) -> Option<JoinHandle<()>> {
+        match &self.0 {
+            Some(replicas) => Some(replicas.start_health_checks().await),
+            None => None,
+        }
+    }
+
+    pub async fn close(&self) {
+        if let Some(replicas) = &self.0 {
+            replicas.close().await;
+        }
+    }
+
+    pub(super) fn sql(&self) -> Option<Arc<sql::replicas::Replicas>> {
+        self.0.clone()
     }
 }

@@ -29,6 +29,7 @@ pub use clock::now;
 pub use connection::{ConnectError, PoolStats};
 pub use error::{Cause, Conflict, Resource, StoreError};
 pub use failure::DbFailure;
+pub use lifecycle::ReadReplicas;
 pub use orders::Orders;
 pub use page::{CursorKey, PageOf, PageRequest, Total};
 
@@ -119,7 +120,7 @@ pub struct Repositories {
 }
 
 impl Repositories {
-    /// `replicas`: PostgreSQL's read replicas, when configured (`sql::replicas`). Every write
+    /// `replicas`: PostgreSQL's read replicas, when configured. Every write
     /// records its events into `feed`.
     pub fn new(
         engine: &Engine,
@@ -127,11 +128,11 @@ impl Repositories {
         cache_config: &CacheConfig,
         feed: &events::Feed,
         metrics: Arc<Metrics>,
-        replicas: Option<Arc<sql::replicas::Replicas>>,
+        replicas: &ReadReplicas,
     ) -> Self {
         match engine {
             Engine::Sql(db) => {
-                let reads = sql::replicas::Reads::new(db.clone(), replicas);
+                let reads = sql::replicas::Reads::new(db.clone(), replicas.sql());
                 let users = Users::Sql(sql::UserRepo::new(
                     reads.clone(),
                     caches.clone(),

@@ -8,6 +8,15 @@ use super::consistency::Positions;
 use super::events::Feed;
 use crate::cache::Caches;
 
+/// Every instance's listener is named `<LISTENER_PREFIX><uuid>` (PostgreSQL counts the listeners
+/// of a database by it, to know how many must acknowledge a session's revocation).
+pub const LISTENER_PREFIX: &str = "storefront-cache-";
+
+/// A new name for this instance's listener.
+pub fn listener_name() -> String {
+    format!("{LISTENER_PREFIX}{}", uuid::Uuid::now_v7().simple())
+}
+
 /// What hearing the other instances feeds: their cache invalidations, the change feed's
 /// sequencing and, with read replicas, the positions their writes reached.
 pub struct Peers {

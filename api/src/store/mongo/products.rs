@@ -3,13 +3,12 @@
 use std::sync::Arc;
 
 use bson::{Document, doc};
-use mongodb::options::ReturnDocument;
 use uuid::Uuid;
 
-use super::document::{self, read_flag, read_i32, read_i64, read_id, read_str, read_time};
+use super::document::{self, read_i32, read_i64, read_id, read_str, read_time};
 use super::error::on_duplicate;
 use super::schema::PRODUCTS;
-use super::write::{Writer, transaction};
+use super::write::{Versioned, Writer, transaction};
 use super::{Mongo, page};
 use crate::cache::Cached;
 use crate::domain::model::{NewProduct, Product, ProductChanges, ProductFilter};
@@ -139,10 +138,6 @@ impl ProductRepo {
         changes: ProductChanges,
         expected: Option<&[i64]>,
     ) -> Result<Product, StoreError> {
-        let mut filter = doc! {"_id": document::id(id)};
-        if let Some(versions) = expected {
-            filter.insert("version", doc! {"$in": versions});
-        }
         let mut set = doc! {"updated_at": document::time(document::now())};
         page::set_if(
             &mut set,
@@ -160,28 +155,16 @@ impl ProductRepo {
             changes.stock.map(|stock| i64::from(stock.get())),
         );
         let update = doc! {"$set": set, "$inc": {"version": 1_i64}};
+        let target = Versioned {
+            collection: PRODUCTS,
+            resource: Resource::Product,
+            id,
+            expected,
+        };
         transaction!(self.writer, RetryPolicy::default(), |write| {
-            let products = self.mongo().collection(PRODUCTS);
-            let updated = products
-                .find_one_and_update(filter.clone(), update.clone())
-                .return_document(ReturnDocument::After)
-                .max_time(self.mongo().max_time)
-                .session(write.session())
+            let updated = write
+                .update_versioned(&target, update.clone(), StoreError::from)
                 .await?;
-            let Some(updated) = updated else {
-                // Either it is gone, or its version is not the one expected.
-                let exists = products
-                    .find_one(doc! {"_id": document::id(id)})
-                    .projection(doc! {"_id": 1})
-                    .session(write.session())
-                    .await?
-                    .is_some();
-                return Err(if exists {
-                    StoreError::PreconditionFailed
-                } else {
-                    StoreError::not_found(Resource::Product, id)
-                });
-            };
             let product = product_from(&updated)?;
             write.record(Change::Updated(Subject::Product(&product)));
             Ok(product)
@@ -192,31 +175,16 @@ impl ProductRepo {
     /// A product that was ever ordered stays. The check and the delete run in one transaction
     /// that conflicts with any order taking the product's stock meanwhile.
     pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
+        let target = Versioned {
+            collection: PRODUCTS,
+            resource: Resource::Product,
+            id,
+            expected,
+        };
         transaction!(self.writer, RetryPolicy::default(), |write| {
-            let products = self.mongo().collection(PRODUCTS);
-            let product = products
-                .find_one(doc! {"_id": document::id(id)})
-                .max_time(self.mongo().max_time)
-                .session(write.session())
-                .await?
-                .ok_or(StoreError::not_found(Resource::Product, id))?;
-            let version = read_i64(&product, "version")?;
-            if expected.is_some_and(|versions| !versions.contains(&version)) {
-                return Err(StoreError::PreconditionFailed);
-            }
-            if read_flag(&product, ORDERED) {
-                return Err(StoreError::Conflict(Conflict::ProductHasOrders));
-            }
-            products
-                .delete_one(doc! {"_id": document::id(id)})
-                .session(write.session())
+            write
+                .delete_versioned(&target, (ORDERED, Conflict::ProductHasOrders))
                 .await?;
-            write.record(Change::Deleted {
-                resource: Resource::Product,
-                id,
-                version: version + 1,
-                at: document::now(),
-            });
             Ok::<_, StoreError>(())
         })
         .await

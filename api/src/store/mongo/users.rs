@@ -4,13 +4,12 @@ use std::sync::Arc;
 
 use bson::{Document, doc};
 use futures::TryStreamExt;
-use mongodb::options::ReturnDocument;
 use uuid::Uuid;
 
-use super::document::{self, read_flag, read_i64, read_id, read_str, read_time};
+use super::document::{self, read_i64, read_id, read_str, read_time};
 use super::error::on_duplicate;
 use super::schema::{SESSIONS, USERS};
-use super::write::{Write, Writer, transaction};
+use super::write::{Versioned, Write, Writer, transaction};
 use super::{Mongo, page};
 use crate::cache::{Cached, Topic};
 use crate::domain::model::cache_key;
@@ -189,33 +188,19 @@ impl UserRepo {
         );
         page::set_if(&mut set, "status", changes.status.map(UserStatus::as_str));
         page::set_if(&mut set, "role", changes.role.map(UserRole::as_str));
-        let mut filter = doc! {"_id": document::id(id)};
-        if let Some(versions) = expected {
-            filter.insert("version", doc! {"$in": versions});
-        }
         let update = doc! {"$set": set, "$inc": {"version": 1_i64}};
+        let target = Versioned {
+            collection: USERS,
+            resource: Resource::User,
+            id,
+            expected,
+        };
         transaction!(self.writer, RetryPolicy::default(), |write| {
-            let users = self.mongo().collection(USERS);
-            let updated = users
-                .find_one_and_update(filter.clone(), update.clone())
-                .return_document(ReturnDocument::After)
-                .max_time(self.mongo().max_time)
-                .session(write.session())
-                .await
-                .map_err(|err| on_duplicate(err, "email", Conflict::EmailTaken))?;
-            let Some(updated) = updated else {
-                let exists = users
-                    .find_one(doc! {"_id": document::id(id)})
-                    .projection(doc! {"_id": 1})
-                    .session(write.session())
-                    .await?
-                    .is_some();
-                return Err(if exists {
-                    StoreError::PreconditionFailed
-                } else {
-                    StoreError::not_found(Resource::User, id)
-                });
-            };
+            let updated = write
+                .update_versioned(&target, update.clone(), |err| {
+                    on_duplicate(err, "email", Conflict::EmailTaken)
+                })
+                .await?;
             if revokes {
                 self.revoke_sessions(&mut write, id, keep.as_deref())
                     .await?;
@@ -261,32 +246,17 @@ impl UserRepo {
     /// placed for the user meanwhile (placing one writes the user's document), so neither can
     /// miss the other.
     pub async fn delete(&self, id: Uuid, expected: Option<&[i64]>) -> Result<(), StoreError> {
+        let target = Versioned {
+            collection: USERS,
+            resource: Resource::User,
+            id,
+            expected,
+        };
         transaction!(self.writer, RetryPolicy::default(), |write| {
-            let users = self.mongo().collection(USERS);
-            let user = users
-                .find_one(doc! {"_id": document::id(id)})
-                .max_time(self.mongo().max_time)
-                .session(write.session())
-                .await?
-                .ok_or(StoreError::not_found(Resource::User, id))?;
-            let version = read_i64(&user, "version")?;
-            if expected.is_some_and(|versions| !versions.contains(&version)) {
-                return Err(StoreError::PreconditionFailed);
-            }
-            if read_flag(&user, HAS_ORDERS) {
-                return Err(StoreError::Conflict(Conflict::UserHasOrders));
-            }
-            users
-                .delete_one(doc! {"_id": document::id(id)})
-                .session(write.session())
+            write
+                .delete_versioned(&target, (HAS_ORDERS, Conflict::UserHasOrders))
                 .await?;
             self.revoke_sessions(&mut write, id, None).await?;
-            write.record(Change::Deleted {
-                resource: Resource::User,
-                id,
-                version: version + 1,
-                at: document::now(),
-            });
             Ok::<_, StoreError>(())
         })
         .await

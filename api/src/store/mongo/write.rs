@@ -18,7 +18,7 @@ use super::schema::{COUNTERS, EVENTS, LISTENERS, SESSION_ACKS};
 use super::{Mongo, document, settle};
 use crate::cache::{Caches, Topic};
 use crate::metrics::Metrics;
-use crate::store::error::StoreError;
+use crate::store::error::{Conflict, Resource, StoreError};
 use crate::store::events::{Change, Feed, NewEvent};
 use crate::store::retry::{RetryPolicy, Retryable, with_retry};
 
@@ -106,6 +106,15 @@ pub(crate) struct Write<'a> {
     ticket: i64,
 }
 
+/// The document a conditional update or delete is for: `id` in `collection`, and the versions
+/// `If-Match` named, if it did.
+pub struct Versioned<'a> {
+    pub collection: &'static str,
+    pub resource: Resource,
+    pub id: Uuid,
+    pub expected: Option<&'a [i64]>,
+}
+
 impl<'a> Write<'a> {
     pub async fn begin(
         mongo: &'a Mongo,
@@ -141,6 +150,83 @@ impl<'a> Write<'a> {
     /// sessions).
     pub fn changed(&mut self, topic: Topic, ids: impl IntoIterator<Item = Uuid>) {
         self.changed.extend(ids.into_iter().map(|id| (topic, id)));
+    }
+
+    /// Applies `update` to the document `target` names, when its version is one expected (any,
+    /// without `If-Match`), and answers the document as it is after. Without one: the
+    /// precondition failed when the document exists at another version, else it is not found.
+    /// `refine` turns the update's own failure into the store's (a unique index, say).
+    pub async fn update_versioned(
+        &mut self,
+        target: &Versioned<'_>,
+        update: Document,
+        refine: impl FnOnce(mongodb::error::Error) -> StoreError,
+    ) -> Result<Document, StoreError> {
+        let collection = self.mongo.collection(target.collection);
+        let mut filter = doc! {"_id": document::id(target.id)};
+        if let Some(versions) = target.expected {
+            filter.insert("version", doc! {"$in": versions});
+        }
+        let updated = collection
+            .find_one_and_update(filter, update)
+            .return_document(ReturnDocument::After)
+            .max_time(self.mongo.max_time)
+            .session(&mut self.session)
+            .await
+            .map_err(refine)?;
+        if let Some(updated) = updated {
+            return Ok(updated);
+        }
+        let exists = collection
+            .find_one(doc! {"_id": document::id(target.id)})
+            .projection(doc! {"_id": 1})
+            .session(&mut self.session)
+            .await?
+            .is_some();
+        Err(if exists {
+            StoreError::PreconditionFailed
+        } else {
+            StoreError::not_found(target.resource, target.id)
+        })
+    }
+
+    /// Deletes the document `target` names and records its deletion, unless its version is not
+    /// one expected (the precondition failed) or its flag `kept_by.0` is set (`kept_by.1`: a
+    /// user or product that was ever ordered stays).
+    pub async fn delete_versioned(
+        &mut self,
+        target: &Versioned<'_>,
+        kept_by: (&str, Conflict),
+    ) -> Result<(), StoreError> {
+        let collection = self.mongo.collection(target.collection);
+        let found = collection
+            .find_one(doc! {"_id": document::id(target.id)})
+            .max_time(self.mongo.max_time)
+            .session(&mut self.session)
+            .await?
+            .ok_or(StoreError::not_found(target.resource, target.id))?;
+        let version = document::read_i64(&found, "version")?;
+        if target
+            .expected
+            .is_some_and(|versions| !versions.contains(&version))
+        {
+            return Err(StoreError::PreconditionFailed);
+        }
+        let (flag, conflict) = kept_by;
+        if document::read_flag(&found, flag) {
+            return Err(StoreError::Conflict(conflict));
+        }
+        collection
+            .delete_one(doc! {"_id": document::id(target.id)})
+            .session(&mut self.session)
+            .await?;
+        self.record(Change::Deleted {
+            resource: target.resource,
+            id: target.id,
+            version: version + 1,
+            at: document::now(),
+        });
+        Ok(())
     }
 
     /// Commits when `outcome` is a success, aborts otherwise. A commit that failed may still

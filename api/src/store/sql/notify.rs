@@ -35,7 +35,7 @@ use uuid::Uuid;
 use super::replicas;
 use crate::cache::Topic;
 use crate::store::consistency::Positions;
-use crate::store::peers::{Backoff, Peers};
+use crate::store::peers::{Backoff, LISTENER_PREFIX, Peers};
 
 pub const CHANNEL: &str = "storefront_cache";
 
@@ -255,9 +255,6 @@ pub async fn listeners<C: ConnectionTrait>(conn: &C) -> Result<usize, DbErr> {
         .unwrap_or(0);
     Ok(usize::try_from(count).unwrap_or(0))
 }
-
-/// Every instance's listening connection is named `<LISTENER_PREFIX><uuid>`.
-pub const LISTENER_PREFIX: &str = "storefront-cache-";
 
 async fn listen(url: &str, name: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
