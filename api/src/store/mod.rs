@@ -16,6 +16,7 @@ pub mod consistency;
 pub mod error;
 pub mod events;
 pub mod failure;
+pub mod idempotency;
 pub mod lifecycle;
 pub mod mongo;
 pub mod orders;

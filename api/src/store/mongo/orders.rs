@@ -32,6 +32,7 @@ use crate::domain::model::{Order, OrderFilter, OrderItem, PlaceOrder, Placed};
 use crate::store::allocation::{self, Priced};
 use crate::store::error::{Conflict, Resource, StoreError};
 use crate::store::events::{Change, Subject};
+use crate::store::idempotency::{self, Claim};
 use crate::store::page::{PageOf, PageRequest};
 use crate::store::retry::{RetryPolicy, Retryable};
 
@@ -328,20 +329,26 @@ impl OrderRepo {
 
     /// The order an earlier request with this key placed, if the request was the same.
     async fn replay(&self, request: &PlaceOrder) -> Result<Order, StoreError> {
-        let Some(idempotency) = &request.idempotency else {
-            return Err(StoreError::internal("idempotency conflict without a key"));
+        let claim = match &request.idempotency {
+            Some(idempotency) => {
+                let found = self
+                    .mongo()
+                    .collection(IDEMPOTENCY_KEYS)
+                    .find_one(doc! {"_id": idempotency.key.as_str()})
+                    .max_time(self.mongo().max_time)
+                    .await?;
+                match found {
+                    Some(claim) => Some(Claim {
+                        request_hash: read_str(&claim, "request_hash")?,
+                        order_id: read_id(&claim, "order_id")?,
+                    }),
+                    None => None,
+                }
+            }
+            None => None,
         };
-        let claim = self
-            .mongo()
-            .collection(IDEMPOTENCY_KEYS)
-            .find_one(doc! {"_id": idempotency.key.as_str()})
-            .max_time(self.mongo().max_time)
-            .await?
-            .ok_or_else(|| StoreError::internal("the idempotency key's claim is gone"))?;
-        if read_str(&claim, "request_hash")? != idempotency.request_hash {
-            return Err(StoreError::Conflict(Conflict::IdempotencyKeyReused));
-        }
-        self.get(read_id(&claim, "order_id")?).await
+        let order_id = idempotency::replayed(request.idempotency.as_ref(), claim)?;
+        self.get(order_id).await
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Order, StoreError> {

@@ -24,6 +24,7 @@ use crate::store::coalesce::Coalescer;
 use crate::store::error::{Conflict, Resource, StoreError};
 use crate::store::events::{Change, Feed, Subject};
 use crate::store::failure::DbFailure;
+use crate::store::idempotency::{self, Claim};
 use crate::store::page::{PageOf, PageRequest};
 use crate::store::retry::{RetryPolicy, with_retry};
 
@@ -228,18 +229,19 @@ impl Placer {
 
     /// The order an earlier request with this key placed, if the request was the same.
     async fn replay(&self, request: &PlaceOrder) -> Result<Order, StoreError> {
-        let Some(idempotency) = &request.idempotency else {
-            return Err(StoreError::internal("idempotency conflict without a key"));
+        let claim = match &request.idempotency {
+            Some(idempotency) => idempotency_keys::Entity::find_by_id(idempotency.key.as_str())
+                .one(&self.db)
+                .await?
+                .map(|claim| Claim {
+                    request_hash: claim.request_hash,
+                    order_id: claim.order_id,
+                }),
+            None => None,
         };
-        let claim = idempotency_keys::Entity::find_by_id(idempotency.key.as_str())
-            .one(&self.db)
-            .await?
-            .ok_or_else(|| StoreError::internal("the idempotency key's claim is gone"))?;
-        if claim.request_hash != idempotency.request_hash {
-            return Err(StoreError::Conflict(Conflict::IdempotencyKeyReused));
-        }
+        let order_id = idempotency::replayed(request.idempotency.as_ref(), claim)?;
         // The order was committed by another request just now: only the primary surely has it.
-        order_on(&self.db, claim.order_id).await
+        order_on(&self.db, order_id).await
     }
 }
 
