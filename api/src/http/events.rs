@@ -1,12 +1,11 @@
 //! `/v1/events`: the change feed, read by cursor (see `store::events`).
 
 use std::sync::Arc;
-
-use poem::web::Data;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use poem::web::Data;
 use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use poem::web::Data;
-
 use poem_openapi::payload::PlainText;
 use poem_openapi::{ApiResponse, OpenApi};
 

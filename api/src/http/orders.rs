@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use poem::web::Data;
-
 use poem::Request;
+use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
