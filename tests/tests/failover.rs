@@ -394,6 +394,45 @@ async fn shows_within_a_second(app: &TestApp, path: &str, expected: &str) {
     }
 }
 
+/// What the two instances share when the primary is lost: stock to order, a user who orders with
+/// keys and one without, and a product the second instance has cached.
+struct Shop {
+    product: Value,
+    keyed_user: Value,
+    unkeyed_user: Value,
+    shared_path: String,
+}
+
+impl Shop {
+    async fn open(app: &TestApp, other: &TestApp, prefix: &str) -> Self {
+        let product = app
+            .create_product(&format!("{prefix}-ORDERS"), 100, INITIAL_STOCK)
+            .await;
+        let keyed_user = app.create_user("Keyed", "keyed@example.com").await;
+        let unkeyed_user = app.create_user("Unkeyed", "unkeyed@example.com").await;
+        let shared = app
+            .create_product(&format!("{prefix}-SHARED"), 100, 5)
+            .await;
+        let shared_path = format!("/v1/products/{}", id_of(&shared));
+        other.get(&shared_path).await.expect(200); // cached by the other instance
+        Self {
+            product,
+            keyed_user,
+            unkeyed_user,
+            shared_path,
+        }
+    }
+
+    /// The instances' caches stay coherent: a rename on `app` shows on `other`.
+    async fn renamed_on_one_shows_on_the_other(&self, app: &TestApp, other: &TestApp) {
+        let name = "Renamed after the failover";
+        app.patch(&self.shared_path, &json!({ "name": name }))
+            .await
+            .expect(200);
+        shows_within_a_second(other, &self.shared_path, name).await;
+    }
+}
+
 /// Orders placed through `apps` while the leader's node is killed (`kill -9` of its Patroni and
 /// postmaster), checked as the contract demands: nothing but 201, 409 and 503, full service back
 /// within `BACK_WITHIN` of the promotion, no acknowledged order lost, none placed twice.
@@ -401,11 +440,9 @@ async fn orders_through_losing_the_primary(
     cluster: &Cluster,
     db: &TestDb,
     apps: &[&TestApp],
-    product: &Value,
-    keyed_user: &Value,
-    unkeyed_user: &Value,
+    shop: &Shop,
 ) {
-    let load = Load::start(apps, product, keyed_user, unkeyed_user);
+    let load = Load::start(apps, &shop.product, &shop.keyed_user, &shop.unkeyed_user);
     tokio::time::sleep(BEFORE).await;
     let (killed, promoted) = lose_the_primary(cluster).await;
     tokio::time::sleep(AFTER).await;
@@ -419,7 +456,7 @@ async fn orders_through_losing_the_primary(
         "no order was acknowledged before the failure: the load did not run"
     );
     assert_back_within_limit(&attempts, promoted);
-    assert_orders_add_up(db, &attempts, product, keyed_user).await;
+    assert_orders_add_up(db, &attempts, &shop.product, &shop.keyed_user).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -437,12 +474,7 @@ async fn losing_the_primary_loses_no_acknowledged_order_and_needs_no_restart() {
     let app = TestApp::start(db.clone(), config_for(&db)).await;
     let other = TestApp::start(db.clone(), config_for(&db)).await;
 
-    let product = app.create_product("HA-ORDERS", 100, INITIAL_STOCK).await;
-    let keyed_user = app.create_user("Keyed", "keyed@example.com").await;
-    let unkeyed_user = app.create_user("Unkeyed", "unkeyed@example.com").await;
-    let shared = app.create_product("HA-SHARED", 100, 5).await;
-    let shared_path = format!("/v1/products/{}", id_of(&shared));
-    other.get(&shared_path).await.expect(200); // cached by the other instance
+    let shop = Shop::open(&app, &other, "HA").await;
 
     // A session revoked before the failover.
     let customer = app.sign_up("Revoked", "revoked@example.com").await;
@@ -454,21 +486,10 @@ async fn losing_the_primary_loses_no_acknowledged_order_and_needs_no_restart() {
         .await
         .expect_empty(204);
 
-    orders_through_losing_the_primary(
-        &cluster,
-        &db,
-        &[&app, &other],
-        &product,
-        &keyed_user,
-        &unkeyed_user,
-    )
-    .await;
+    orders_through_losing_the_primary(&cluster, &db, &[&app, &other], &shop).await;
 
     // The instances' caches stay coherent across the failover.
-    app.patch(&shared_path, &json!({"name": "Renamed after the failover"}))
-        .await
-        .expect(200);
-    shows_within_a_second(&other, &shared_path, "Renamed after the failover").await;
+    shop.renamed_on_one_shows_on_the_other(&app, &other).await;
 
     // The revoked token stays revoked, on both instances.
     let revoked = authorized_client(&customer.token);
@@ -545,28 +566,12 @@ async fn the_production_chain_pgbouncer_haproxy_patroni_comes_through_losing_the
     let app = TestApp::start(db.clone(), config_for(&db)).await;
     let other = TestApp::start(db.clone(), config_for(&db)).await;
 
-    let product = app.create_product("CHAIN-ORDERS", 100, INITIAL_STOCK).await;
-    let keyed_user = app.create_user("Keyed", "keyed@example.com").await;
-    let unkeyed_user = app.create_user("Unkeyed", "unkeyed@example.com").await;
-    let shared = app.create_product("CHAIN-SHARED", 100, 5).await;
-    let shared_path = format!("/v1/products/{}", id_of(&shared));
-    other.get(&shared_path).await.expect(200); // cached by the other instance
+    let shop = Shop::open(&app, &other, "CHAIN").await;
 
-    orders_through_losing_the_primary(
-        &cluster,
-        &db,
-        &[&app, &other],
-        &product,
-        &keyed_user,
-        &unkeyed_user,
-    )
-    .await;
+    orders_through_losing_the_primary(&cluster, &db, &[&app, &other], &shop).await;
 
     // The cache listener (on HAProxy, not PgBouncer) found the new primary too.
-    app.patch(&shared_path, &json!({"name": "Renamed after the failover"}))
-        .await
-        .expect(200);
-    shows_within_a_second(&other, &shared_path, "Renamed after the failover").await;
+    shop.renamed_on_one_shows_on_the_other(&app, &other).await;
 
     let _ = other.stop().await;
     let _ = app.stop().await;
